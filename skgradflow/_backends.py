@@ -1,0 +1,224 @@
+"""The kernel reductions the flows are made of, on NumPy and on KeOps.
+
+A flow needs two reductions, both sums over *sources* ``s_j`` evaluated at *points*
+``z_i``:
+
+- ``matvec(Z, S, V)``: ``Σ_j k(z_i, s_j) V_j`` for a block of ``p`` weight channels;
+- ``value_grad(Z, S, V, a)``: the same, fused with ``Σ_j a_j ∇_z k(z_i, s_j)``.
+
+Everything a flow does (the witness and its gradient, the MMD-prox matrix-vector products,
+the constant of the energy, the metrics) goes through these two calls, so that a backend is
+two functions and a distributed engine can shard the sum over sources without touching the
+flows.  The NumPy backend is blockwise dense (never more than ``_BLOCK_ROWS × _BLOCK_COLS``
+kernel entries at once) and serves as the test oracle and the no-compiler fallback.  The
+KeOps backend builds LazyTensors: memory ``O((n + m) d)``.  When KeOps runs on a GPU, the
+NumPy binding moves the arrays to the device and back in every call, an ``O(n + m)``
+transfer against ``O(n m)`` work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+import warnings
+from typing import Any
+
+import numpy as np
+from scipy.spatial.distance import cdist
+
+from .kernels import Kernel
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows has no flock; compiles are not guarded
+    fcntl = None
+
+BACKENDS = ("auto", "keops", "numpy")
+
+# "auto" uses NumPy below this many kernel entries per reduction, where a KeOps compile
+# (several seconds per formula, once per machine) would dominate the run.
+AUTO_KEOPS_MIN_PAIRS = 4_000_000
+
+_BLOCK_ROWS = 1024
+_BLOCK_COLS = 2048
+
+# KeOps compiles one formula per (kernel, dimension, dtype, channel count).  Padding the
+# weight channels to fixed widths keeps that count at two formulas per kernel.
+_MATVEC_WIDTH = 3
+_VALUE_GRAD_WIDTH = 2
+
+
+class NumpyBackend:
+    """Blockwise dense reductions with BLAS."""
+
+    name = "numpy"
+
+    def matvec(self, kernel: Kernel, Z: np.ndarray, S: np.ndarray, V: np.ndarray) -> np.ndarray:
+        out = np.zeros((Z.shape[0], V.shape[1]), dtype=Z.dtype)
+        for rows, cols, K, _ in self._blocks(kernel, Z, S, need_factor=False):
+            out[rows] += K @ V[cols]
+        return out
+
+    def value_grad(
+        self, kernel: Kernel, Z: np.ndarray, S: np.ndarray, V: np.ndarray, a: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        h = kernel.scale
+        Zs, Ss = Z / h, S / h
+        val = np.zeros((Z.shape[0], V.shape[1]), dtype=Z.dtype)
+        grad = np.zeros_like(Z)
+        for rows, cols, K, G in self._blocks(kernel, Z, S, need_factor=True):
+            val[rows] += K @ V[cols]
+            Ga = G * a.reshape(-1)[cols]
+            # Σ_j γ_ij a_j (u_i - v_j) = u_i Σ_j γ_ij a_j - Σ_j γ_ij a_j v_j, with BLAS
+            grad[rows] += Zs[rows] * Ga.sum(axis=1, keepdims=True) - Ga @ Ss[cols]
+        return val, grad / h
+
+    @staticmethod
+    def _blocks(kernel: Kernel, Z: np.ndarray, S: np.ndarray, need_factor: bool):
+        h = kernel.scale
+        for r0 in range(0, Z.shape[0], _BLOCK_ROWS):
+            rows = slice(r0, r0 + _BLOCK_ROWS)
+            zb = Z[rows] / h
+            for c0 in range(0, S.shape[0], _BLOCK_COLS):
+                cols = slice(c0, c0 + _BLOCK_COLS)
+                # differences, not |z|² + |s|² - 2 z·s: exact near r = 0, like KeOps
+                r2 = cdist(zb, S[cols] / h, "sqeuclidean").astype(Z.dtype, copy=False)
+                K = kernel.value(r2)
+                G = kernel.grad_factor(r2, K) if need_factor else None
+                yield rows, cols, K, G
+
+
+class KeOpsBackend:
+    """PyKeOps LazyTensor reductions: one fused kernel pass per call, linear memory."""
+
+    name = "keops"
+
+    def __init__(self) -> None:
+        from pykeops.numpy import LazyTensor  # noqa: F401  (fail early if unavailable)
+
+    @staticmethod
+    def _pad(V: np.ndarray, width: int) -> np.ndarray:
+        if V.shape[1] >= width:
+            return np.ascontiguousarray(V)
+        out = np.zeros((V.shape[0], width), dtype=V.dtype)
+        out[:, : V.shape[1]] = V
+        return out
+
+    @staticmethod
+    def _reduce(lazy: Any, dtype: np.dtype, key: tuple) -> np.ndarray:
+        # Long float32 sums lose digits: Kahan summation keeps them within 1e-4 of float64.
+        scheme = "kahan_scheme" if dtype == np.float32 else "block_sum"
+        with _compile_guard(key):
+            return lazy.sum(1, sum_scheme=scheme)
+
+    def _pairs(self, kernel: Kernel, Z: np.ndarray, S: np.ndarray):
+        from pykeops.numpy import LazyTensor
+
+        h = kernel.scale
+        zi = LazyTensor(np.ascontiguousarray(Z / h)[:, None, :])
+        sj = LazyTensor(np.ascontiguousarray(S / h)[None, :, :])
+        D = zi - sj
+        r2 = (D**2).sum(-1)
+        return D, r2
+
+    def matvec(self, kernel: Kernel, Z: np.ndarray, S: np.ndarray, V: np.ndarray) -> np.ndarray:
+        from pykeops.numpy import LazyTensor
+
+        p = V.shape[1]
+        _, r2 = self._pairs(kernel, Z, S)
+        K, _ = kernel.keops_value_and_factor(r2)
+        vj = LazyTensor(self._pad(V, _MATVEC_WIDTH)[None, :, :])
+        key = ("matvec", kernel.name, Z.shape[1], Z.dtype.str)
+        return self._reduce(K * vj, Z.dtype, key)[:, :p]
+
+    def value_grad(
+        self, kernel: Kernel, Z: np.ndarray, S: np.ndarray, V: np.ndarray, a: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        from pykeops.numpy import LazyTensor
+
+        p, d = V.shape[1], Z.shape[1]
+        D, r2 = self._pairs(kernel, Z, S)
+        K, G = kernel.keops_value_and_factor(r2)
+        vj = LazyTensor(self._pad(V, _VALUE_GRAD_WIDTH)[None, :, :])
+        aj = LazyTensor(np.ascontiguousarray(a.reshape(-1, 1))[None, :, :])
+        key = ("value_grad", kernel.name, d, Z.dtype.str)
+        out = self._reduce((K * vj).concat((G * aj) * D), Z.dtype, key)
+        width = max(p, _VALUE_GRAD_WIDTH)
+        return out[:, :p], out[:, width:] / kernel.scale
+
+
+# --- parallel compiles ------------------------------------------------------------------
+# Older KeOps raced when several processes compiled the same new formula into one cache
+# folder (getkeops/keops#168), which is what GridSearchCV(n_jobs=2) does on a cold cache.
+# The first call of each formula in a process therefore holds an inter-process file lock;
+# later calls, compiled or loaded from the cache, run without it.
+_seen_formulas: set[tuple] = set()
+_seen_lock = threading.Lock()
+
+
+def _lock_path() -> str:
+    try:
+        import pykeops
+
+        folder = pykeops.get_build_folder()
+    except Exception:  # pragma: no cover - depends on the KeOps install
+        folder = tempfile.gettempdir()
+    return os.path.join(folder, ".skgradflow-compile.lock")
+
+
+@contextlib.contextmanager
+def _compile_guard(key: tuple):
+    with _seen_lock:
+        first = key not in _seen_formulas
+    if not first or fcntl is None:
+        yield
+        return
+    with open(_lock_path(), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    with _seen_lock:
+        _seen_formulas.add(key)
+
+
+_keops_status: dict[str, Any] = {}
+
+
+def keops_available() -> bool:
+    """Whether PyKeOps imports and can compile and run a formula on this machine."""
+    if "ok" not in _keops_status:
+        try:
+            backend = KeOpsBackend()
+            x = np.zeros((2, 1))
+            backend.matvec(Kernel("gaussian"), x, x, np.ones((2, 1)))
+            _keops_status["ok"] = True
+        except Exception as exc:  # pragma: no cover - depends on the machine
+            _keops_status["ok"] = False
+            _keops_status["error"] = repr(exc)
+    return _keops_status["ok"]
+
+
+def get_backend(backend: str, n_pairs: int) -> NumpyBackend | KeOpsBackend:
+    """Resolve ``backend`` for reductions of about ``n_pairs`` kernel entries.
+
+    ``"auto"`` picks NumPy for small problems and when KeOps cannot compile here.
+    """
+    if backend == "numpy":
+        return NumpyBackend()
+    if backend == "keops":
+        return KeOpsBackend()
+    if n_pairs < AUTO_KEOPS_MIN_PAIRS:
+        return NumpyBackend()
+    if not keops_available():
+        warnings.warn(
+            "backend='auto': KeOps is unavailable on this machine "
+            f"({_keops_status.get('error')}); using the NumPy backend.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return NumpyBackend()
+    return KeOpsBackend()

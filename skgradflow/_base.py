@@ -1,0 +1,460 @@
+"""Shared machinery of the particle flows: validation, initialisation, the time-stepping
+loop with its step-size safeguard and stopping rule, history, sampling and scoring.
+
+A flow subclass owns only its step (see ``ift.py``); ``_BaseMMDFlow`` adds what the two
+MMD samplers share: the energy ``F = ½ MMD²(μ, π̂)``, its witness and the transport step.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from abc import ABCMeta, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from ._backends import BACKENDS, KeOpsBackend, NumpyBackend, get_backend
+from ._progress import Progress
+from .kernels import KERNELS, Kernel, _seed_from, median_heuristic
+
+# The stopping rule compares the mean energy of the last _WINDOW iterations with the mean
+# of the _WINDOW before them, relative to the decrease achieved since the start: MMD
+# energies decay to ~0 like a power of the iteration count, so a decrease relative to the
+# current energy would never fall below any tolerance.
+_WINDOW = 10
+# The safeguard halves the step at most this many times in one iteration; an energy that
+# still goes up is then at the floating-point floor, and the flow stops there.
+_MAX_HALVINGS = 30
+# The constant ½ bᵀK_yy b is computed exactly up to this many targets (or when it costs
+# less than _CONST_ITERATIONS iterations), and estimated from _CONST_SUBSAMPLE rows above.
+_CONST_ITERATIONS = 20
+_CONST_SUBSAMPLE = 5000
+
+
+def _flow_diverged(what: str, tau: float) -> FloatingPointError:
+    return FloatingPointError(
+        f"The flow diverged: {what} became non-finite with step_size={tau:.3g}. "
+        "Use a smaller step_size, or step_size='auto'."
+    )
+
+
+@dataclass
+class _Problem:
+    """Everything one run of a flow needs, besides its state."""
+
+    backend: NumpyBackend | KeOpsBackend
+    kernel: Kernel
+    Y: np.ndarray
+    b: np.ndarray  # float64, sums to 1
+    batch_size: int | None
+    rng: np.random.Generator
+    update_weights: bool = True
+    const: float = 0.0
+    _full: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def stochastic(self) -> bool:
+        return self.batch_size is not None and self.batch_size < self.Y.shape[0]
+
+    def targets(self) -> tuple[np.ndarray, np.ndarray]:
+        """The targets of one iteration: all of them, or a fresh minibatch drawn by weight."""
+        if not self.stochastic:
+            if self._full is None:
+                self._full = (self.Y, self.b.astype(self.Y.dtype))
+            return self._full
+        rows = self.rng.choice(self.Y.shape[0], size=self.batch_size, replace=True, p=self.b)
+        bb = np.full(self.batch_size, 1.0 / self.batch_size, dtype=self.Y.dtype)
+        return self.Y[rows], bb
+
+
+@dataclass
+class _Evaluation:
+    """The energy at a state, and what the next step reuses from the same reduction."""
+
+    energy: float
+    magnitude: float  # size of the terms the energy is a difference of (round-off scale)
+    cache: dict[str, Any]
+
+
+class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
+    """Validation, initialisation, the time-stepping loop and sampling of a particle flow.
+
+    Subclasses implement ``_evaluate`` (energy at a state), ``_step`` (one time step) and
+    ``_auto_step_size``.
+    """
+
+    _parameter_constraints: dict = {
+        "n_particles": [Interval(numbers.Integral, 1, None, closed="left")],
+        "kernel": [StrOptions(set(KERNELS))],
+        "bandwidth": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"median"})],
+        "alpha": [Interval(numbers.Real, 0, None, closed="left")],
+        "beta": [Interval(numbers.Real, 0, None, closed="left")],
+        "step_size": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
+        "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
+        "tol": [Interval(numbers.Real, 0, None, closed="left")],
+        "conserve_mass": ["boolean"],
+        "init": [StrOptions({"gaussian", "subsample"}), "array-like"],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "backend": [StrOptions(set(BACKENDS))],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    # --- hooks -------------------------------------------------------------------------
+    @abstractmethod
+    def _evaluate(self, problem: _Problem, x, w, targets) -> _Evaluation:
+        """The energy at the state ``(x, w)``, and what the next step reuses."""
+
+    @abstractmethod
+    def _step(self, problem: _Problem, x, w, ev: _Evaluation, targets, tau: float):
+        """One time step of length ``tau`` from ``(x, w)``: returns ``(x_new, w_new)``."""
+
+    @abstractmethod
+    def _auto_step_size(self, kernel: Kernel) -> float:
+        """The step size ``step_size='auto'`` starts from."""
+
+    # --- validation ----------------------------------------------------------------------
+    def _check_sample_weight(self, sample_weight, X) -> np.ndarray:
+        b = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+        total = b.sum()
+        if not total > 0:
+            raise ValueError("sample_weight must have a positive sum; got all zeros.")
+        return b / total
+
+    def _resolve_bandwidth(self, X: np.ndarray, b: np.ndarray, rng) -> float:
+        if isinstance(self.bandwidth, str):
+            return median_heuristic(X, b, random_state=rng)
+        return float(self.bandwidth)
+
+    def _check_init(self, X: np.ndarray) -> np.ndarray | None:
+        if isinstance(self.init, str):
+            return None
+        init = np.asarray(self.init)
+        if init.ndim != 2 or init.shape != (self.n_particles, X.shape[1]):
+            raise ValueError(
+                "init must be 'gaussian', 'subsample' or an array of shape "
+                f"(n_particles, n_features) = ({self.n_particles}, {X.shape[1]}); "
+                f"got an array of shape {init.shape}."
+            )
+        if not np.issubdtype(init.dtype, np.number) or not np.all(np.isfinite(init)):
+            raise ValueError("init must be an array of finite numbers.")
+        return init.astype(X.dtype, copy=True)
+
+    def _initial_particles(self, X: np.ndarray, b: np.ndarray, rng) -> np.ndarray:
+        given = self._check_init(X)
+        if given is not None:
+            return given
+        n = self.n_particles
+        if self.init == "subsample":
+            rows = rng.choice(X.shape[0], size=n, replace=n > np.count_nonzero(b), p=b)
+            return X[rows].copy()
+        # "gaussian": the normal distribution with the target's (weighted) mean and covariance
+        Xd = X.astype(np.float64)
+        mean = b @ Xd
+        cov = np.atleast_2d(np.cov(Xd, rowvar=False, aweights=b, bias=True))
+        z = rng.standard_normal((n, X.shape[1]))
+        eigval, eigvec = np.linalg.eigh(cov)
+        root = eigvec * np.sqrt(np.clip(eigval, 0.0, None))
+        return (mean + z @ root.T).astype(X.dtype)
+
+    def _make_problem(self, Y, b, kernel, n_points, rng, update_weights=True) -> _Problem:
+        n_src = n_points + (self.batch_size or Y.shape[0])
+        backend = get_backend(self.backend, n_points * n_src)
+        batch = None if self.batch_size is None else int(self.batch_size)
+        return _Problem(backend, kernel, Y, b, batch, rng, update_weights)
+
+    # --- the loop ------------------------------------------------------------------------
+    def _run_flow(self, problem: _Problem, x, w, tau: float, adaptive: bool, desc: str):
+        """Time-step from ``(x, w)`` until ``tol`` or ``max_iter``.
+
+        With ``adaptive``, a step that raises the energy is rejected and retried with half
+        the step size (full-batch runs only: minibatch energies are noisy).
+        """
+        targets = problem.targets()
+        ev = self._evaluate(problem, x, w, targets)
+        if not np.isfinite(ev.energy):
+            raise ValueError("The initial energy is not finite; check the data and init.")
+        losses = [ev.energy]
+        converged = False
+        guard = adaptive and not problem.stochastic
+        progress = Progress(self.verbose, self.max_iter, desc)
+        n_iter = 0
+        for n_iter in range(1, self.max_iter + 1):
+            next_targets = problem.targets()
+            for _ in range(_MAX_HALVINGS + 1):
+                x_new, w_new = self._step(problem, x, w, ev, targets, tau)
+                if not (np.all(np.isfinite(x_new)) and np.all(np.isfinite(w_new))):
+                    if guard:
+                        tau *= 0.5
+                        continue
+                    raise _flow_diverged("the particles", tau)
+                ev_new = self._evaluate(problem, x_new, w_new, next_targets)
+                if not np.isfinite(ev_new.energy):
+                    if guard:
+                        tau *= 0.5
+                        continue
+                    raise _flow_diverged("the energy", tau)
+                slack = 64 * np.finfo(x.dtype).eps * max(ev.magnitude, ev_new.magnitude)
+                if not guard or ev_new.energy <= ev.energy + slack:
+                    break
+                tau *= 0.5
+            else:
+                # no step size lowers the energy any further: a stationary point
+                n_iter -= 1
+                converged = True
+                break
+            x, w, ev, targets = x_new, w_new, ev_new, next_targets
+            losses.append(ev.energy)
+            progress.update(n_iter, ev.energy)
+            if self.tol > 0 and self._has_converged(losses):
+                converged = True
+                break
+        progress.close(n_iter, losses[-1], converged)
+        if not converged:
+            warnings.warn(
+                f"{type(self).__name__} did not converge in max_iter={self.max_iter} "
+                f"iterations (tol={self.tol}); increase max_iter or tol.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        if not adaptive and not problem.stochastic and losses[-1] > losses[0] + 1e-12:
+            warnings.warn(
+                f"The energy went up from {losses[0]:.4g} to {losses[-1]:.4g} with "
+                f"step_size={tau:.4g}: the step is too large; use a smaller step_size "
+                "or step_size='auto'.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        return x, w, tau, n_iter, converged, np.asarray(losses)
+
+    def _has_converged(self, losses: list[float]) -> bool:
+        if len(losses) < 2 * _WINDOW + 1:
+            return False
+        before = float(np.mean(losses[-2 * _WINDOW : -_WINDOW]))
+        last = float(np.mean(losses[-_WINDOW:]))
+        progress = losses[0] - last
+        return (before - last) <= self.tol * max(progress, 0.0)
+
+    # --- public API shared by every flow -------------------------------------------------
+    def _fitted_measure(self) -> tuple[np.ndarray, np.ndarray]:
+        """The fitted atoms and their weights, normalised to sum to 1."""
+        check_is_fitted(self)
+        w = np.asarray(self.weights_, dtype=np.float64)
+        return self.particles_, w / w.sum()
+
+    def sample(self, n_samples: int = 1, random_state: Any = None) -> np.ndarray:
+        """Draw samples from the fitted weighted particle measure.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+        random_state : int, RandomState instance or None, default=None
+            Makes the draw reproducible.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features)
+            Particles drawn with probability proportional to their weight.
+        """
+        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
+        atoms, w = self._fitted_measure()
+        rng = np.random.default_rng(_seed_from(check_random_state(random_state)))
+        rows = rng.choice(atoms.shape[0], size=int(n_samples), replace=True, p=w)
+        return atoms[rows].copy()
+
+    def _more_tags(self):  # pragma: no cover - scikit-learn < 1.6
+        return {"preserves_dtype": [np.float64, np.float32]}
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        if tags.transformer_tags is not None:
+            tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
+    """A flow of the energy ``F(μ) = ½ MMD²(μ, π̂)``: the witness, the transport step,
+    fit, score and transform.  Subclasses own the weight step."""
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Run the flow from the initial particles onto the samples ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Samples of the target distribution (float32 stays float32).
+        y : ignored
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weights of the samples; normalised to sum to 1.
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        b = self._check_sample_weight(sample_weight, X)
+        self._check_flow_params()
+        rs = check_random_state(self.random_state)
+        rng = np.random.default_rng(_seed_from(rs))
+
+        self.bandwidth_ = self._resolve_bandwidth(X, b, rng)
+        kernel = Kernel(self.kernel, self.bandwidth_)
+        x = self._initial_particles(X, b, rng)
+        w = np.full(x.shape[0], 1.0 / x.shape[0])
+        problem = self._make_problem(X, b, kernel, x.shape[0], rng)
+        problem.const = self._target_energy(problem, x.shape[0])
+
+        auto = isinstance(self.step_size, str)
+        tau = self._auto_step_size(kernel) if auto else float(self.step_size)
+        x, w, tau, n_iter, converged, losses = self._run_flow(
+            problem, x, w, tau, auto, type(self).__name__
+        )
+        self.particles_ = x
+        self.weights_ = w
+        self.step_size_ = tau
+        self.n_iter_ = n_iter
+        self.converged_ = converged
+        self.loss_curve_ = losses
+        self.backend_ = problem.backend.name
+        return self
+
+    def _check_flow_params(self) -> None:
+        if not self.conserve_mass and self.kernel == "energy":
+            raise ValueError(
+                "kernel='energy' requires conserve_mass=True: the energy kernel is only "
+                "conditionally positive definite, so the MMD is unbounded below over "
+                "unnormalised measures."
+            )
+
+    def _auto_step_size(self, kernel: Kernel) -> float:
+        # Transport: τα ≲ h²/2, the inverse Lipschitz constant of ∇f for the Gaussian and
+        # IMQ kernels (also used for the Laplacian, whose gradient jumps at r = 0).  The
+        # energy kernel's gradient is bounded by 2, so a step moves a particle at most
+        # 2τα: a tenth of the length scale.
+        if self.alpha > 0:
+            h = kernel.bandwidth
+            return (0.05 * h if kernel.name == "energy" else 0.5 * h * h) / self.alpha
+        return 1.0 / self.beta if self.beta > 0 else 1.0
+
+    def _target_energy(self, problem: _Problem, n_particles: int) -> float:
+        """``½ bᵀ K_yy b``, once per run: exact, or an unbiased estimate when it would cost
+        more than a few iterations (or when minibatches are used)."""
+        Y, b, M = problem.Y, problem.b, problem.Y.shape[0]
+        n_src = n_particles + (problem.batch_size or M)
+        exact = M <= _CONST_SUBSAMPLE or (
+            not problem.stochastic and M * M <= _CONST_ITERATIONS * n_particles * n_src
+        )
+        kern = problem.kernel
+        if exact:
+            Kb = problem.backend.matvec(kern, Y, Y, b.astype(Y.dtype)[:, None])[:, 0]
+            return 0.5 * float(b @ Kb.astype(np.float64))
+        # U-statistic over S i.i.d. draws from π̂: E k(Y, Y') without the s = t terms
+        S = _CONST_SUBSAMPLE
+        rows = problem.rng.choice(M, size=S, replace=True, p=b)
+        Ys = Y[rows]
+        ones = np.ones((S, 1), dtype=Y.dtype)
+        total = float(problem.backend.matvec(kern, Ys, Ys, ones).astype(np.float64).sum())
+        return 0.5 * (total - S * kern.diagonal) / (S * (S - 1))
+
+    # --- the MMD energy and its witness ----------------------------------------------------
+    def _evaluate(self, problem: _Problem, x, w, targets) -> _Evaluation:
+        """One fused reduction over the sources ``[x; y]`` with signed weights ``[w; -b]``:
+        the witness ``f(x_i)``, its gradient, and ``c = K_xy b`` (for the energy)."""
+        Yb, bb = targets
+        dtype = x.dtype
+        n = x.shape[0]
+        S = np.concatenate([x, Yb])
+        a = np.concatenate([w.astype(dtype), -bb])
+        V = np.stack([a, np.concatenate([np.zeros(n, dtype), bb])], axis=1)
+        val, grad = problem.backend.value_grad(problem.kernel, x, S, V, a)
+        f = val[:, 0].astype(np.float64)
+        c = val[:, 1].astype(np.float64)
+        # F = ½ wᵀK_xx w - wᵀc + ½ bᵀK_yy b, with wᵀK_xx w = wᵀf + wᵀc
+        wf, wc = float(w @ f), float(w @ c)
+        energy = 0.5 * wf - 0.5 * wc + problem.const
+        magnitude = abs(0.5 * (wf + wc)) + abs(wc) + abs(problem.const)
+        return _Evaluation(energy, magnitude, {"grad": grad})
+
+    def _step(self, problem: _Problem, x, w, ev: _Evaluation, targets, tau: float):
+        # Wasserstein step: x_i ← x_i - τα ∇f(x_i), the velocity field (not scaled by w_i)
+        x_new = x - (tau * self.alpha) * ev.cache["grad"] if self.alpha > 0 else x
+        if problem.update_weights and self.beta > 0:
+            w_new = self._weight_step(problem, x_new, w, targets, tau)
+        else:
+            w_new = w
+        return x_new, w_new
+
+    @abstractmethod
+    def _weight_step(self, problem: _Problem, x, w, targets, tau: float) -> np.ndarray:
+        """The weights after the reaction part of a step, at the moved particles ``x``."""
+
+    # --- using the fitted measure ---------------------------------------------------------
+    def score(self, X, y=None, sample_weight=None) -> float:
+        """Minus the energy distance between the fitted particle measure and ``X``.
+
+        Higher is better.  The energy distance has no bandwidth, so scores of fits with
+        different bandwidths or kernels are comparable (what ``GridSearchCV`` needs).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : ignored
+        sample_weight : array-like of shape (n_samples,), optional
+
+        Returns
+        -------
+        float
+        """
+        from .metrics import energy_distance
+
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=self.particles_.dtype, reset=False)
+        atoms, w = self._fitted_measure()
+        return -energy_distance(
+            atoms, X, x_weights=w, y_weights=sample_weight, backend=self.backend
+        )
+
+    def transform(self, X):
+        """Move the points of ``X`` toward the fitted distribution and return them.
+
+        The points form a uniform measure that follows the transport part of the flow
+        (Wasserstein gradient flow of the MMD, weights fixed) toward the fitted particle
+        measure, with this estimator's kernel, bandwidth, ``alpha``, step size,
+        ``max_iter`` and ``tol``.  The points interact, so the result depends on the
+        whole set: distribution matching, not a point-wise map.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features)
+            New array; ``X`` is not modified.
+        """
+        check_is_fitted(self)
+        Z = validate_data(self, X, dtype=[np.float64, np.float32], reset=False, copy=True)
+        if self.alpha == 0 or Z.shape[0] == 0:
+            return Z
+        atoms, b = self._fitted_measure()
+        kernel = Kernel(self.kernel, self.bandwidth_)
+        rng = np.random.default_rng(0)
+        problem = self._make_problem(
+            atoms.astype(Z.dtype), b, kernel, Z.shape[0], rng, update_weights=False
+        )
+        problem.batch_size = None
+        problem.const = self._target_energy(problem, Z.shape[0])
+        w = np.full(Z.shape[0], 1.0 / Z.shape[0])
+        auto = isinstance(self.step_size, str)
+        tau = self._auto_step_size(kernel) if auto else float(self.step_size)
+        z, *_ = self._run_flow(problem, Z, w, tau, auto, f"{type(self).__name__}.transform")
+        return z
