@@ -8,12 +8,14 @@ MMD samplers share: the energy ``F = ½ MMD²(μ, π̂)``, its witness and the t
 from __future__ import annotations
 
 import numbers
+import re
 import warnings
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
@@ -22,7 +24,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from ._backends import BACKENDS, KeOpsBackend, NumpyBackend, get_backend
 from ._progress import Progress
-from .kernels import KERNELS, Kernel, _seed_from, median_heuristic
+from .kernels import BANDWIDTH_RULES, KERNELS, Kernel, _seed_from, resolve_bandwidth
 
 # The stopping rule compares the mean energy of the last _WINDOW iterations with the mean
 # of the _WINDOW before them, relative to the decrease achieved since the start: MMD
@@ -43,6 +45,22 @@ def _flow_diverged(what: str, tau: float) -> FloatingPointError:
         f"The flow diverged: {what} became non-finite with step_size={tau:.3g}. "
         "Use a smaller step_size, or step_size='auto'."
     )
+
+
+def _validate_X(estimator, X, **kwargs) -> np.ndarray:
+    """``validate_data``, with messages that name the argument ``X`` (some of
+    scikit-learn's say only "array") and that say sparse input is not supported."""
+    if sp.issparse(X):
+        raise TypeError(
+            f"{type(estimator).__name__} does not support sparse input: X must be a dense "
+            f"array; got {type(X).__name__}. Convert it with X.toarray()."
+        )
+    try:
+        return validate_data(estimator, X, **kwargs)
+    except ValueError as exc:
+        if re.search(r"\bX\b", str(exc)):
+            raise
+        raise ValueError(f"Invalid X: {exc}") from exc
 
 
 @dataclass
@@ -93,7 +111,10 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
     _parameter_constraints: dict = {
         "n_particles": [Interval(numbers.Integral, 1, None, closed="left")],
         "kernel": [StrOptions(set(KERNELS))],
-        "bandwidth": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"median"})],
+        "bandwidth": [
+            Interval(numbers.Real, 0, None, closed="neither"),
+            StrOptions(set(BANDWIDTH_RULES)),
+        ],
         "alpha": [Interval(numbers.Real, 0, None, closed="left")],
         "beta": [Interval(numbers.Real, 0, None, closed="left")],
         "step_size": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
@@ -122,16 +143,18 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
 
     # --- validation ----------------------------------------------------------------------
     def _check_sample_weight(self, sample_weight, X) -> np.ndarray:
-        b = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+        try:
+            b = _check_sample_weight(
+                sample_weight, X, dtype=np.float64, ensure_non_negative=True
+            )
+        except ValueError as exc:
+            if "sample_weight" in str(exc):
+                raise
+            raise ValueError(f"Invalid sample_weight: {exc}") from exc
         total = b.sum()
         if not total > 0:
             raise ValueError("sample_weight must have a positive sum; got all zeros.")
         return b / total
-
-    def _resolve_bandwidth(self, X: np.ndarray, b: np.ndarray, rng) -> float:
-        if isinstance(self.bandwidth, str):
-            return median_heuristic(X, b, random_state=rng)
-        return float(self.bandwidth)
 
     def _check_init(self, X: np.ndarray) -> np.ndarray | None:
         if isinstance(self.init, str):
@@ -300,13 +323,13 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         self
         """
         self._validate_params()
-        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        X = _validate_X(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
         b = self._check_sample_weight(sample_weight, X)
         self._check_flow_params()
         rs = check_random_state(self.random_state)
         rng = np.random.default_rng(_seed_from(rs))
 
-        self.bandwidth_ = self._resolve_bandwidth(X, b, rng)
+        self.bandwidth_ = resolve_bandwidth(self.bandwidth, X, b, random_state=rng)
         kernel = Kernel(self.kernel, self.bandwidth_)
         x = self._initial_particles(X, b, rng)
         w = np.full(x.shape[0], 1.0 / x.shape[0])
@@ -338,11 +361,11 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
     def _auto_step_size(self, kernel: Kernel) -> float:
         # Transport: τα ≲ h²/2, the inverse Lipschitz constant of ∇f for the Gaussian and
         # IMQ kernels (also used for the Laplacian, whose gradient jumps at r = 0).  The
-        # energy kernel's gradient is bounded by 2, so a step moves a particle at most
-        # 2τα: a tenth of the length scale.
+        # energy kernel's gradient is bounded by 2, so a step of τα = h/2 moves a particle
+        # at most one length scale; the safeguard takes it from there.
         if self.alpha > 0:
             h = kernel.bandwidth
-            return (0.05 * h if kernel.name == "energy" else 0.5 * h * h) / self.alpha
+            return (0.5 * h if kernel.name == "energy" else 0.5 * h * h) / self.alpha
         return 1.0 / self.beta if self.beta > 0 else 1.0
 
     def _target_energy(self, problem: _Problem, n_particles: int) -> float:
@@ -417,7 +440,9 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         from .metrics import energy_distance
 
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=self.particles_.dtype, reset=False)
+        X = _validate_X(self, X, dtype=self.particles_.dtype, reset=False)
+        if sample_weight is not None:
+            sample_weight = self._check_sample_weight(sample_weight, X)
         atoms, w = self._fitted_measure()
         return -energy_distance(
             atoms, X, x_weights=w, y_weights=sample_weight, backend=self.backend
@@ -442,7 +467,7 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
             New array; ``X`` is not modified.
         """
         check_is_fitted(self)
-        Z = validate_data(self, X, dtype=[np.float64, np.float32], reset=False, copy=True)
+        Z = _validate_X(self, X, dtype=[np.float64, np.float32], reset=False, copy=True)
         if self.alpha == 0 or Z.shape[0] == 0:
             return Z
         atoms, b = self._fitted_measure()

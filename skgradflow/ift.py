@@ -33,6 +33,9 @@ def project_simplex(v: np.ndarray) -> np.ndarray:
     >>> project_simplex(np.array([0.5, 0.8, -0.3]))
     array([0.35, 0.65, 0.  ])
     """
+    if not np.all(np.isfinite(v)):
+        # a diverging step: NaN weights, which the flow rejects with a step_size error
+        return np.full(v.shape, np.nan)
     u = np.sort(v)[::-1]
     css = np.cumsum(u) - 1.0
     ind = np.arange(1, v.size + 1)
@@ -54,16 +57,18 @@ class IFTSampler(_BaseMMDFlow):
     n_particles : int, default=500
         Number of particles ``N``.
     kernel : {"gaussian", "laplacian", "imq", "energy"}, default="gaussian"
-    bandwidth : float or "median", default="median"
-        Kernel length scale; ``"median"`` is the median distance between target samples.
-        For the energy kernel, which has none, it is the length scale of the automatic
-        step size.
+    bandwidth : float or {"median", "scott", "silverman"}, default="median"
+        Kernel length scale; ``"median"`` is the median distance between target samples,
+        robust in any dimension and good for transport; ``"scott"``/``"silverman"`` are
+        the density-estimation rules (see :func:`skgradflow.kernels.resolve_bandwidth`),
+        sharper in low dimension.  For the energy kernel, which has no bandwidth, it is
+        the length scale of the automatic step size.
     alpha : float, default=1.0
         Rate of the Wasserstein (transport) part; 0 moves no particle.
     beta : float, default=1.0
         Rate of the MMD (reweighting) part; 0 is the MMD flow of Arbel et al. (2019).
     step_size : float or "auto", default="auto"
-        Time step ``τ``.  ``"auto"`` starts from ``τα = h²/2`` (``0.05 h`` for the energy
+        Time step ``τ``.  ``"auto"`` starts from ``τα = h²/2`` (``h/2`` for the energy
         kernel) and halves it whenever a step raises the energy; an explicit float is used
         as given.
     max_iter : int, default=500

@@ -16,6 +16,7 @@ import numpy as np
 from scipy.spatial.distance import pdist
 
 KERNELS = ("gaussian", "laplacian", "imq", "energy")
+BANDWIDTH_RULES = ("median", "scott", "silverman")
 
 # Above this many target rows the median heuristic is computed on an i.i.d. subsample.
 _MEDIAN_MAX_ROWS = 2000
@@ -158,6 +159,55 @@ def median_heuristic(
     if med <= 0.0:
         med = float(np.average(dist, weights=pair_w))
     return med if med > 0.0 else 1.0
+
+
+def resolve_bandwidth(
+    bandwidth: float | str, X: np.ndarray, weights: np.ndarray, random_state: Any = None
+) -> float:
+    """The bandwidth ``h`` for a float or a rule.
+
+    ``"median"``: :func:`median_heuristic`.  ``"scott"``: ``n^(-1/(d+4)) σ`` and
+    ``"silverman"``: ``(n (d+2) / 4)^(-1/(d+4)) σ``, with ``n = 1 / Σ w²`` the effective
+    sample size and ``σ`` the root mean (weighted) variance of the features.  The rules of
+    scikit-learn's ``KernelDensity`` omit ``σ`` (they assume standardised data): on
+    standardised data the two agree.
+
+    Parameters
+    ----------
+    bandwidth : float or {"median", "scott", "silverman"}
+    X : ndarray of shape (n_samples, n_features)
+    weights : ndarray of shape (n_samples,)
+        Non-negative, summing to 1.
+    random_state : int, RandomState or Generator, optional
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skgradflow.kernels import resolve_bandwidth
+    >>> X = np.random.default_rng(0).normal(size=(1000, 2))
+    >>> round(resolve_bandwidth("scott", X, np.full(1000, 1e-3)), 2)
+    0.32
+    """
+    if not isinstance(bandwidth, str):
+        return float(bandwidth)
+    if bandwidth == "median":
+        return median_heuristic(X, weights, random_state=random_state)
+    if bandwidth not in BANDWIDTH_RULES:
+        raise ValueError(f"bandwidth must be a positive float or one of {BANDWIDTH_RULES}.")
+    Xd = np.asarray(X, dtype=np.float64)
+    n, d = 1.0 / float(np.sum(weights**2)), Xd.shape[1]
+    mean = weights @ Xd
+    sigma = float(np.sqrt(np.mean(weights @ (Xd - mean) ** 2)))
+    if sigma <= 0.0:
+        sigma = 1.0
+    factor = n ** (-1.0 / (d + 4)) if bandwidth == "scott" else (n * (d + 2) / 4.0) ** (
+        -1.0 / (d + 4)
+    )
+    return factor * sigma
 
 
 def _seed_from(random_state: Any) -> Any:

@@ -6,21 +6,28 @@ Both are the biased (V-statistic) estimates between the weighted empirical measu
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from sklearn.utils import check_array
-from sklearn.utils.validation import _check_sample_weight
 
 from ._backends import BACKENDS, get_backend
 from .kernels import KERNELS, Kernel, median_heuristic
 
 
 def _check_weights(weights, X: np.ndarray, name: str) -> np.ndarray:
+    n = X.shape[0]
     if weights is None:
-        return np.full(X.shape[0], 1.0 / X.shape[0])
-    w = _check_sample_weight(weights, X, dtype=np.float64, ensure_non_negative=True)
+        return np.full(n, 1.0 / n)
+    # checked here rather than by scikit-learn's _check_sample_weight, whose messages
+    # would name the argument "sample_weight"
+    w = check_array(weights, ensure_2d=False, dtype=np.float64, input_name=name)
+    if w.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), one weight per row; got {w.shape}.")
+    if np.any(w < 0):
+        raise ValueError(f"{name} must be non-negative; got a minimum of {w.min():.3g}.")
     if not w.sum() > 0:
         raise ValueError(f"{name} must have a positive sum; got all zeros.")
     return w / w.sum()
@@ -88,7 +95,7 @@ def mmd(
             raise ValueError(f"bandwidth must be a positive float or 'median'; got {bandwidth!r}.")
         h = median_heuristic(P, 0.5 * np.abs(a), random_state=0)
     else:
-        h = float(bandwidth)
+        h = float(bandwidth) if isinstance(bandwidth, numbers.Real) else np.nan
         if not np.isfinite(h) or h <= 0:
             raise ValueError(f"bandwidth must be a positive float or 'median'; got {bandwidth!r}.")
     be = get_backend(backend, P.shape[0] ** 2)

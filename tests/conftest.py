@@ -1,0 +1,24 @@
+import numpy as np
+import pytest
+
+
+def three_mode_mixture(n, rng, centers=((-4.0, 0.0), (4.0, 0.0), (0.0, 5.0)), scale=0.7):
+    """Samples of an equal-weight mixture of isotropic Gaussians."""
+    centers = np.asarray(centers, dtype=float)
+    labels = rng.integers(len(centers), size=n)
+    return centers[labels] + scale * rng.standard_normal((n, centers.shape[1]))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="session")
+def mixture_split():
+    """Standardised train / held-out samples of a 2-D three-component mixture."""
+    rng = np.random.default_rng(0)
+    X = three_mode_mixture(800, rng)
+    X_test = three_mode_mixture(800, rng)
+    mean, std = X.mean(axis=0), X.std(axis=0)
+    return (X - mean) / std, (X_test - mean) / std

@@ -1,0 +1,274 @@
+"""IFTSampler against an independent dense computation of design.md §1, and the flow's
+invariants and behaviour."""
+
+import warnings
+
+import numpy as np
+import pytest
+from conftest import three_mode_mixture
+from sklearn.exceptions import ConvergenceWarning
+
+from skgradflow import IFTSampler
+from skgradflow._backends import keops_available
+from skgradflow.metrics import energy_distance, mmd
+
+BACKENDS = ["numpy", pytest.param("keops", marks=pytest.mark.skipif(
+    not keops_available(), reason="KeOps cannot compile here"))]
+
+
+# --- an independent dense implementation of one IFT iteration --------------------------
+def gauss(A, B, h):
+    r2 = ((A[:, None, :] - B[None, :, :]) ** 2).sum(-1)
+    return np.exp(-r2 / (2 * h * h))
+
+
+def witness_grad(x, w, y, b, h):
+    """∇f(x_i) for f(z) = Σ_j w_j k(z, x_j) - Σ_m b_m k(z, y_m)."""
+    Kx, Ky = gauss(x, x, h), gauss(x, y, h)
+    gx = -((x[:, None, :] - x[None, :, :]) * (Kx * w)[..., None]).sum(1) / h**2
+    gy = -((x[:, None, :] - y[None, :, :]) * (Ky * b)[..., None]).sum(1) / h**2
+    return gx - gy
+
+
+def energy(x, w, y, b, h):
+    return 0.5 * w @ gauss(x, x, h) @ w - w @ gauss(x, y, h) @ b + 0.5 * b @ gauss(y, y, h) @ b
+
+
+def simplex_projection_by_bisection(v):
+    """argmin_{w ∈ Δ} |w - v|: w = max(v - θ, 0) with θ found by bisection on Σ w = 1."""
+    lo, hi = v.min() - 1.0, v.max()
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if np.maximum(v - mid, 0).sum() > 1:
+            lo = mid
+        else:
+            hi = mid
+    w = np.maximum(v - 0.5 * (lo + hi), 0)
+    return w / w.sum()
+
+
+def dense_ift_iteration(x, w, y, b, h, tau, alpha, beta, weight_steps):
+    x1 = x - tau * alpha * witness_grad(x, w, y, b, h)
+    K, c, eta = gauss(x1, x1, h), gauss(x1, y, h) @ b, tau * beta
+    L = (1 + 1 / eta) * np.abs(K).sum(1).max()
+
+    def grad_q(v):  # ∇ of ½vᵀKv - vᵀc + 1/(2η)(v - w)ᵀK(v - w)
+        return K @ v - c + K @ (v - w) / eta
+
+    v_prev, z, t = w, w, 1.0
+    for _ in range(weight_steps):
+        v = simplex_projection_by_bisection(z - grad_q(z) / L)
+        t_next = (1 + np.sqrt(1 + 4 * t * t)) / 2
+        z = v + (t - 1) / t_next * (v - v_prev)
+        v_prev, t = v, t_next
+    return x1, v
+
+
+@pytest.fixture
+def small_problem(rng):
+    y = three_mode_mixture(40, rng)
+    b = rng.uniform(0.5, 1.5, size=40)
+    x0 = rng.normal(size=(15, 2))
+    return x0, y, b / b.sum(), b
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("weight_steps", [1, 3])
+def test_one_iteration_matches_dense_computation(small_problem, backend, weight_steps):
+    x0, y, b, raw_weights = small_problem
+    h, tau, alpha, beta = 1.3, 0.4, 0.7, 2.0
+    est = IFTSampler(n_particles=15, bandwidth=h, step_size=tau, alpha=alpha, beta=beta,
+                     weight_steps=weight_steps, init=x0, max_iter=1, tol=0, backend=backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(y, sample_weight=raw_weights)
+    w0 = np.full(15, 1 / 15)
+    x1, w1 = dense_ift_iteration(x0, w0, y, b, h, tau, alpha, beta, weight_steps)
+    np.testing.assert_allclose(est.particles_, x1, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(est.weights_, w1, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        est.loss_curve_, [energy(x0, w0, y, b, h), energy(x1, w1, y, b, h)], rtol=1e-9
+    )
+    assert est.step_size_ == tau and est.n_iter_ == 1
+
+
+def test_beta_zero_is_the_mmd_flow(small_problem):
+    x0, y, b, raw = small_problem
+    h, tau = 1.0, 0.3
+    est = IFTSampler(n_particles=15, bandwidth=h, step_size=tau, beta=0.0, init=x0,
+                     max_iter=5, tol=0).fit(y, sample_weight=raw)
+    w = np.full(15, 1 / 15)
+    x = x0
+    for _ in range(5):
+        x = x - tau * witness_grad(x, w, y, b, h)
+    assert np.all(est.weights_ == 1 / 15)
+    np.testing.assert_allclose(est.particles_, x, rtol=1e-10)
+
+
+def test_alpha_zero_moves_no_particle(small_problem):
+    x0, y, b, raw = small_problem
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = IFTSampler(n_particles=15, alpha=0.0, init=x0, max_iter=20).fit(y)
+    np.testing.assert_array_equal(est.particles_, x0)
+    assert not np.allclose(est.weights_, 1 / 15)  # the weights did move
+    assert np.all(np.diff(est.loss_curve_) <= 1e-12)
+
+
+class WeightSpy:
+    """Records the weights of every step a flow takes."""
+
+    def __init__(self, monkeypatch):
+        self.history = []
+        original = IFTSampler._step
+
+        def spy(est, *args, **kwargs):
+            x, w = original(est, *args, **kwargs)
+            self.history.append(np.array(w))
+            return x, w
+
+        monkeypatch.setattr(IFTSampler, "_step", spy)
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "laplacian", "imq", "energy"])
+def test_weights_stay_on_the_simplex_and_energy_decreases(kernel, mixture_split, monkeypatch):
+    X, _ = mixture_split
+    spy = WeightSpy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = IFTSampler(n_particles=60, kernel=kernel, bandwidth=0.5, max_iter=40,
+                         random_state=0).fit(X[:300])
+    assert len(spy.history) >= 40
+    for w in spy.history:
+        assert np.all(w >= 0)
+        assert abs(w.sum() - 1) < 1e-10
+    curve = est.loss_curve_
+    assert np.all(np.diff(curve) <= 1e-10 * abs(curve[0]))
+    assert curve[-1] < 0.5 * curve[0]
+
+
+def test_unbalanced_weights_stay_nonnegative(mixture_split, monkeypatch):
+    X, _ = mixture_split
+    spy = WeightSpy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = IFTSampler(n_particles=60, conserve_mass=False, bandwidth=0.5, max_iter=40,
+                         random_state=0).fit(X[:300])
+    assert all(np.all(w >= 0) for w in spy.history)
+    assert not np.isclose(est.weights_.sum(), 1.0)  # mass is not conserved
+    assert np.all(np.diff(est.loss_curve_) <= 1e-12)
+    # the unbalanced energy ½|μ - π̂|²_k matches the metric on the unnormalised measure
+    direct = 0.5 * mmd_unnormalised(est.particles_, est.weights_, X[:300], 0.5)
+    np.testing.assert_allclose(est.loss_curve_[-1], direct, rtol=1e-8)
+
+
+def mmd_unnormalised(x, w, y, h):
+    b = np.full(len(y), 1 / len(y))
+    return w @ gauss(x, x, h) @ w - 2 * w @ gauss(x, y, h) @ b + b @ gauss(y, y, h) @ b
+
+
+def test_defaults_fit_a_three_mode_mixture(mixture_split):
+    X, X_test = mixture_split
+    est = IFTSampler(random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X)
+    init = est._initial_particles(X, np.full(len(X), 1 / len(X)), np.random.default_rng(0))
+    before = energy_distance(init, X_test)
+    after = -est.score(X_test)
+    assert np.all(np.diff(est.loss_curve_) <= 1e-12)
+    assert est.loss_curve_[-1] < 0.05 * est.loss_curve_[0]
+    assert after < before / 3
+    # a bandwidth at the scale of the modes resolves them: a far larger factor
+    sharp = IFTSampler(bandwidth="scott", random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sharp.fit(X)
+    assert -sharp.score(X_test) < before / 10
+
+
+def test_ift_beats_the_mmd_flow_on_far_modes(rng):
+    # target modes far from the particles, which start in a small blob between them
+    y = three_mode_mixture(600, rng, centers=((-6, 0), (6, 0), (0, 8)), scale=0.5)
+    x0 = 0.3 * rng.normal(size=(150, 2)) + np.array([0.0, 2.0])
+    kw = dict(n_particles=150, bandwidth=1.0, init=x0, max_iter=150, tol=0, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ift = IFTSampler(beta=1.0, **kw).fit(y)
+        flow = IFTSampler(beta=0.0, **kw).fit(y)
+    assert ift.loss_curve_[-1] < 0.5 * flow.loss_curve_[-1]
+    # the same comparison with the bandwidth-free metric on the fitted measures
+    assert energy_distance(ift.particles_, y, x_weights=ift.weights_) < energy_distance(
+        flow.particles_, y)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_stays_float32_and_tracks_float64(small_problem, backend):
+    x0, y, b, raw = small_problem
+    kw = dict(n_particles=15, bandwidth=1.0, step_size=0.3, init=x0, max_iter=5, tol=0,
+              backend=backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        e64 = IFTSampler(**kw).fit(y)
+        e32 = IFTSampler(**kw).fit(y.astype(np.float32))
+    assert e32.particles_.dtype == np.float32
+    assert e32.sample(3, random_state=0).dtype == np.float32
+    assert e32.transform(y[:5].astype(np.float32)).dtype == np.float32
+    np.testing.assert_allclose(e32.particles_, e64.particles_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(e32.weights_, e64.weights_, rtol=1e-3, atol=1e-6)
+
+
+def test_minibatches_follow_sample_weight(rng):
+    near = rng.normal(size=(300, 2))
+    far = rng.normal(size=(300, 2)) + np.array([8.0, 0.0])
+    y = np.concatenate([near, far])
+    weight = np.r_[np.ones(300), np.zeros(300)]  # the far cluster has no mass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = IFTSampler(n_particles=80, batch_size=64, bandwidth=1.0, max_iter=100,
+                         random_state=0).fit(y, sample_weight=weight)
+    assert abs(est.weights_.sum() - 1) < 1e-10
+    mean_position = est.weights_ @ est.particles_
+    assert abs(mean_position[0]) < 1.0  # not pulled toward the weightless cluster at x=8
+    assert est.loss_curve_[-10:].mean() < est.loss_curve_[:3].mean()
+
+
+def test_estimated_constant_is_close_to_the_exact_one(rng):
+    from skgradflow._base import _Problem
+    from skgradflow._backends import NumpyBackend
+    from skgradflow.kernels import Kernel
+
+    y = rng.normal(size=(12_000, 2))
+    b = np.full(len(y), 1 / len(y))
+    problem = _Problem(NumpyBackend(), Kernel("gaussian", 1.0), y, b, 256,
+                       np.random.default_rng(0))
+    estimate = IFTSampler()._target_energy(problem, n_particles=100)
+    exact = 0.5 * b @ NumpyBackend().matvec(Kernel("gaussian", 1.0), y, y, b[:, None])[:, 0]
+    # the population value: E exp(-|Y - Y'|²/2) = E exp(-χ²₂) = 1/3 for Y, Y' ~ N(0, I₂)
+    assert abs(exact - 1 / 6) < 0.01
+    assert abs(estimate - exact) < 0.02 * exact
+
+
+def test_transform_moves_points_toward_the_fitted_measure(mixture_split):
+    X, X_test = mixture_split
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = IFTSampler(n_particles=200, random_state=0).fit(X)
+        shifted = X_test[:200] + np.array([1.5, -1.0])
+        original = shifted.copy()
+        moved = est.transform(shifted)
+    np.testing.assert_array_equal(shifted, original)  # the input is untouched
+    assert energy_distance(moved, X_test) < 0.1 * energy_distance(shifted, X_test)
+
+
+def test_verbose_reports_progress_and_silent_prints_nothing(small_problem, capsys):
+    x0, y, _, _ = small_problem
+    kw = dict(n_particles=15, init=x0, max_iter=5, tol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        IFTSampler(verbose=0, **kw).fit(y)
+        quiet = capsys.readouterr()
+        IFTSampler(verbose=1, **kw).fit(y)
+        loud = capsys.readouterr()
+    assert quiet.out == "" and quiet.err == ""
+    assert "energy" in loud.err and loud.out == ""
