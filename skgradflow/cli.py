@@ -26,7 +26,7 @@ from sklearn.preprocessing import StandardScaler
 from . import IFTSampler, __version__
 from ._backends import BACKENDS
 from .datasets import BUILTIN_DATASETS, describe_builtin, load_builtin
-from .kernels import KERNELS
+from .kernels import BANDWIDTH_RULES, KERNELS
 from .metrics import energy_distance
 
 #: Estimators that ``skgradflow sample --estimator NAME`` can run.
@@ -101,18 +101,19 @@ def _non_negative_float(text: str) -> float:
     return _float(text, positive=False)
 
 
-def _float_or(word: str):
+def _float_or(*words: str):
     def parse(text: str) -> float | str:
-        if text == word:
-            return word
+        if text in words:
+            return text
         try:
             return _float(text, positive=True)
         except argparse.ArgumentTypeError:
+            choices = ", ".join(map(repr, words))
             raise argparse.ArgumentTypeError(
-                f"must be a positive number or {word!r}; got {text!r}"
+                f"must be a positive number or one of {choices}; got {text!r}"
             ) from None
 
-    parse.__name__ = f"float_or_{word}"
+    parse.__name__ = "float_or_" + "_".join(words)
     return parse
 
 
@@ -195,9 +196,9 @@ def _build_parser() -> _ArgumentParser:
     flow.add_argument("--kernel", choices=KERNELS, help=f"kernel ({_default_text('kernel')})")
     flow.add_argument(
         "--bandwidth",
-        type=_float_or("median"),
-        metavar="FLOAT|median",
-        help=f"kernel bandwidth in standardised units ({_default_text('bandwidth')})",
+        type=_float_or(*BANDWIDTH_RULES),
+        metavar="FLOAT|" + "|".join(BANDWIDTH_RULES),
+        help=f"kernel bandwidth, or a rule for it ({_default_text('bandwidth')})",
     )
     flow.add_argument(
         "--alpha",
@@ -464,11 +465,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             distance = energy_distance(samples, X, backend=metric_backend)
         except _ESTIMATOR_ERRORS as exc:
             raise CLIError(f"{type(estimator).__name__}: {_one_line(exc)}") from None
-        finally:
-            shown = (UserWarning, RuntimeWarning)
-            messages = [_one_line(w.message) for w in caught if issubclass(w.category, shown)]
-            for message in dict.fromkeys(messages):
-                print(f"skgradflow: warning: {message}", file=sys.stderr)
+    # One line each, without the source line Python's warning format adds; the
+    # DeprecationWarnings of libraries are not the user's business here.
+    shown = (UserWarning, RuntimeWarning)
+    messages = [_one_line(w.message) for w in caught if issubclass(w.category, shown)]
+    for message in dict.fromkeys(messages):
+        print(f"skgradflow: warning: {message}", file=sys.stderr)
 
     _write(out, fmt, samples, data.header if fmt == "csv" else None)
     elapsed = time.perf_counter() - start
