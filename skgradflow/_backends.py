@@ -37,9 +37,11 @@ except ImportError:  # pragma: no cover - Windows has no flock; compiles are not
 
 BACKENDS = ("auto", "keops", "numpy")
 
-# "auto" uses NumPy below this many kernel entries per reduction, where a KeOps compile
-# (several seconds per formula, once per machine) would dominate the run.
-AUTO_KEOPS_MIN_PAIRS = 4_000_000
+# "auto" uses NumPy below this many kernel entries over a whole run, where a KeOps compile
+# (several seconds per formula, once per machine) would dominate: on a 2-core CPU, NumPy
+# evaluates about 2·10⁷ Gaussian kernel entries per second and KeOps about 2·10⁸, so a cold
+# compile of ~20 s pays for itself from about 5·10⁸ entries on.
+AUTO_KEOPS_MIN_WORK = 500_000_000
 
 _BLOCK_ROWS = 1024
 _BLOCK_COLS = 2048
@@ -96,7 +98,11 @@ class KeOpsBackend:
     name = "keops"
 
     def __init__(self) -> None:
+        import pykeops
         from pykeops.numpy import LazyTensor  # noqa: F401  (fail early if unavailable)
+
+        # compile messages would interleave with the estimators' own progress output
+        pykeops.set_verbose(False)
 
     @staticmethod
     def _pad(V: np.ndarray, width: int) -> np.ndarray:
@@ -202,16 +208,16 @@ def keops_available() -> bool:
     return _keops_status["ok"]
 
 
-def get_backend(backend: str, n_pairs: int) -> NumpyBackend | KeOpsBackend:
-    """Resolve ``backend`` for reductions of about ``n_pairs`` kernel entries.
+def get_backend(backend: str, n_pairs: int, n_calls: int = 1) -> NumpyBackend | KeOpsBackend:
+    """Resolve ``backend`` for ``n_calls`` reductions of about ``n_pairs`` kernel entries.
 
-    ``"auto"`` picks NumPy for small problems and when KeOps cannot compile here.
+    ``"auto"`` picks NumPy for small runs and when KeOps cannot compile here.
     """
     if backend == "numpy":
         return NumpyBackend()
     if backend == "keops":
         return KeOpsBackend()
-    if n_pairs < AUTO_KEOPS_MIN_PAIRS:
+    if n_pairs * n_calls < AUTO_KEOPS_MIN_WORK:
         return NumpyBackend()
     if not keops_available():
         warnings.warn(

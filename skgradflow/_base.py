@@ -189,7 +189,8 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
 
     def _make_problem(self, Y, b, kernel, n_points, rng, update_weights=True) -> _Problem:
         n_src = n_points + (self.batch_size or Y.shape[0])
-        backend = get_backend(self.backend, n_points * n_src)
+        # about two reductions an iteration (the witness, the weight step)
+        backend = get_backend(self.backend, n_points * n_src, n_calls=2 * self.max_iter)
         batch = None if self.batch_size is None else int(self.batch_size)
         return _Problem(backend, kernel, Y, b, batch, rng, update_weights)
 

@@ -87,8 +87,8 @@ default="gaussian"
         Targets per iteration: all, or a fresh minibatch drawn with ``sample_weight`` as
         probabilities.
     backend : {"auto", "keops", "numpy"}, default="auto"
-        ``"auto"`` uses NumPy when a reduction has fewer than 4·10⁶ kernel entries (where a
-        KeOps compile would dominate) and KeOps above.
+        ``"auto"`` uses NumPy when the run evaluates fewer than 5·10⁸ kernel entries in all
+        (where a KeOps compile would dominate) and KeOps above.
     random_state : int, RandomState instance or None, default=None
     verbose : int, default=0
         Progress with the energy on stderr when positive.

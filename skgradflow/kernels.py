@@ -39,8 +39,9 @@ class Kernel:
     >>> import numpy as np
     >>> from skgradflow.kernels import Kernel
     >>> k = Kernel("gaussian", 2.0)
-    >>> float(k.value(np.array([0.0, 1.0]))[1])  # r² = 1, h = 2
-    0.8824969025845955
+    >>> r2 = np.array([1.0]) / k.scale**2  # |z - s| = 1, in scaled coordinates
+    >>> round(float(k.value(r2)[0]), 12)  # exp(-1 / (2 · 2²))
+    0.882496902585
     """
 
     name: str

@@ -100,7 +100,12 @@ def mmd(
             raise ValueError(f"bandwidth must be a positive float or 'median'; got {bandwidth!r}.")
     be = get_backend(backend, P.shape[0] ** 2)
     Ka = be.matvec(Kernel(kernel, h), P, P, a.astype(dtype)[:, None])[:, 0]
-    return max(float(a @ Ka.astype(np.float64)), 0.0)
+    value = float(a @ Ka.astype(np.float64))
+    if not np.isfinite(value):
+        raise FloatingPointError(
+            "The MMD is not finite: the points are too far apart for their dtype (overflow)."
+        )
+    return max(value, 0.0)
 
 
 def energy_distance(X, Y, *, x_weights=None, y_weights=None, backend: str = "auto") -> float:
