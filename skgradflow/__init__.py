@@ -2,7 +2,9 @@
 
 from . import metrics
 from .ift import IFTSampler
+from .inclusive_kl import InclusiveKLFitter
+from .wfr import WFRMMDFlow
 
 __version__ = "0.1.0"
 
-__all__ = ["IFTSampler", "metrics", "__version__"]
+__all__ = ["IFTSampler", "InclusiveKLFitter", "WFRMMDFlow", "metrics", "__version__"]

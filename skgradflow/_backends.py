@@ -77,6 +77,39 @@ class NumpyBackend:
             grad[rows] += Zs[rows] * Ga.sum(axis=1, keepdims=True) - Ga @ Ss[cols]
         return val, grad / h
 
+    def gaussian_logsumexp(self, h: float, Z: np.ndarray, S: np.ndarray, logv: np.ndarray):
+        """``log Σ_j exp(logv_j - |z_i - s_j|² / (2h²))``, streamed over blocks of sources."""
+        out = np.empty(Z.shape[0], dtype=Z.dtype)
+        for r0 in range(0, Z.shape[0], _BLOCK_ROWS):
+            rows = slice(r0, r0 + _BLOCK_ROWS)
+            top = np.full(Z[rows].shape[0], -np.inf, dtype=Z.dtype)
+            total = np.zeros_like(top)
+            for c0 in range(0, S.shape[0], _BLOCK_COLS):
+                cols = slice(c0, c0 + _BLOCK_COLS)
+                r2 = cdist(Z[rows] / h, S[cols] / h, "sqeuclidean").astype(Z.dtype, copy=False)
+                A = logv[cols][None, :] - 0.5 * r2
+                new_top = np.maximum(top, A.max(axis=1))
+                total = total * np.exp(top - new_top) + np.exp(A - new_top[:, None]).sum(axis=1)
+                top = new_top
+            out[rows] = top + np.log(total)
+        return out
+
+    def gaussian_softmax_moments(self, h: float, Z: np.ndarray, S: np.ndarray, c: np.ndarray):
+        """``E_ij = exp(c_j - |z_i - s_j|² / (2h²))``: returns ``Σ_j E_ij`` and
+        ``Σ_j E_ij (s_j - z_i)``."""
+        mass = np.zeros(Z.shape[0], dtype=Z.dtype)
+        first = np.zeros_like(Z)
+        for r0 in range(0, Z.shape[0], _BLOCK_ROWS):
+            rows = slice(r0, r0 + _BLOCK_ROWS)
+            for c0 in range(0, S.shape[0], _BLOCK_COLS):
+                cols = slice(c0, c0 + _BLOCK_COLS)
+                r2 = cdist(Z[rows] / h, S[cols] / h, "sqeuclidean").astype(Z.dtype, copy=False)
+                E = np.exp(c[cols][None, :] - 0.5 * r2)
+                row_mass = E.sum(axis=1)
+                mass[rows] += row_mass
+                first[rows] += E @ S[cols] - Z[rows] * row_mass[:, None]
+        return mass, first
+
     @staticmethod
     def _blocks(kernel: Kernel, Z: np.ndarray, S: np.ndarray, need_factor: bool):
         h = kernel.scale
@@ -153,6 +186,30 @@ class KeOpsBackend:
         out = self._reduce((K * vj).concat((G * aj) * D), Z.dtype, key)
         width = max(p, _VALUE_GRAD_WIDTH)
         return out[:, :p], out[:, width:] / kernel.scale
+
+
+    def gaussian_logsumexp(self, h: float, Z: np.ndarray, S: np.ndarray, logv: np.ndarray):
+        """``log Σ_j exp(logv_j - |z_i - s_j|² / (2h²))`` by a KeOps LogSumExp reduction."""
+        from pykeops.numpy import LazyTensor
+
+        _, r2 = self._pairs(Kernel("gaussian", h), Z, S)
+        vj = LazyTensor(np.ascontiguousarray(logv.reshape(-1, 1))[None, :, :])
+        key = ("logsumexp", Z.shape[1], Z.dtype.str)
+        with _compile_guard(key):
+            return (vj - 0.5 * r2).logsumexp(1)[:, 0]
+
+    def gaussian_softmax_moments(self, h: float, Z: np.ndarray, S: np.ndarray, c: np.ndarray):
+        """``E_ij = exp(c_j - |z_i - s_j|² / (2h²))``: ``Σ_j E_ij`` and ``Σ_j E_ij (s_j - z_i)``,
+        in one reduction."""
+        from pykeops.numpy import LazyTensor
+
+        D, r2 = self._pairs(Kernel("gaussian", h), Z, S)
+        cj = LazyTensor(np.ascontiguousarray(c.reshape(-1, 1))[None, :, :])
+        E = (cj - 0.5 * r2).exp()
+        key = ("softmax_moments", Z.shape[1], Z.dtype.str)
+        out = self._reduce(E.concat(-E * D), Z.dtype, key)
+        # the reduction ran in coordinates divided by h
+        return out[:, 0], out[:, 1:] * h
 
 
 # --- parallel compiles ------------------------------------------------------------------

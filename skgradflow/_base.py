@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+from sklearn.cluster import kmeans_plusplus
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -109,8 +110,6 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
     """
 
     _parameter_constraints: dict = {
-        "n_particles": [Interval(numbers.Integral, 1, None, closed="left")],
-        "kernel": [StrOptions(set(KERNELS))],
         "bandwidth": [
             Interval(numbers.Real, 0, None, closed="neither"),
             StrOptions(set(BANDWIDTH_RULES)),
@@ -120,13 +119,15 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         "step_size": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
         "tol": [Interval(numbers.Real, 0, None, closed="left")],
-        "conserve_mass": ["boolean"],
-        "init": [StrOptions({"gaussian", "subsample"}), "array-like"],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "backend": [StrOptions(set(BACKENDS))],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
+
+    # the fitted attribute that holds the atoms, and the number of atoms parameter
+    _atoms_attr = "particles_"
+    _n_atoms_param = "n_particles"
 
     # --- hooks -------------------------------------------------------------------------
     @abstractmethod
@@ -160,11 +161,12 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         if isinstance(self.init, str):
             return None
         init = np.asarray(self.init)
-        if init.ndim != 2 or init.shape != (self.n_particles, X.shape[1]):
+        n_atoms = getattr(self, self._n_atoms_param)
+        if init.ndim != 2 or init.shape != (n_atoms, X.shape[1]):
             raise ValueError(
-                "init must be 'gaussian', 'subsample' or an array of shape "
-                f"(n_particles, n_features) = ({self.n_particles}, {X.shape[1]}); "
-                f"got an array of shape {init.shape}."
+                f"init must be one of {sorted(self._parameter_constraints['init'][0].options)} "
+                f"or an array of shape ({self._n_atoms_param}, n_features) = "
+                f"({n_atoms}, {X.shape[1]}); got an array of shape {init.shape}."
             )
         if not np.issubdtype(init.dtype, np.number) or not np.all(np.isfinite(init)):
             raise ValueError("init must be an array of finite numbers.")
@@ -174,10 +176,19 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         given = self._check_init(X)
         if given is not None:
             return given
-        n = self.n_particles
+        n = getattr(self, self._n_atoms_param)
         if self.init == "subsample":
             rows = rng.choice(X.shape[0], size=n, replace=n > np.count_nonzero(b), p=b)
             return X[rows].copy()
+        if self.init == "kmeans++":
+            if n > np.count_nonzero(b):
+                raise ValueError(
+                    f"init='kmeans++' needs {self._n_atoms_param}={n} <= the number of "
+                    f"samples with positive weight ({np.count_nonzero(b)})."
+                )
+            seed = int(rng.integers(np.iinfo(np.int32).max))
+            centers, _ = kmeans_plusplus(X, n, sample_weight=b, random_state=seed)
+            return centers.astype(X.dtype, copy=False)
         # "gaussian": the normal distribution with the target's (weighted) mean and covariance
         Xd = X.astype(np.float64)
         mean = b @ Xd
@@ -187,10 +198,14 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         root = eigvec * np.sqrt(np.clip(eigval, 0.0, None))
         return (mean + z @ root.T).astype(X.dtype)
 
+    # kernel reductions per iteration, for backend="auto"
+    _reductions_per_iteration = 2
+
     def _make_problem(self, Y, b, kernel, n_points, rng, update_weights=True) -> _Problem:
         n_src = n_points + (self.batch_size or Y.shape[0])
-        # about two reductions an iteration (the witness, the weight step)
-        backend = get_backend(self.backend, n_points * n_src, n_calls=2 * self.max_iter)
+        backend = get_backend(
+            self.backend, n_points * n_src, n_calls=self._reductions_per_iteration * self.max_iter
+        )
         batch = None if self.batch_size is None else int(self.batch_size)
         return _Problem(backend, kernel, Y, b, batch, rng, update_weights)
 
@@ -241,7 +256,8 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
                 converged = True
                 break
         progress.close(n_iter, losses[-1], converged)
-        if not converged:
+        # tol=0 asks for exactly max_iter iterations: nothing to warn about
+        if not converged and self.tol > 0:
             warnings.warn(
                 f"{type(self).__name__} did not converge in max_iter={self.max_iter} "
                 f"iterations (tol={self.tol}); increase max_iter or tol.",
@@ -271,7 +287,7 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         """The fitted atoms and their weights, normalised to sum to 1."""
         check_is_fitted(self)
         w = np.asarray(self.weights_, dtype=np.float64)
-        return self.particles_, w / w.sum()
+        return getattr(self, self._atoms_attr), w / w.sum()
 
     def sample(self, n_samples: int = 1, random_state: Any = None) -> np.ndarray:
         """Draw samples from the fitted weighted particle measure.
@@ -292,7 +308,11 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         atoms, w = self._fitted_measure()
         rng = np.random.default_rng(_seed_from(check_random_state(random_state)))
         rows = rng.choice(atoms.shape[0], size=int(n_samples), replace=True, p=w)
-        return atoms[rows].copy()
+        return atoms[rows] + self._sample_noise(int(n_samples), atoms.shape[1], rng)
+
+    def _sample_noise(self, n_samples: int, n_features: int, rng) -> np.ndarray | float:
+        """What is added to the drawn atoms: nothing for a particle measure."""
+        return 0.0
 
     def _more_tags(self):  # pragma: no cover - scikit-learn < 1.6
         return {"preserves_dtype": [np.float64, np.float32]}
@@ -307,6 +327,14 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
 class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
     """A flow of the energy ``F(μ) = ½ MMD²(μ, π̂)``: the witness, the transport step,
     fit, score and transform.  Subclasses own the weight step."""
+
+    _parameter_constraints: dict = {
+        **_BaseParticleFlow._parameter_constraints,
+        "n_particles": [Interval(numbers.Integral, 1, None, closed="left")],
+        "kernel": [StrOptions(set(KERNELS))],
+        "conserve_mass": ["boolean"],
+        "init": [StrOptions({"gaussian", "subsample"}), "array-like"],
+    }
 
     def fit(self, X, y=None, sample_weight=None):
         """Run the flow from the initial particles onto the samples ``X``.

@@ -23,14 +23,18 @@ from pathlib import Path
 import numpy as np
 from sklearn.preprocessing import StandardScaler
 
-from . import IFTSampler, __version__
+from . import IFTSampler, InclusiveKLFitter, WFRMMDFlow, __version__
 from ._backends import BACKENDS
 from .datasets import BUILTIN_DATASETS, describe_builtin, load_builtin
 from .kernels import BANDWIDTH_RULES, KERNELS
 from .metrics import energy_distance
 
 #: Estimators that ``skgradflow sample --estimator NAME`` can run.
-ESTIMATORS: dict[str, type] = {"ift": IFTSampler}
+ESTIMATORS: dict[str, type] = {
+    "ift": IFTSampler,
+    "wfr": WFRMMDFlow,
+    "inclusive-kl": InclusiveKLFitter,
+}
 
 # What fit and the metric raise on input they reject (sklearn's InvalidParameterError is
 # a ValueError; a diverging flow raises FloatingPointError).
@@ -451,6 +455,14 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         backend=args.backend, random_state=args.random_state, verbose=0 if args.quiet else 1
     )
     estimator = ESTIMATORS[args.estimator]()
+    accepted = estimator.get_params()
+    if "n_particles" in params and "n_particles" not in accepted:
+        # the mixture's atoms are its components
+        params["n_components"] = params.pop("n_particles")
+    for name in [name for name in params if name not in accepted]:
+        raise CLIError(
+            f"--{name.replace('_', '-')} is not an option of --estimator {args.estimator}"
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

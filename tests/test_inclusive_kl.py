@@ -1,0 +1,138 @@
+"""InclusiveKLFitter against dense computations, kernel density estimation and EM."""
+
+import warnings
+
+import numpy as np
+import pytest
+from conftest import three_mode_mixture
+from scipy.special import logsumexp
+from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neighbors import KernelDensity
+from test_ift import BACKENDS
+
+from skgradflow import InclusiveKLFitter
+
+
+def phi(Y, X, h):
+    """φ_h(y_m - x_i), the N(0, h² I) density, as an (M, N) matrix."""
+    d = Y.shape[1]
+    r2 = ((Y[:, None, :] - X[None, :, :]) ** 2).sum(-1)
+    return np.exp(-r2 / (2 * h * h)) / (2 * np.pi * h * h) ** (d / 2)
+
+
+def dense_inclusive_kl_iterations(x, w, y, b, h, tau, alpha, beta, n_iter):
+    """design.md §1 with plain densities (fine in d = 2)."""
+    losses = [-b @ np.log(phi(y, x, h) @ w)]
+    for _ in range(n_iter):
+        P = phi(y, x, h)
+        mu = P @ w
+        pull = ((b / mu)[:, None, None] * P[:, :, None] * (y[:, None, :] - x[None, :, :])).sum(0)
+        x = x + tau * alpha / h**2 * pull
+        P = phi(y, x, h)
+        R = (b / (P @ w)) @ P
+        w = w * np.exp(tau * beta * (R - 1))
+        w = w / w.sum()
+        losses.append(-b @ np.log(phi(y, x, h) @ w))
+    return x, w, np.array(losses)
+
+
+@pytest.fixture
+def problem(rng):
+    y = three_mode_mixture(60, rng) / 3
+    raw = rng.uniform(0.5, 1.5, size=60)
+    return y[rng.choice(60, 10, replace=False)] + 0.3, y, raw / raw.sum(), raw
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_three_iterations_match_dense_computation(problem, backend):
+    x0, y, b, raw = problem
+    h, tau, alpha, beta = 0.6, 0.2, 0.7, 1.3
+    est = InclusiveKLFitter(n_components=10, bandwidth=h, step_size=tau, alpha=alpha,
+                            beta=beta, init=x0, max_iter=3, tol=0,
+                            backend=backend).fit(y, sample_weight=raw)
+    x3, w3, losses = dense_inclusive_kl_iterations(x0, np.full(10, 0.1), y, b, h, tau, alpha,
+                                                   beta, 3)
+    np.testing.assert_allclose(est.means_, x3, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(est.weights_, w3, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(est.loss_curve_, losses, rtol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_flow_with_atoms_at_the_data_is_the_kernel_density_estimate(rng, backend):
+    X = three_mode_mixture(300, rng)
+    X_test = three_mode_mixture(100, rng)
+    h = 0.45
+    kl = InclusiveKLFitter(n_components=300, bandwidth=h, alpha=0.0, beta=0.0, init=X,
+                           max_iter=1, tol=0, backend=backend).fit(X)
+    kde = KernelDensity(bandwidth=h, kernel="gaussian").fit(X)
+    np.testing.assert_allclose(kl.score_samples(X_test), kde.score_samples(X_test), rtol=1e-10)
+    assert kl.score(X_test) == pytest.approx(kde.score(X_test) / len(X_test), rel=1e-10)
+
+
+def test_likelihood_never_decreases_and_beats_the_initial_kde(mixture_split):
+    X, X_test = mixture_split
+    kl = InclusiveKLFitter(n_components=60, random_state=0).fit(X)
+    curve = kl.loss_curve_
+    assert np.all(np.diff(curve) <= 1e-12)  # -mean log-likelihood never goes up
+    assert curve[-1] < curve[0]
+    initial = InclusiveKLFitter(n_components=60, random_state=0, alpha=0.0, beta=0.0,
+                                max_iter=1, tol=0).fit(X)
+    np.testing.assert_allclose(initial.loss_curve_[0], curve[0])  # the same initial atoms
+    assert kl.score(X_test) > initial.score(X_test) + 0.05
+
+
+def test_weight_step_is_em_to_first_order(problem):
+    x0, y, b, raw = problem
+    h = 0.5
+    w0 = np.full(10, 0.1)
+    gamma = phi(y, x0, h) * w0
+    gamma /= gamma.sum(axis=1, keepdims=True)  # EM responsibilities
+    em = b @ gamma  # EM's weight update
+
+    def gap(step):
+        est = InclusiveKLFitter(n_components=10, bandwidth=h, alpha=0.0, beta=1.0,
+                                step_size=step, init=x0, max_iter=1, tol=0).fit(
+                                    y, sample_weight=raw)
+        return np.abs(est.weights_ - ((1 - step) * w0 + step * em)).sum()
+
+    gaps = [gap(s) for s in (0.04, 0.02, 0.01, 0.005)]
+    ratios = np.array(gaps[:-1]) / np.array(gaps[1:])
+    assert gaps[-1] < 1e-3
+    np.testing.assert_allclose(ratios, 4.0, rtol=0.1)  # halving τβ quarters the gap
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_digits_in_64_dimensions_stay_finite(dtype):
+    X = load_digits().data
+    X = (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1.0)
+    X = X.astype(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        kl = InclusiveKLFitter(n_components=50, max_iter=10, random_state=0).fit(X)
+    log_density = kl.score_samples(X)
+    assert log_density.dtype == dtype
+    assert np.all(np.isfinite(log_density))
+    assert np.all(np.isfinite(kl.loss_curve_))
+    # the densities themselves underflow: only the log domain can represent them
+    assert np.mean(np.exp(log_density.astype(np.float32)) == 0) > 0.5
+    # independent check in float64 with scipy's logsumexp
+    h = kl.bandwidth_
+    X64, m64 = X.astype(np.float64), kl.means_.astype(np.float64)
+    r2 = ((X64[:, None, :] - m64[None]) ** 2).sum(-1)
+    expected = logsumexp(np.log(kl.weights_) - r2 / (2 * h * h), axis=1) - 32 * np.log(
+        2 * np.pi * h * h)
+    np.testing.assert_allclose(log_density, expected, rtol=1e-4 if dtype == np.float32 else 1e-10)
+
+
+def test_sample_draws_from_the_mixture(rng):
+    X = three_mode_mixture(500, rng)
+    kl = InclusiveKLFitter(n_components=30, random_state=0).fit(X)
+    draws = kl.sample(4000, random_state=1)
+    assert draws.shape == (4000, 2)
+    np.testing.assert_array_equal(draws, kl.sample(4000, random_state=1))
+    # the mixture's mean and covariance: Σ w x and Σ w (x - m)(x - m)ᵀ + h² I
+    mean = kl.weights_ @ kl.means_
+    cov = np.cov(kl.means_.T, aweights=kl.weights_, bias=True) + kl.bandwidth_**2 * np.eye(2)
+    np.testing.assert_allclose(draws.mean(0), mean, atol=0.15)
+    np.testing.assert_allclose(np.cov(draws.T), cov, rtol=0.1, atol=0.1)

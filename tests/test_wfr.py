@@ -1,0 +1,88 @@
+"""WFRMMDFlow against an independent dense computation of design.md §1."""
+
+import warnings
+
+import numpy as np
+import pytest
+from conftest import three_mode_mixture
+from sklearn.exceptions import ConvergenceWarning
+from test_ift import BACKENDS, gauss, witness_grad
+
+from skgradflow import IFTSampler, WFRMMDFlow
+
+
+def dense_wfr_iterations(x, w, y, b, h, tau, alpha, beta, n_iter, conserve_mass=True):
+    for _ in range(n_iter):
+        x = x - tau * alpha * witness_grad(x, w, y, b, h)
+        f = gauss(x, x, h) @ w - gauss(x, y, h) @ b  # the witness at the new positions
+        w = w * np.exp(-tau * beta * f)
+        if conserve_mass:
+            w = w / w.sum()
+    return x, w
+
+
+@pytest.fixture
+def problem(rng):
+    y = three_mode_mixture(50, rng)
+    raw = rng.uniform(0.5, 1.5, size=50)
+    return rng.normal(size=(12, 2)), y, raw / raw.sum(), raw
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("conserve_mass", [True, False])
+def test_three_iterations_match_dense_computation(problem, backend, conserve_mass):
+    x0, y, b, raw = problem
+    h, tau, alpha, beta = 1.1, 0.3, 0.8, 1.5
+    est = WFRMMDFlow(n_particles=12, bandwidth=h, step_size=tau, alpha=alpha, beta=beta,
+                     init=x0, max_iter=3, tol=0, conserve_mass=conserve_mass,
+                     backend=backend).fit(y, sample_weight=raw)
+    x3, w3 = dense_wfr_iterations(x0, np.full(12, 1 / 12), y, b, h, tau, alpha, beta, 3,
+                                  conserve_mass)
+    np.testing.assert_allclose(est.particles_, x3, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(est.weights_, w3, rtol=1e-10, atol=1e-14)
+    assert est.total_mass_ == pytest.approx(w3.sum(), rel=1e-12)
+    if conserve_mass:
+        assert est.total_mass_ == pytest.approx(1.0, abs=1e-12)
+    else:
+        assert abs(est.total_mass_ - 1.0) > 1e-6
+
+
+def test_beta_zero_gives_the_same_particles_as_ift(problem):
+    x0, y, _, raw = problem
+    kw = dict(n_particles=12, bandwidth=0.9, beta=0.0, init=x0, max_iter=25, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        wfr = WFRMMDFlow(**kw).fit(y, sample_weight=raw)
+        ift = IFTSampler(**kw).fit(y, sample_weight=raw)
+    np.testing.assert_array_equal(wfr.particles_, ift.particles_)
+    np.testing.assert_array_equal(wfr.weights_, ift.weights_)
+    np.testing.assert_array_equal(wfr.loss_curve_, ift.loss_curve_)
+
+
+def test_auto_step_keeps_the_weights_from_collapsing(rng):
+    # a large spread: the median bandwidth is ~100, so a transport-safe step τ = h²/2 is
+    # ~5000 and τβ f(x_i) would be in the thousands
+    y = 100.0 * three_mode_mixture(600, rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = WFRMMDFlow(n_particles=200, max_iter=30, random_state=0).fit(y)
+        transport_step = 0.5 * est.bandwidth_**2
+        collapsed = WFRMMDFlow(n_particles=200, max_iter=30, random_state=0,
+                               step_size=transport_step).fit(y)
+    effective = 1.0 / np.sum(est.weights_**2)
+    assert effective > 50  # many particles keep their mass
+    assert 1.0 / np.sum(collapsed.weights_**2) < 5  # the transport-safe step collapses
+    assert np.all(np.diff(est.loss_curve_) <= 1e-12)
+
+
+def test_defaults_fit_a_three_mode_mixture(mixture_split):
+    X, X_test = mixture_split
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = WFRMMDFlow(random_state=0).fit(X)
+    init = est._initial_particles(X, np.full(len(X), 1 / len(X)), np.random.default_rng(0))
+    from skgradflow.metrics import energy_distance
+
+    assert np.all(np.diff(est.loss_curve_) <= 1e-12)
+    assert -est.score(X_test) < energy_distance(init, X_test) / 3
+    assert abs(est.weights_.sum() - 1) < 1e-10 and np.all(est.weights_ >= 0)
