@@ -139,8 +139,9 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         """One time step of length ``tau`` from ``(x, w)``: returns ``(x_new, w_new)``."""
 
     @abstractmethod
-    def _auto_step_size(self, kernel: Kernel) -> float:
-        """The step size ``step_size='auto'`` starts from."""
+    def _auto_step_size(self, problem: _Problem, ev: _Evaluation) -> float:
+        """The step size ``step_size='auto'`` starts from, given the initial state's
+        evaluation."""
 
     # --- validation ----------------------------------------------------------------------
     def _check_sample_weight(self, sample_weight, X) -> np.ndarray:
@@ -210,16 +211,19 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         return _Problem(backend, kernel, Y, b, batch, rng, update_weights)
 
     # --- the loop ------------------------------------------------------------------------
-    def _run_flow(self, problem: _Problem, x, w, tau: float, adaptive: bool, desc: str):
+    def _run_flow(self, problem: _Problem, x, w, desc: str):
         """Time-step from ``(x, w)`` until ``tol`` or ``max_iter``.
 
-        With ``adaptive``, a step that raises the energy is rejected and retried with half
-        the step size (full-batch runs only: minibatch energies are noisy).
+        With ``step_size="auto"``, a step that raises the energy is rejected and retried
+        with half the step size (full-batch runs only: minibatch energies are noisy).
+        Returns ``x, w, step_size, n_iter, converged, loss_curve``.
         """
         targets = problem.targets()
         ev = self._evaluate(problem, x, w, targets)
         if not np.isfinite(ev.energy):
             raise ValueError("The initial energy is not finite; check the data and init.")
+        adaptive = isinstance(self.step_size, str)
+        tau = self._auto_step_size(problem, ev) if adaptive else float(self.step_size)
         losses = [ev.energy]
         converged = False
         guard = adaptive and not problem.stochastic
@@ -365,11 +369,7 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         problem = self._make_problem(X, b, kernel, x.shape[0], rng)
         problem.const = self._target_energy(problem, x.shape[0])
 
-        auto = isinstance(self.step_size, str)
-        tau = self._auto_step_size(kernel) if auto else float(self.step_size)
-        x, w, tau, n_iter, converged, losses = self._run_flow(
-            problem, x, w, tau, auto, type(self).__name__
-        )
+        x, w, tau, n_iter, converged, losses = self._run_flow(problem, x, w, type(self).__name__)
         self.particles_ = x
         self.weights_ = w
         self.step_size_ = tau
@@ -387,7 +387,8 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
                 "unnormalised measures."
             )
 
-    def _auto_step_size(self, kernel: Kernel) -> float:
+    def _auto_step_size(self, problem: _Problem, ev: _Evaluation) -> float:
+        kernel = problem.kernel
         # Transport: τα ≲ h²/2, the inverse Lipschitz constant of ∇f for the Gaussian and
         # IMQ kernels (also used for the Laplacian, whose gradient jumps at r = 0).  The
         # energy kernel's gradient is bounded by 2, so a step of τα = h/2 moves a particle
@@ -434,7 +435,7 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         wf, wc = float(w @ f), float(w @ c)
         energy = 0.5 * wf - 0.5 * wc + problem.const
         magnitude = abs(0.5 * (wf + wc)) + abs(wc) + abs(problem.const)
-        return _Evaluation(energy, magnitude, {"grad": grad})
+        return _Evaluation(energy, magnitude, {"grad": grad, "f": f})
 
     def _step(self, problem: _Problem, x, w, ev: _Evaluation, targets, tau: float):
         # Wasserstein step: x_i ← x_i - τα ∇f(x_i), the velocity field (not scaled by w_i)
@@ -508,7 +509,5 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         problem.batch_size = None
         problem.const = self._target_energy(problem, Z.shape[0])
         w = np.full(Z.shape[0], 1.0 / Z.shape[0])
-        auto = isinstance(self.step_size, str)
-        tau = self._auto_step_size(kernel) if auto else float(self.step_size)
-        z, *_ = self._run_flow(problem, Z, w, tau, auto, f"{type(self).__name__}.transform")
+        z, *_ = self._run_flow(problem, Z, w, f"{type(self).__name__}.transform")
         return z

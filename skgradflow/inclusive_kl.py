@@ -166,11 +166,7 @@ default="kmeans++"
         x = self._initial_particles(X, b, rng)
         w = np.full(x.shape[0], 1.0 / x.shape[0])
         problem = self._make_problem(X, b, Kernel("gaussian", self.bandwidth_), x.shape[0], rng)
-        auto = isinstance(self.step_size, str)
-        tau = self._auto_step_size(problem.kernel) if auto else float(self.step_size)
-        x, w, tau, n_iter, converged, losses = self._run_flow(
-            problem, x, w, tau, auto, type(self).__name__
-        )
+        x, w, tau, n_iter, converged, losses = self._run_flow(problem, x, w, type(self).__name__)
         self.means_ = x
         self.weights_ = w
         self.step_size_ = tau
@@ -180,8 +176,8 @@ default="kmeans++"
         self.backend_ = problem.backend.name
         return self
 
-    def _auto_step_size(self, kernel: Kernel) -> float:
-        h = kernel.bandwidth
+    def _auto_step_size(self, problem: _Problem, ev: _Evaluation) -> float:
+        h = self.bandwidth_
         steps = [0.5 * h * h / self.alpha] if self.alpha > 0 else []
         steps += [1.0 / self.beta] if self.beta > 0 else []
         return min(steps, default=1.0)

@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp
 
-from ._base import _BaseMMDFlow, _Problem
-from .kernels import Kernel
+from ._base import _BaseMMDFlow, _Evaluation, _Problem
 
 
 class WFRMMDFlow(_BaseMMDFlow):
@@ -36,11 +35,11 @@ class WFRMMDFlow(_BaseMMDFlow):
         Rate of the Fisher–Rao (reweighting) part; 0 is the MMD flow.
     step_size : float or "auto", default="auto"
         Time step ``τ``.  ``"auto"`` takes the smaller of the transport step
-        ``τα = h²/2`` and the reaction step ``τβ = 1/S``, ``S`` a bound on the spread of
-        the witness (2 for the bounded kernels, whose witness lies in ``[-1, 1]``; four
-        length scales for the energy kernel), so that the exponent ``τβ f(x_i)`` moves
-        a weight by at most a factor ``e²`` relative to another; it then halves ``τ``
-        whenever a step raises the energy.  An explicit float is used as given.
+        ``τα = h²/2`` and the reaction step ``τβ = 1/S``, ``S`` the spread
+        ``max f - min f`` of the witness over the initial particles (at least 5% of its
+        bound), so that the exponent ``τβ f(x_i)`` changes the ratio of two weights by at
+        most a factor ``e`` per step; it then halves ``τ`` whenever a step raises the
+        energy.  An explicit float is used as given.
     max_iter : int, default=500
     tol : float, default=1e-4
         See :class:`IFTSampler`.
@@ -117,11 +116,18 @@ feature_names_in_
 
     fit.__doc__ = _BaseMMDFlow.fit.__doc__
 
-    def _auto_step_size(self, kernel: Kernel) -> float:
-        transport = super()._auto_step_size(kernel) if self.alpha > 0 else np.inf
-        if self.beta == 0:
-            return transport if np.isfinite(transport) else 1.0
-        spread = 4.0 * kernel.bandwidth if kernel.name == "energy" else 2.0
+    def _auto_step_size(self, problem: _Problem, ev: _Evaluation) -> float:
+        transport = super()._auto_step_size(problem, ev) if self.alpha > 0 else np.inf
+        if self.beta == 0 or not problem.update_weights:
+            return float(transport) if np.isfinite(transport) else 1.0
+        # Reaction: keep τβ (max f - min f) ≤ 1 over the initial particles, so that one
+        # step changes the ratio of two weights by at most a factor e.  The spread is
+        # floored at 5% of its bound (2 for the bounded kernels, whose witness lies in
+        # [-1, 1]; four length scales for the energy kernel) in case the flow starts near
+        # a stationary point and the witness grows later.
+        f = ev.cache["f"]
+        bound = 4.0 * problem.kernel.bandwidth if problem.kernel.name == "energy" else 2.0
+        spread = max(float(f.max() - f.min()), 0.05 * bound)
         return float(min(transport, 1.0 / (self.beta * spread)))
 
     def _weight_step(self, problem: _Problem, x, w, targets, tau: float) -> np.ndarray:

@@ -325,3 +325,48 @@ def test_python_dash_m(tmp_path, gmm):
     )  # fmt: skip
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("skgradflow: error: ") and len(bad.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"), [("wfr", "WFRMMDFlow"), ("inclusive-kl", "InclusiveKLFitter")]
+)
+def test_every_estimator_runs_from_the_command_line(tmp_path, capsys, gmm, name, cls, monkeypatch):
+    import skgradflow
+
+    fitted = []
+    original = getattr(skgradflow, cls)
+
+    class Recording(original):
+        def fit(self, X, y=None, sample_weight=None):
+            fitted.append(self)
+            return super().fit(X, y, sample_weight)
+
+    Recording.__name__ = cls
+    monkeypatch.setitem(cli.ESTIMATORS, name, Recording)
+    data = tmp_path / "data.npy"
+    np.save(data, gmm)
+    args = ["sample", "--estimator", name, "--data", str(data), "--out", str(tmp_path / "o.npy"),
+            "--n-samples", "300", *FAST, "--quiet"]  # fmt: skip
+    assert cli.main(args) == 0
+    match = summary(capsys.readouterr().out)
+    assert match.group(1) == name
+    out = np.load(tmp_path / "o.npy")
+    assert out.shape == (300, 2) and np.all(np.isfinite(out))
+    (est,) = fitted
+    # --n-particles reaches the estimator's own parameter for its number of atoms
+    n_atoms = est.get_params().get("n_particles", est.get_params().get("n_components"))
+    assert n_atoms == 50
+    # the samples lie within the data's range, in the data's units
+    lo, hi = gmm.min(0), gmm.max(0)
+    span = hi - lo
+    assert np.all(out > lo - 0.5 * span) and np.all(out < hi + 0.5 * span)
+
+
+def test_an_option_the_estimator_lacks_fails_in_one_line(tmp_path, capsys, gmm):
+    data = tmp_path / "data.npy"
+    np.save(data, gmm)
+    args = ["sample", "--estimator", "inclusive-kl", "--kernel", "imq", "--data", str(data),
+            "--out", str(tmp_path / "o.npy"), "--n-samples", "5", *FAST]  # fmt: skip
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--kernel" in err[0] and "inclusive-kl" in err[0]

@@ -103,19 +103,20 @@ def test_weight_step_is_em_to_first_order(problem):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_digits_in_64_dimensions_stay_finite(dtype):
+@pytest.mark.parametrize("bandwidth", ["scott", 0.1])
+def test_digits_in_64_dimensions_stay_finite(dtype, bandwidth):
     X = load_digits().data
     X = (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1.0)
     X = X.astype(dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        kl = InclusiveKLFitter(n_components=50, max_iter=10, random_state=0).fit(X)
+        kl = InclusiveKLFitter(n_components=50, bandwidth=bandwidth, max_iter=10,
+                               random_state=0).fit(X)
     log_density = kl.score_samples(X)
     assert log_density.dtype == dtype
     assert np.all(np.isfinite(log_density))
-    assert np.all(np.isfinite(kl.loss_curve_))
-    # the densities themselves underflow: only the log domain can represent them
-    assert np.mean(np.exp(log_density.astype(np.float32)) == 0) > 0.5
+    assert np.all(np.isfinite(kl.loss_curve_)) and np.all(np.isfinite(kl.means_))
+    assert np.all(np.diff(kl.loss_curve_) <= 1e-6 * np.abs(kl.loss_curve_[0]))
     # independent check in float64 with scipy's logsumexp
     h = kl.bandwidth_
     X64, m64 = X.astype(np.float64), kl.means_.astype(np.float64)
@@ -123,16 +124,19 @@ def test_digits_in_64_dimensions_stay_finite(dtype):
     expected = logsumexp(np.log(kl.weights_) - r2 / (2 * h * h), axis=1) - 32 * np.log(
         2 * np.pi * h * h)
     np.testing.assert_allclose(log_density, expected, rtol=1e-4 if dtype == np.float32 else 1e-10)
+    if bandwidth == 0.1:
+        # here most densities underflow even in float64: only the log domain works
+        assert np.mean(np.exp(expected) == 0.0) > 0.5
 
 
 def test_sample_draws_from_the_mixture(rng):
     X = three_mode_mixture(500, rng)
     kl = InclusiveKLFitter(n_components=30, random_state=0).fit(X)
-    draws = kl.sample(4000, random_state=1)
-    assert draws.shape == (4000, 2)
-    np.testing.assert_array_equal(draws, kl.sample(4000, random_state=1))
+    draws = kl.sample(40_000, random_state=1)
+    assert draws.shape == (40_000, 2)
+    np.testing.assert_array_equal(draws, kl.sample(40_000, random_state=1))
     # the mixture's mean and covariance: Σ w x and Σ w (x - m)(x - m)ᵀ + h² I
     mean = kl.weights_ @ kl.means_
     cov = np.cov(kl.means_.T, aweights=kl.weights_, bias=True) + kl.bandwidth_**2 * np.eye(2)
-    np.testing.assert_allclose(draws.mean(0), mean, atol=0.15)
-    np.testing.assert_allclose(np.cov(draws.T), cov, rtol=0.1, atol=0.1)
+    np.testing.assert_allclose(draws.mean(0), mean, atol=0.1)
+    np.testing.assert_allclose(np.cov(draws.T), cov, rtol=0.05, atol=0.1)
