@@ -104,11 +104,11 @@ default="gaussian"
         The step size at the end of the run.
     n_iter_ : int
     converged_ : bool
-    loss_curve_ : ndarray of shape (n_iter_ + 1,)
+    loss_curve_ : ndarray of shape ``(n_iter_ + 1,)``
         The energy ``½ MMD²(μ, π̂)`` before the first and after each iteration.
     backend_ : str
     n_features_in_ : int
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape ``(n_features_in_,)``
         Defined when ``X`` has string column names.
 
     Examples

@@ -24,10 +24,10 @@ import numpy as np
 from scipy.special import logsumexp
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from ._backends import get_backend
-from ._base import _BaseParticleFlow, _Evaluation, _Problem
+from ._base import _BaseParticleFlow, _Evaluation, _Problem, _validate_X
 from .kernels import Kernel, _seed_from, resolve_bandwidth
 
 # log of the smallest weight passed to a reduction: a zero weight stays (almost) zero
@@ -85,12 +85,12 @@ default="kmeans++"
     step_size_ : float
     n_iter_ : int
     converged_ : bool
-    loss_curve_ : ndarray of shape (n_iter_ + 1,)
+    loss_curve_ : ndarray of shape ``(n_iter_ + 1,)``
         Negative mean log-likelihood of the samples, before the first and after each
         iteration.
     backend_ : str
     n_features_in_ : int
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape ``(n_features_in_,)``
 
     Examples
     --------
@@ -158,7 +158,7 @@ default="kmeans++"
         self
         """
         self._validate_params()
-        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        X = _validate_X(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
         b = self._check_sample_weight(sample_weight, X)
         rng = np.random.default_rng(_seed_from(check_random_state(self.random_state)))
 
@@ -204,7 +204,8 @@ default="kmeans++"
     def _step(self, problem: _Problem, x, w, ev: _Evaluation, targets, tau: float):
         Yb, bb = targets
         h, backend = self.bandwidth_, problem.backend
-        log_b = np.log(bb.astype(np.float64))
+        with np.errstate(divide="ignore"):  # a zero sample_weight: exp(-inf) = 0 exactly
+            log_b = np.log(bb.astype(np.float64))
         L = ev.cache["L"]
         if self.alpha > 0:
             _, pull = backend.gaussian_softmax_moments(h, x, Yb, (log_b - L).astype(x.dtype))
@@ -233,7 +234,7 @@ default="kmeans++"
         ndarray of shape (n_samples,)
         """
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=self.means_.dtype, reset=False)
+        X = _validate_X(self, X, dtype=self.means_.dtype, reset=False)
         backend = get_backend(self.backend, X.shape[0] * self.means_.shape[0])
         L = backend.gaussian_logsumexp(
             self.bandwidth_, X, self.means_, self._log_weights(self.weights_, X.dtype)
