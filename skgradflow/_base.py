@@ -143,6 +143,53 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         """The step size ``step_size='auto'`` starts from, given the initial state's
         evaluation."""
 
+    # --- fit: the same for every flow ---------------------------------------------------------
+    def fit(self, X, y=None, sample_weight=None):
+        """Run the flow from the initial particles onto the samples ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Samples of the target distribution (float32 stays float32).
+        y : ignored
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weights of the samples; normalised to sum to 1.
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        X = _validate_X(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        b = self._check_sample_weight(sample_weight, X)
+        self._check_flow_params()
+        rng = np.random.default_rng(_seed_from(check_random_state(self.random_state)))
+
+        self.bandwidth_ = resolve_bandwidth(self.bandwidth, X, b, random_state=rng)
+        x = self._initial_particles(X, b, rng)
+        w = np.full(x.shape[0], 1.0 / x.shape[0])
+        problem = self._make_problem(X, b, self._kernel(), x.shape[0], rng)
+        self._prepare(problem, x.shape[0])
+        x, w, tau, n_iter, converged, losses = self._run_flow(problem, x, w, type(self).__name__)
+        setattr(self, self._atoms_attr, x)
+        self.weights_ = w
+        self.step_size_ = tau
+        self.n_iter_ = n_iter
+        self.converged_ = converged
+        self.loss_curve_ = losses
+        self.backend_ = problem.backend.name
+        return self
+
+    @abstractmethod
+    def _kernel(self) -> Kernel:
+        """The kernel of the flow, once ``bandwidth_`` is resolved."""
+
+    def _prepare(self, problem: _Problem, n_particles: int) -> None:
+        """Once-per-run work before the first iteration (nothing by default)."""
+
+    def _check_flow_params(self) -> None:
+        """Checks of parameter combinations that are invalid together (none by default)."""
+
     # --- validation ----------------------------------------------------------------------
     def _check_sample_weight(self, sample_weight, X) -> np.ndarray:
         try:
@@ -199,11 +246,13 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         root = eigvec * np.sqrt(np.clip(eigval, 0.0, None))
         return (mean + z @ root.T).astype(X.dtype)
 
-    # kernel reductions per iteration, for backend="auto"
+    # kernel reductions per iteration, and whether they sum over the atoms as well as the
+    # targets, for backend="auto"
     _reductions_per_iteration = 2
+    _sources_include_atoms = True
 
     def _make_problem(self, Y, b, kernel, n_points, rng, update_weights=True) -> _Problem:
-        n_src = n_points + (self.batch_size or Y.shape[0])
+        n_src = (self.batch_size or Y.shape[0]) + (n_points if self._sources_include_atoms else 0)
         backend = get_backend(
             self.backend, n_points * n_src, n_calls=self._reductions_per_iteration * self.max_iter
         )
@@ -232,13 +281,16 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         for n_iter in range(1, self.max_iter + 1):
             next_targets = problem.targets()
             for _ in range(_MAX_HALVINGS + 1):
-                x_new, w_new = self._step(problem, x, w, ev, targets, tau)
+                # an overflow shows up as a non-finite state, checked right below
+                with np.errstate(over="ignore", invalid="ignore"):
+                    x_new, w_new = self._step(problem, x, w, ev, targets, tau)
                 if not (np.all(np.isfinite(x_new)) and np.all(np.isfinite(w_new))):
                     if guard:
                         tau *= 0.5
                         continue
-                    raise _flow_diverged("the particles", tau)
-                ev_new = self._evaluate(problem, x_new, w_new, next_targets)
+                    raise _flow_diverged("the particles or their weights", tau)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    ev_new = self._evaluate(problem, x_new, w_new, next_targets)
                 if not np.isfinite(ev_new.energy):
                     if guard:
                         tau *= 0.5
@@ -318,9 +370,6 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         """What is added to the drawn atoms: nothing for a particle measure."""
         return 0.0
 
-    def _more_tags(self):  # pragma: no cover - scikit-learn < 1.6
-        return {"preserves_dtype": [np.float64, np.float32]}
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         if tags.transformer_tags is not None:
@@ -340,44 +389,11 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         "init": [StrOptions({"gaussian", "subsample"}), "array-like"],
     }
 
-    def fit(self, X, y=None, sample_weight=None):
-        """Run the flow from the initial particles onto the samples ``X``.
+    def _kernel(self) -> Kernel:
+        return Kernel(self.kernel, self.bandwidth_)
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Samples of the target distribution (float32 stays float32).
-        y : ignored
-        sample_weight : array-like of shape (n_samples,), optional
-            Non-negative weights of the samples; normalised to sum to 1.
-
-        Returns
-        -------
-        self
-        """
-        self._validate_params()
-        X = _validate_X(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
-        b = self._check_sample_weight(sample_weight, X)
-        self._check_flow_params()
-        rs = check_random_state(self.random_state)
-        rng = np.random.default_rng(_seed_from(rs))
-
-        self.bandwidth_ = resolve_bandwidth(self.bandwidth, X, b, random_state=rng)
-        kernel = Kernel(self.kernel, self.bandwidth_)
-        x = self._initial_particles(X, b, rng)
-        w = np.full(x.shape[0], 1.0 / x.shape[0])
-        problem = self._make_problem(X, b, kernel, x.shape[0], rng)
-        problem.const = self._target_energy(problem, x.shape[0])
-
-        x, w, tau, n_iter, converged, losses = self._run_flow(problem, x, w, type(self).__name__)
-        self.particles_ = x
-        self.weights_ = w
-        self.step_size_ = tau
-        self.n_iter_ = n_iter
-        self.converged_ = converged
-        self.loss_curve_ = losses
-        self.backend_ = problem.backend.name
-        return self
+    def _prepare(self, problem: _Problem, n_particles: int) -> None:
+        problem.const = self._target_energy(problem, n_particles)
 
     def _check_flow_params(self) -> None:
         if not self.conserve_mass and self.kernel == "energy":

@@ -22,13 +22,12 @@ import numbers
 
 import numpy as np
 from scipy.special import logsumexp
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._backends import get_backend
 from ._base import _BaseParticleFlow, _Evaluation, _Problem, _validate_X
-from .kernels import Kernel, _seed_from, resolve_bandwidth
+from .kernels import Kernel
 
 # log of the smallest weight passed to a reduction: a zero weight stays (almost) zero
 # without -inf entering the KeOps formulas.
@@ -114,6 +113,7 @@ default="kmeans++"
     # the LogSumExp over atoms and the reduction over targets, twice (before and after
     # the transport)
     _reductions_per_iteration = 4
+    _sources_include_atoms = False
 
     def __init__(
         self,
@@ -144,37 +144,8 @@ default="kmeans++"
         self.random_state = random_state
         self.verbose = verbose
 
-    def fit(self, X, y=None, sample_weight=None):
-        """Fit the mixture to the samples ``X``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        y : ignored
-        sample_weight : array-like of shape (n_samples,), optional
-
-        Returns
-        -------
-        self
-        """
-        self._validate_params()
-        X = _validate_X(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
-        b = self._check_sample_weight(sample_weight, X)
-        rng = np.random.default_rng(_seed_from(check_random_state(self.random_state)))
-
-        self.bandwidth_ = resolve_bandwidth(self.bandwidth, X, b, random_state=rng)
-        x = self._initial_particles(X, b, rng)
-        w = np.full(x.shape[0], 1.0 / x.shape[0])
-        problem = self._make_problem(X, b, Kernel("gaussian", self.bandwidth_), x.shape[0], rng)
-        x, w, tau, n_iter, converged, losses = self._run_flow(problem, x, w, type(self).__name__)
-        self.means_ = x
-        self.weights_ = w
-        self.step_size_ = tau
-        self.n_iter_ = n_iter
-        self.converged_ = converged
-        self.loss_curve_ = losses
-        self.backend_ = problem.backend.name
-        return self
+    def _kernel(self) -> Kernel:
+        return Kernel("gaussian", self.bandwidth_)
 
     def _auto_step_size(self, problem: _Problem, ev: _Evaluation) -> float:
         h = self.bandwidth_

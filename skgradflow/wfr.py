@@ -109,12 +109,10 @@ feature_names_in_
         self.random_state = random_state
         self.verbose = verbose
 
-    def fit(self, X, y=None, sample_weight=None):
-        super().fit(X, y, sample_weight)
-        self.total_mass_ = float(self.weights_.sum())
-        return self
-
-    fit.__doc__ = _BaseMMDFlow.fit.__doc__
+    @property
+    def total_mass_(self) -> float:
+        """``Σ weights_``: 1 when mass is conserved."""
+        return float(self.weights_.sum())
 
     def _auto_step_size(self, problem: _Problem, ev: _Evaluation) -> float:
         transport = super()._auto_step_size(problem, ev) if self.alpha > 0 else np.inf
@@ -139,6 +137,8 @@ feature_names_in_
         # in the log domain, so that no weight under- or overflows on its way to the sum
         with np.errstate(divide="ignore"):
             log_w = np.log(w) - (tau * self.beta) * f[:, 0].astype(np.float64)
-        if self.conserve_mass:
-            log_w -= logsumexp(log_w)
-        return np.exp(log_w)
+        if not self.conserve_mass:
+            return np.exp(log_w)
+        # normalise twice: a huge exponent τβ f loses the digits of log_w - logsumexp(log_w)
+        w_new = np.exp(log_w - logsumexp(log_w))
+        return w_new / w_new.sum()

@@ -1,6 +1,6 @@
-"""The scikit-learn estimator contract of design.md section 2: estimator checks, clone,
-pickle, Pipeline, GridSearchCV (n_jobs=1 and 2, NumPy and KeOps), reproducibility, dtypes,
-fitted attributes, warnings."""
+"""The scikit-learn estimator contract of design.md section 2, for all three estimators:
+estimator checks, clone, pickle, Pipeline, GridSearchCV (n_jobs=1 and 2, NumPy and KeOps),
+reproducibility, dtypes, fitted attributes, warnings."""
 
 import json
 import os
@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -19,12 +20,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skgradflow import IFTSampler
+from skgradflow import IFTSampler, InclusiveKLFitter, WFRMMDFlow
 from skgradflow._backends import AUTO_KEOPS_MIN_WORK, keops_available
-from skgradflow.metrics import energy_distance, make_distribution_scorer
+from skgradflow.metrics import make_distribution_scorer, mmd
 
-FITTED = (
-    "particles_",
+# fitted by every estimator, besides its atoms and its own extras
+COMMON_FITTED = (
     "weights_",
     "bandwidth_",
     "step_size_",
@@ -36,11 +37,49 @@ FITTED = (
 )
 
 
-def small(**params):
-    """A fast, deterministic sampler: NumPy backend, few particles and iterations."""
-    kw = dict(n_particles=20, max_iter=15, backend="numpy", random_state=0)
-    kw.update(params)
-    return IFTSampler(**kw)
+@dataclass(frozen=True)
+class Spec:
+    """How to build and inspect one estimator class."""
+
+    cls: type
+    n_atoms: str  # the constructor parameter that sets the number of atoms
+    atoms: str  # the fitted attribute that holds them
+    inits: tuple  # the string values of init
+    extra_fitted: tuple = ()
+
+    @property
+    def name(self) -> str:
+        return self.cls.__name__
+
+    @property
+    def is_sampler(self) -> bool:
+        """The two MMD samplers: transform, kernel, conserve_mass, score = -energy distance."""
+        return hasattr(self.cls, "transform")
+
+    @property
+    def fitted(self) -> tuple:
+        return (self.atoms, *COMMON_FITTED, *self.extra_fitted)
+
+    def make(self, **params):
+        """A fast, deterministic estimator: NumPy backend, few atoms and iterations."""
+        kw = {self.n_atoms: 20, "max_iter": 15, "backend": "numpy", "random_state": 0}
+        kw.update(params)
+        return self.cls(**kw)
+
+    def grid(self) -> dict:
+        bandwidths = [0.5, 1.0] if self.is_sampler else [0.3, 0.6]
+        return {"bandwidth": bandwidths, "beta": [0.0, 1.0]}
+
+
+IFT = Spec(IFTSampler, "n_particles", "particles_", ("gaussian", "subsample"))
+WFR = Spec(WFRMMDFlow, "n_particles", "particles_", ("gaussian", "subsample"), ("total_mass_",))
+KL = Spec(InclusiveKLFitter, "n_components", "means_", ("kmeans++", "subsample"))
+SPECS = [IFT, WFR, KL]
+SAMPLERS = [s for s in SPECS if s.is_sampler]
+
+
+def each(specs=SPECS):
+    return pytest.mark.parametrize("spec", specs, ids=lambda s: s.name)
 
 
 @pytest.fixture
@@ -49,188 +88,274 @@ def data():
     return rng.normal(size=(60, 3)) * [1.0, 2.0, 0.5] + [0.0, 1.0, -1.0]
 
 
-def quiet_fit(est, *args, **kwargs):
+def quietly(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with ConvergenceWarnings silenced."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return est.fit(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+
+def quiet_fit(est, *args, **kwargs):
+    return quietly(est.fit, *args, **kwargs)
+
+
+def atoms_of(est) -> np.ndarray:
+    return est.means_ if hasattr(est, "means_") else est.particles_
+
+
+def outputs(est, Z) -> dict:
+    """Everything a fitted estimator computes deterministically from ``Z``."""
+    out = {"sample": est.sample(30, random_state=0), "score": est.score(Z)}
+    if hasattr(est, "transform"):
+        out["transform"] = quietly(est.transform, Z)
+    if hasattr(est, "score_samples"):
+        out["score_samples"] = est.score_samples(Z)
+    return out
 
 
 # --- scikit-learn's own checks --------------------------------------------------------------
 def _expected_failed_checks(estimator):
+    if not hasattr(estimator, "transform"):
+        return {}  # InclusiveKLFitter: every check must pass
     return {
         "check_methods_subset_invariance": (
             "by design: transform moves the points of a set as one interacting measure "
-            "(see IFTSampler.transform), so a row's image depends on the other rows"
+            "(see the docstring of transform), so a row's image depends on the other rows"
         )
     }
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @parametrize_with_checks(
-    [IFTSampler(n_particles=20, max_iter=20)],
+    [
+        IFTSampler(n_particles=20, max_iter=20),
+        WFRMMDFlow(n_particles=20, max_iter=20),
+        InclusiveKLFitter(n_components=5, max_iter=20),
+    ],
     expected_failed_checks=_expected_failed_checks,
 )
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
 
-def test_subset_invariance_really_fails_by_design(data):
+@each(SAMPLERS)
+def test_subset_invariance_really_fails_by_design(spec, data):
     """The expected failure above is real: the image of a row depends on its companions."""
-    est = quiet_fit(small(), data)
+    est = quiet_fit(spec.make(), data)
     Z = data[:10] + 0.5
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        whole = est.transform(Z)
-        part = est.transform(Z[:5])
+    whole = quietly(est.transform, Z)
+    part = quietly(est.transform, Z[:5])
     assert not np.allclose(whole[:5], part)
 
 
 # --- clone, pickle, Pipeline ----------------------------------------------------------------
-def test_constructor_stores_parameters_only():
+@each()
+def test_constructor_stores_parameters_only(spec):
     init = np.zeros((20, 3))
-    est = IFTSampler(n_particles=20, bandwidth=0.7, beta=2.0, init=init, random_state=3)
+    est = spec.cls(**{spec.n_atoms: 20}, bandwidth=0.7, beta=2.0, init=init, random_state=3)
     assert est.get_params()["bandwidth"] == 0.7
+    assert est.get_params()[spec.n_atoms] == 20
     assert est.get_params()["init"] is init
     assert not [k for k in vars(est) if k.endswith("_")]
 
 
-def test_clone_keeps_params_and_drops_fitted_state(data):
-    est = quiet_fit(small(bandwidth=0.8, beta=0.5, kernel="imq"), data)
+@each()
+def test_clone_keeps_params_and_drops_fitted_state(spec, data):
+    params = dict(bandwidth=0.8, beta=0.5, **({"kernel": "imq"} if spec.is_sampler else {}))
+    est = quiet_fit(spec.make(**params), data)
     cl = clone(est)
     assert cl.get_params() == est.get_params()
-    for name in FITTED:
-        assert hasattr(est, name)
+    for name in spec.fitted:
+        assert hasattr(est, name), name
         assert not hasattr(cl, name), name
 
 
-def test_pickle_round_trip(data):
-    est = quiet_fit(small(), data)
+@each()
+def test_pickle_round_trip(spec, data):
+    est = quiet_fit(spec.make(), data)
     est2 = pickle.loads(pickle.dumps(est))
-    np.testing.assert_array_equal(est2.particles_, est.particles_)
+    np.testing.assert_array_equal(atoms_of(est2), atoms_of(est))
     np.testing.assert_array_equal(est2.weights_, est.weights_)
-    np.testing.assert_array_equal(est2.sample(30, random_state=0), est.sample(30, random_state=0))
     held_out = data[::2] + 0.1
-    assert est2.score(held_out) == est.score(held_out)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        np.testing.assert_array_equal(est2.transform(held_out), est.transform(held_out))
+    before, after = outputs(est, held_out), outputs(est2, held_out)
+    assert before.keys() == after.keys()
+    assert len(before) == 3  # sample, score, and transform or score_samples
+    for key in before:
+        np.testing.assert_array_equal(after[key], before[key], err_msg=key)
 
 
-def test_pipeline_fit_transform_score(data):
-    pipe = Pipeline([("scale", StandardScaler()), ("ift", small())])
+@each()
+def test_pipeline_fit_transform_score(spec, data):
+    pipe = Pipeline([("scale", StandardScaler()), ("est", spec.make())])
     quiet_fit(pipe, data)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        Zt = pipe.transform(data[:15])
-    assert Zt.shape == (15, 3)
-    assert np.all(np.isfinite(Zt))
-    # the particles live in the scaled space
-    ift = pipe.named_steps["ift"]
-    assert np.all(np.abs(ift.particles_.mean(axis=0)) < 1.0)
+    est = pipe.named_steps["est"]
+    scaled = pipe.named_steps["scale"].transform(data)
+    # the atoms live in the scaled space
+    assert np.all(np.abs(atoms_of(est).mean(axis=0)) < 1.0)
     s = pipe.score(data)
-    assert isinstance(s, float) and np.isfinite(s) and s <= 0.0
-    # Pipeline.score scores the scaled data with the sampler
-    assert s == pytest.approx(ift.score(pipe.named_steps["scale"].transform(data)))
-    names = pipe.get_feature_names_out(["a", "b", "c"])
-    assert list(names) == ["a", "b", "c"]
+    assert isinstance(s, float) and np.isfinite(s)
+    # Pipeline.score scores the scaled data with the final estimator
+    assert s == pytest.approx(est.score(scaled))
+    if spec.is_sampler:
+        assert s <= 0.0  # minus an energy distance
+        Zt = quietly(pipe.transform, data[:15])
+        assert Zt.shape == (15, 3)
+        assert np.all(np.isfinite(Zt))
+        names = pipe.get_feature_names_out(["a", "b", "c"])
+        assert list(names) == ["a", "b", "c"]
+    else:
+        ss = pipe.score_samples(data[:15])
+        assert ss.shape == (15,)
+        np.testing.assert_allclose(ss, est.score_samples(scaled[:15]))
+        assert s == pytest.approx(est.score_samples(scaled).mean())
 
 
 # --- sample, reproducibility ----------------------------------------------------------------
+@each()
 @pytest.mark.parametrize("n", [1, 7, 100])
-def test_sample_shape_and_reproducible(data, n):
-    est = quiet_fit(small(), data)
+def test_sample_shape_and_reproducible(spec, data, n):
+    est = quiet_fit(spec.make(), data)
     a = est.sample(n, random_state=11)
     b = est.sample(n, random_state=11)
     assert a.shape == (n, data.shape[1])
     np.testing.assert_array_equal(a, b)
-    # every draw is an atom of the fitted measure
-    for row in a:
-        assert np.any(np.all(est.particles_ == row, axis=1))
+    atoms = atoms_of(est)
+    dist = np.linalg.norm(a[:, None, :] - atoms[None, :, :], axis=2).min(axis=1)
+    if spec.is_sampler:
+        # every draw is an atom of the fitted measure
+        assert np.all(dist == 0.0)
+    else:
+        # an atom plus N(0, h² I) noise: never an atom, never far from one
+        assert np.all(dist > 0.0)
+        assert np.all(dist < 8.0 * est.bandwidth_)
 
 
-def test_sample_seeds_differ_and_default_is_one_sample(data):
-    est = quiet_fit(small(), data)
+@each()
+def test_sample_seeds_differ_and_default_is_one_sample(spec, data):
+    est = quiet_fit(spec.make(), data)
     assert est.sample().shape == (1, data.shape[1])
     assert not np.array_equal(est.sample(50, random_state=0), est.sample(50, random_state=1))
     rs = np.random.RandomState(5)
     assert est.sample(3, random_state=rs).shape == (3, data.shape[1])
 
 
-def test_sample_follows_the_weights(data):
-    est = quiet_fit(small(), data)
-    w = np.zeros(est.n_particles)
+@each()
+def test_sample_follows_the_weights(spec, data):
+    est = quiet_fit(spec.make(), data)
+    w = np.zeros(20)
     w[[3, 8]] = [0.25, 0.75]
     est.weights_ = w
+    if not spec.is_sampler:
+        est.bandwidth_ = 1e-12  # no noise to speak of: draws are (almost) atoms
     draws = est.sample(4000, random_state=0)
-    is3 = np.all(draws == est.particles_[3], axis=1)
-    is8 = np.all(draws == est.particles_[8], axis=1)
+    atoms = atoms_of(est)
+    is3 = np.all(np.abs(draws - atoms[3]) <= 1e-9, axis=1)
+    is8 = np.all(np.abs(draws - atoms[8]) <= 1e-9, axis=1)
     assert np.all(is3 | is8)
     assert abs(is8.mean() - 0.75) < 0.03
 
 
-@pytest.mark.parametrize("init", ["gaussian", "subsample"])
-def test_same_random_state_same_fit(data, init):
-    a = quiet_fit(small(init=init, random_state=42), data)
-    b = quiet_fit(small(init=init, random_state=42), data)
-    np.testing.assert_array_equal(a.particles_, b.particles_)
+def test_mixture_sample_noise_has_the_bandwidth(data):
+    """InclusiveKLFitter draws from the mixture: the chosen atom plus N(0, h² I)."""
+    est = quiet_fit(KL.make(), data)
+    w = np.zeros(20)
+    w[5] = 1.0
+    est.weights_ = w
+    noise = est.sample(20000, random_state=0) - est.means_[5]
+    h = est.bandwidth_
+    np.testing.assert_allclose(noise.mean(axis=0), 0.0, atol=0.05 * h)
+    np.testing.assert_allclose(noise.std(axis=0), h, rtol=0.03)
+
+
+SEEDED_INITS = [pytest.param(s, init, id=f"{s.name}-{init}") for s in SPECS for init in s.inits]
+
+
+@pytest.mark.parametrize("spec, init", SEEDED_INITS)
+def test_same_random_state_same_fit(spec, init, data):
+    a = quiet_fit(spec.make(init=init, random_state=42), data)
+    b = quiet_fit(spec.make(init=init, random_state=42), data)
+    np.testing.assert_array_equal(atoms_of(a), atoms_of(b))
     np.testing.assert_array_equal(a.weights_, b.weights_)
     np.testing.assert_array_equal(a.loss_curve_, b.loss_curve_)
-    c = quiet_fit(small(init=init, random_state=43), data)
-    assert not np.array_equal(a.particles_, c.particles_)
+    c = quiet_fit(spec.make(init=init, random_state=43), data)
+    assert not np.array_equal(atoms_of(a), atoms_of(c))
 
 
-def test_random_state_instance_reproducible(data):
-    a = quiet_fit(small(random_state=np.random.RandomState(1)), data)
-    b = quiet_fit(small(random_state=np.random.RandomState(1)), data)
-    np.testing.assert_array_equal(a.particles_, b.particles_)
+@each()
+def test_random_state_instance_reproducible(spec, data):
+    a = quiet_fit(spec.make(random_state=np.random.RandomState(1)), data)
+    b = quiet_fit(spec.make(random_state=np.random.RandomState(1)), data)
+    np.testing.assert_array_equal(atoms_of(a), atoms_of(b))
+    np.testing.assert_array_equal(a.weights_, b.weights_)
 
 
 # --- dtypes, weights, attributes ----------------------------------------------------------
+@each()
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_dtype_is_preserved(data, dtype):
+def test_dtype_is_preserved(spec, data, dtype):
     X = data.astype(dtype)
-    est = quiet_fit(small(), X)
-    assert est.particles_.dtype == dtype
+    est = quiet_fit(spec.make(), X)
+    assert atoms_of(est).dtype == dtype
+    assert est.weights_.dtype == np.float64  # documented: weights are float64
     assert est.sample(5, random_state=0).dtype == dtype
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        Z = est.transform(X[:10])
-    assert Z.dtype == dtype
+    if spec.is_sampler:
+        assert quietly(est.transform, X[:10]).dtype == dtype
+    else:
+        ss = est.score_samples(X[:10])
+        assert ss.dtype == dtype
+        assert np.all(np.isfinite(ss))
     assert np.isfinite(est.score(X))
 
 
-def test_float32_close_to_float64(data):
-    a = quiet_fit(small(max_iter=5), data)
-    b = quiet_fit(small(max_iter=5), data.astype(np.float32))
-    np.testing.assert_allclose(b.particles_, a.particles_, atol=1e-3)
+@each()
+def test_float32_close_to_float64(spec, data):
+    a = quiet_fit(spec.make(max_iter=5), data)
+    b = quiet_fit(spec.make(max_iter=5), data.astype(np.float32))
+    np.testing.assert_allclose(atoms_of(b), atoms_of(a), atol=1e-3)
+    np.testing.assert_allclose(b.weights_, a.weights_, atol=1e-4)
 
 
-@pytest.mark.parametrize("kernel", ["gaussian", "laplacian", "imq", "energy"])
-@pytest.mark.parametrize("beta", [0.0, 1.0, 10.0])
-def test_weights_on_the_simplex(data, kernel, beta):
-    est = quiet_fit(small(kernel=kernel, beta=beta, max_iter=10), data)
+SIMPLEX_CASES = [
+    pytest.param(s, kernel, beta, id=f"{s.name}-{kernel}-beta={beta}")
+    for s in SPECS
+    for kernel in (["gaussian", "laplacian", "imq", "energy"] if s.is_sampler else [None])
+    for beta in [0.0, 1.0, 10.0]
+]
+
+
+@pytest.mark.parametrize("spec, kernel, beta", SIMPLEX_CASES)
+def test_weights_on_the_simplex(spec, data, kernel, beta):
+    params = {"kernel": kernel} if kernel else {}
+    est = quiet_fit(spec.make(beta=beta, max_iter=10, **params), data)
     w = est.weights_
     assert w.shape == (20,)
     assert abs(w.sum() - 1.0) <= 1e-10
     assert np.all(w >= 0.0)
     if beta == 0.0:
         np.testing.assert_array_equal(w, np.full(20, 1 / 20))
+    else:
+        assert not np.allclose(w, 1 / 20)
 
 
-def test_weighted_target_weights_on_simplex(data):
+@each()
+def test_weighted_target_weights_on_simplex(spec, data):
     sw = np.random.default_rng(0).uniform(0, 3, size=data.shape[0])
     sw[:10] = 0.0
-    est = quiet_fit(small(beta=5.0, max_iter=10), data, sample_weight=sw)
+    with warnings.catch_warnings():
+        # zero weights are legal: no log(0) or 0/0 warning may leak out
+        warnings.simplefilter("error", RuntimeWarning)
+        est = quiet_fit(spec.make(beta=5.0, max_iter=10), data, sample_weight=sw)
     assert abs(est.weights_.sum() - 1.0) <= 1e-10
     assert np.all(est.weights_ >= 0.0)
 
 
-def test_fitted_attributes(data):
-    est = quiet_fit(small(max_iter=7, tol=0.0), data)
-    for name in FITTED:
+@each()
+def test_fitted_attributes(spec, data):
+    est = quiet_fit(spec.make(max_iter=7, tol=0.0), data)
+    for name in spec.fitted:
         assert hasattr(est, name), name
     assert not hasattr(est, "feature_names_in_")
-    assert est.particles_.shape == (20, 3)
+    assert atoms_of(est).shape == (20, 3)
     assert est.weights_.shape == (20,)
     assert isinstance(est.bandwidth_, float) and est.bandwidth_ > 0
     assert isinstance(est.step_size_, float) and est.step_size_ > 0
@@ -241,29 +366,52 @@ def test_fitted_attributes(data):
     assert est.loss_curve_[-1] < est.loss_curve_[0]
     assert est.backend_ == "numpy"
     assert est.n_features_in_ == 3
+    if "total_mass_" in spec.fitted:
+        assert isinstance(est.total_mass_, float)
+        assert est.total_mass_ == pytest.approx(1.0, abs=1e-10)
 
 
-def test_explicit_parameters_are_reported(data):
-    est = quiet_fit(small(bandwidth=0.9, step_size=0.05, max_iter=3), data)
+def test_wfr_total_mass_when_mass_is_not_conserved(data):
+    est = quiet_fit(WFR.make(conserve_mass=False, beta=5.0, max_iter=10), data)
+    assert np.all(np.isfinite(est.weights_)) and np.all(est.weights_ >= 0.0)
+    assert isinstance(est.total_mass_, float)
+    assert est.total_mass_ == pytest.approx(est.weights_.sum(), rel=1e-12)
+    assert abs(est.total_mass_ - 1.0) > 1e-6  # the mass did evolve
+
+
+@each()
+def test_explicit_parameters_are_reported(spec, data):
+    est = quiet_fit(spec.make(bandwidth=0.9, step_size=0.05, max_iter=3), data)
     assert est.bandwidth_ == 0.9
     assert est.step_size_ == 0.05
 
 
-def test_loss_curve_is_the_energy(data):
-    """loss_curve_[-1] is ½ MMD² between the fitted measure and the data."""
-    from skgradflow.metrics import mmd
+@each()
+@pytest.mark.parametrize("weighted", [False, True], ids=["uniform", "sample_weight"])
+def test_loss_curve_is_the_objective(spec, data, weighted):
+    """loss_curve_[-1] is ½ MMD² between the fitted measure and the data (samplers), or
+    the negative mean log-likelihood of the data under the fitted mixture."""
+    sw = np.linspace(0.2, 3.0, data.shape[0]) if weighted else None
+    est = quiet_fit(spec.make(bandwidth=1.3, max_iter=10), data, sample_weight=sw)
+    if spec.is_sampler:
+        objective = 0.5 * mmd(
+            est.particles_,
+            data,
+            bandwidth=1.3,
+            x_weights=est.weights_,
+            y_weights=sw,
+            backend="numpy",
+        )
+    else:
+        objective = -est.score(data, sample_weight=sw)
+    assert est.loss_curve_[-1] == pytest.approx(objective, rel=1e-6, abs=1e-12)
 
-    est = quiet_fit(small(bandwidth=1.3, max_iter=10), data)
-    half_mmd2 = 0.5 * mmd(
-        est.particles_, data, bandwidth=1.3, x_weights=est.weights_, backend="numpy"
-    )
-    assert est.loss_curve_[-1] == pytest.approx(half_mmd2, rel=1e-6, abs=1e-12)
 
-
-def test_feature_names_in_from_dataframe(data):
+@each()
+def test_feature_names_in_from_dataframe(spec, data):
     pd = pytest.importorskip("pandas")
     df = pd.DataFrame(data, columns=["u", "v", "w"])
-    est = quiet_fit(small(), df)
+    est = quiet_fit(spec.make(), df)
     np.testing.assert_array_equal(est.feature_names_in_, ["u", "v", "w"])
     assert est.n_features_in_ == 3
     assert np.isfinite(est.score(df))
@@ -271,77 +419,101 @@ def test_feature_names_in_from_dataframe(data):
         est.score(data)
 
 
-def test_fit_does_not_modify_inputs(data):
+@each()
+def test_fit_does_not_modify_inputs(spec, data):
     X = np.asfortranarray(data.astype(np.float32))
     X0 = X.copy()
     sw = np.linspace(0.5, 2.0, X.shape[0])
     sw0 = sw.copy()
     init = np.random.default_rng(1).normal(size=(20, 3))
     init0 = init.copy()
-    est = quiet_fit(small(init=init, beta=2.0), X, sample_weight=sw)
+    est = quiet_fit(spec.make(init=init, beta=2.0), X, sample_weight=sw)
     np.testing.assert_array_equal(X, X0)
     np.testing.assert_array_equal(sw, sw0)
     np.testing.assert_array_equal(init, init0)
-    assert not np.shares_memory(est.particles_, init)
+    assert not np.shares_memory(atoms_of(est), init)
     Z = X[:10].copy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        out = est.transform(Z)
+    if spec.is_sampler:
+        out = quietly(est.transform, Z)
+        assert not np.shares_memory(out, Z)
+    else:
+        est.score_samples(Z)
     np.testing.assert_array_equal(Z, X0[:10])
-    assert not np.shares_memory(out, Z)
     est.score(Z, sample_weight=sw[:10])
     np.testing.assert_array_equal(sw, sw0)
+    np.testing.assert_array_equal(Z, X0[:10])
 
 
-def test_sample_weight_matters(data):
+@each()
+def test_sample_weight_matters(spec, data):
     sw = np.ones(data.shape[0])
-    a = quiet_fit(small(), data, sample_weight=sw)
-    b = quiet_fit(small(), data)
-    np.testing.assert_allclose(a.particles_, b.particles_)
+    a = quiet_fit(spec.make(), data, sample_weight=sw)
+    b = quiet_fit(spec.make(), data)
+    np.testing.assert_allclose(atoms_of(a), atoms_of(b))
     sw[data[:, 0] < 0] = 1e-3
-    c = quiet_fit(small(max_iter=30), data, sample_weight=sw)
-    assert c.particles_[:, 0] @ c.weights_ > b.particles_[:, 0] @ b.weights_
+    c = quiet_fit(spec.make(max_iter=30), data, sample_weight=sw)
+    assert atoms_of(c)[:, 0] @ c.weights_ > atoms_of(b)[:, 0] @ b.weights_
 
 
 # --- warnings -------------------------------------------------------------------------------
-def test_convergence_warning_when_max_iter_too_small(data):
+@each()
+def test_convergence_warning_when_max_iter_too_small(spec, data):
     with pytest.warns(ConvergenceWarning, match="max_iter"):
-        est = small(max_iter=3).fit(data)
+        est = spec.make(max_iter=3).fit(data)
     assert not est.converged_
     assert est.n_iter_ == 3
 
 
-def test_no_convergence_warning_when_tol_is_met(data):
+@each()
+def test_no_convergence_warning_when_tol_is_met(spec, data):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
-        est = small(max_iter=500, tol=0.5).fit(data)
+        est = spec.make(max_iter=500, tol=0.5).fit(data)
     assert est.converged_
     assert est.n_iter_ < 500
     assert est.loss_curve_.shape == (est.n_iter_ + 1,)
 
 
+@each()
+def test_tol_zero_runs_exactly_max_iter_without_warning(spec, data):
+    """tol=0 means "run exactly max_iter iterations": not converging is then no news."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        est = spec.make(max_iter=25, tol=0.0).fit(data)
+    assert est.n_iter_ == 25
+    assert not est.converged_
+    assert est.loss_curve_.shape == (26,)
+
+
 # --- GridSearchCV ---------------------------------------------------------------------------
-GRID = {"bandwidth": [0.5, 1.0], "beta": [0.0, 1.0]}
-
-
+@each()
 @pytest.mark.parametrize("n_jobs", [1, 2])
-def test_grid_search_numpy(data, n_jobs):
-    search = GridSearchCV(small(max_iter=10), GRID, cv=2, n_jobs=n_jobs, error_score="raise")
+def test_grid_search_numpy(spec, data, n_jobs):
+    search = GridSearchCV(
+        spec.make(max_iter=10), spec.grid(), cv=2, n_jobs=n_jobs, error_score="raise"
+    )
     quiet_fit(search, data)
     scores = search.cv_results_["mean_test_score"]
     assert scores.shape == (4,)
     assert np.all(np.isfinite(scores))
     assert search.best_params_ in search.cv_results_["params"]
     assert search.best_estimator_.backend_ == "numpy"
+    # score is higher-is-better and comparable across the grid: the best is the argmax
+    assert search.best_score_ == scores.max()
 
 
-# Large enough that backend="auto" picks KeOps in every fold: "auto" estimates the work of
-# a run as 2 * max_iter reductions of n_particles * (n_particles + n_targets) kernel
-# entries (1600 targets per training fold).  tol=1 stops every run after the first full
-# pair of energy windows (about 20 iterations), so the searches stay fast.
-KEOPS_PARTICLES = 600
+# Large enough that backend="auto" picks KeOps in every fold.  "auto" compares the work of
+# a run, _reductions_per_iteration * max_iter reductions, with AUTO_KEOPS_MIN_WORK: for the
+# samplers each reduction pairs n_particles with the sources [particles; targets] (1600
+# targets per training fold), for the mixture n_components atoms with the targets.  tol=1
+# stops every run after the first full pair of windows (about 20 iterations), so the
+# searches stay fast.
 KEOPS_ROWS = 3200
-KEOPS_PARAMS = {"n_particles": KEOPS_PARTICLES, "max_iter": 200, "tol": 1.0, "random_state": 0}
+KEOPS_PARAMS = {
+    "IFTSampler": {"n_particles": 600, "max_iter": 200, "tol": 1.0, "random_state": 0},
+    "WFRMMDFlow": {"n_particles": 600, "max_iter": 200, "tol": 1.0, "random_state": 0},
+    "InclusiveKLFitter": {"n_components": 300, "max_iter": 300, "tol": 1.0, "random_state": 0},
+}
 needs_keops = pytest.mark.skipif(not keops_available(), reason="KeOps cannot compile here")
 
 
@@ -350,9 +522,12 @@ def _keops_data():
     return rng.normal(size=(KEOPS_ROWS, 2))
 
 
-def test_keops_grid_is_above_the_auto_threshold():
-    fold = KEOPS_ROWS // 2
-    work = 2 * KEOPS_PARAMS["max_iter"] * KEOPS_PARTICLES * (KEOPS_PARTICLES + fold)
+@each()
+def test_keops_grid_is_above_the_auto_threshold(spec):
+    params = KEOPS_PARAMS[spec.name]
+    n_atoms, fold = params[spec.n_atoms], KEOPS_ROWS // 2
+    sources = n_atoms + fold if spec.is_sampler else fold
+    work = spec.cls._reductions_per_iteration * params["max_iter"] * n_atoms * sources
     assert work >= AUTO_KEOPS_MIN_WORK
 
 
@@ -360,8 +535,22 @@ def _backend_checking_scorer(estimator, X, y=None):
     # runs inside every fold: the fold's fit must have used KeOps
     if estimator.backend_ != "keops":
         raise AssertionError(f"fold fitted with backend {estimator.backend_!r}")
-    atoms, w = estimator._fitted_measure()
-    return -energy_distance(atoms, X, x_weights=w)
+    return estimator.score(X)
+
+
+def _search_keops(spec, n_jobs, scoring):
+    X = _keops_data()
+    est = spec.cls(**KEOPS_PARAMS[spec.name])
+    search = GridSearchCV(
+        est, spec.grid(), cv=2, n_jobs=n_jobs, scoring=scoring, error_score="raise"
+    )
+    quiet_fit(search, X)
+    assert search.best_estimator_.backend_ == "keops"
+    assert search.best_estimator_.n_iter_ < KEOPS_PARAMS[spec.name]["max_iter"]
+    scores = search.cv_results_["mean_test_score"]
+    assert scores.shape == (4,)
+    assert np.all(np.isfinite(scores))
+    return scores
 
 
 @needs_keops
@@ -375,16 +564,17 @@ def _backend_checking_scorer(estimator, X, y=None):
     ids=["n_jobs=1", "n_jobs=1-backend-checking-scorer", "n_jobs=2-mmd-scorer"],
 )
 def test_grid_search_keops(n_jobs, scoring):
-    X = _keops_data()
-    est = IFTSampler(**KEOPS_PARAMS)
-    search = GridSearchCV(est, GRID, cv=2, n_jobs=n_jobs, scoring=scoring, error_score="raise")
-    quiet_fit(search, X)
-    assert search.best_estimator_.backend_ == "keops"
-    assert search.best_estimator_.n_iter_ < KEOPS_PARAMS["max_iter"]
-    scores = search.cv_results_["mean_test_score"]
-    assert scores.shape == (4,)
-    assert np.all(np.isfinite(scores))
+    scores = _search_keops(IFT, n_jobs, scoring)
     assert np.all(scores <= 0.0)
+
+
+@needs_keops
+@each([WFR, KL])
+def test_grid_search_keops_n_jobs_2(spec):
+    """The other two estimators on KeOps in two worker processes, every fold checked."""
+    scores = _search_keops(spec, 2, _backend_checking_scorer)
+    if spec.is_sampler:
+        assert np.all(scores <= 0.0)  # minus an energy distance
 
 
 _COLD_SEARCH = textwrap.dedent(
@@ -430,7 +620,7 @@ def test_grid_search_keops_n_jobs_2_cold_cache(tmp_path):
     env = dict(os.environ, KEOPS_CACHE_FOLDER=str(cache), PYKEOPS_VERBOSE="0")
     proc = subprocess.run(
         [sys.executable, "-c", _COLD_SEARCH, str(pid_file)]
-        + [json.dumps(v) for v in (KEOPS_ROWS, KEOPS_PARAMS, GRID)],
+        + [json.dumps(v) for v in (KEOPS_ROWS, KEOPS_PARAMS[IFT.name], IFT.grid())],
         env=env,
         capture_output=True,
         text=True,
