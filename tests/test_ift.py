@@ -10,7 +10,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from skgradflow import IFTSampler
 from skgradflow._backends import keops_available
-from skgradflow.metrics import energy_distance, mmd
+from skgradflow.metrics import energy_distance
 
 BACKENDS = ["numpy", pytest.param("keops", marks=pytest.mark.skipif(
     not keops_available(), reason="KeOps cannot compile here"))]
@@ -234,8 +234,8 @@ def test_minibatches_follow_sample_weight(rng):
 
 
 def test_estimated_constant_is_close_to_the_exact_one(rng):
-    from skgradflow._base import _Problem
     from skgradflow._backends import NumpyBackend
+    from skgradflow._base import _Problem
     from skgradflow.kernels import Kernel
 
     y = rng.normal(size=(12_000, 2))
