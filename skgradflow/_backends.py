@@ -167,7 +167,7 @@ class KeOpsBackend:
 
         p = V.shape[1]
         _, r2 = self._pairs(kernel, Z, S)
-        K, _ = kernel.keops_value_and_factor(r2)
+        K = kernel.keops_value(r2)
         vj = LazyTensor(self._pad(V, _MATVEC_WIDTH)[None, :, :])
         key = ("matvec", kernel.name, Z.shape[1], Z.dtype.str)
         return self._reduce(K * vj, Z.dtype, key)[:, :p]
@@ -179,11 +179,10 @@ class KeOpsBackend:
 
         p, d = V.shape[1], Z.shape[1]
         D, r2 = self._pairs(kernel, Z, S)
-        K, G = kernel.keops_value_and_factor(r2)
         vj = LazyTensor(self._pad(V, _VALUE_GRAD_WIDTH)[None, :, :])
         aj = LazyTensor(np.ascontiguousarray(a.reshape(-1, 1))[None, :, :])
         key = ("value_grad", kernel.name, d, Z.dtype.str)
-        out = self._reduce((K * vj).concat((G * aj) * D), Z.dtype, key)
+        out = self._reduce(kernel.keops_value_and_grad(r2, vj, aj * D), Z.dtype, key)
         width = max(p, _VALUE_GRAD_WIDTH)
         return out[:, :p], out[:, width:] / kernel.scale
 
@@ -205,9 +204,10 @@ class KeOpsBackend:
 
         D, r2 = self._pairs(Kernel("gaussian", h), Z, S)
         cj = LazyTensor(np.ascontiguousarray(c.reshape(-1, 1))[None, :, :])
-        E = (cj - 0.5 * r2).exp()
+        ones = LazyTensor(np.ones((S.shape[0], 1), dtype=Z.dtype)[None, :, :])
+        # one exponential per pair: E [1, s_j - z_i]
         key = ("softmax_moments", Z.shape[1], Z.dtype.str)
-        out = self._reduce(E.concat(-E * D), Z.dtype, key)
+        out = self._reduce((cj - 0.5 * r2).exp() * ones.concat(-D), Z.dtype, key)
         # the reduction ran in coordinates divided by h
         return out[:, 0], out[:, 1:] * h
 

@@ -88,22 +88,30 @@ class Kernel:
         return -k * inv_r if self.name == "laplacian" else -inv_r
 
     # --- KeOps ----------------------------------------------------------------
-    def keops_value_and_factor(self, r2: Any) -> tuple[Any, Any | None]:
-        """``κ`` and ``γ`` on a KeOps LazyTensor of squared scaled distances.
+    def keops_value(self, r2: Any) -> Any:
+        """``κ`` on a KeOps LazyTensor of squared scaled distances."""
+        if self.name == "gaussian":
+            return (-0.5 * r2).exp()
+        if self.name == "laplacian":
+            return (-(r2.sqrt())).exp()
+        if self.name == "imq":
+            return (1.0 + r2).rsqrt()
+        return -(r2.sqrt())
 
-        The factor is built lazily from the value where possible so that KeOps evaluates
-        the exponential once per pair.
+    def keops_value_and_grad(self, r2: Any, v: Any, aD: Any) -> Any:
+        """The summand ``[κ v_j, γ a_j (u_i - v_j)]`` on KeOps LazyTensors.
+
+        KeOps does not share subexpressions between the parts of a formula, so the
+        exponential is factored out and evaluated once per pair: ``κ [v_j, (γ/κ) a_j D]``.
         """
         if self.name == "gaussian":
-            k = (-0.5 * r2).exp()
-            return k, -k
+            return self.keops_value(r2) * v.concat(-aD)
         if self.name == "laplacian":
-            k = (-(r2.sqrt())).exp()
-            return k, -k * r2.rsqrt()
+            return self.keops_value(r2) * v.concat(-(r2.rsqrt()) * aD)
         if self.name == "imq":
-            k = (1.0 + r2).rsqrt()
-            return k, -(k**3)
-        return -(r2.sqrt()), -(r2.rsqrt())
+            inv = 1.0 / (1.0 + r2)
+            return inv.sqrt() * v.concat(-inv * aD)
+        return (-(r2.sqrt()) * v).concat(-(r2.rsqrt()) * aD)
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
