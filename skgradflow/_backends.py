@@ -49,7 +49,7 @@ _BLOCK_COLS = 2048
 # KeOps compiles one formula per (kernel, dimension, dtype, channel count).  Padding the
 # weight channels to fixed widths keeps that count at two formulas per kernel.
 _MATVEC_WIDTH = 3
-_VALUE_GRAD_WIDTH = 2
+_VALUE_GRAD_WIDTH = 3
 
 
 class NumpyBackend:

@@ -131,12 +131,16 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
 
     # --- hooks -------------------------------------------------------------------------
     @abstractmethod
-    def _evaluate(self, problem: _Problem, x, w, targets) -> _Evaluation:
-        """The energy at the state ``(x, w)``, and what the next step reuses."""
+    def _evaluate(self, problem: _Problem, x, w, targets, carry=None) -> _Evaluation:
+        """The energy at the state ``(x, w)``, and what the next step reuses.
+
+        ``carry`` is what the step that produced this state computed at the same positions
+        and targets (``None`` when there is nothing to reuse)."""
 
     @abstractmethod
     def _step(self, problem: _Problem, x, w, ev: _Evaluation, targets, tau: float):
-        """One time step of length ``tau`` from ``(x, w)``: returns ``(x_new, w_new)``."""
+        """One time step of length ``tau`` from ``(x, w)``: returns ``(x_new, w_new,
+        carry)``, ``carry`` for the evaluation of the new state (or ``None``)."""
 
     @abstractmethod
     def _auto_step_size(self, problem: _Problem, ev: _Evaluation) -> float:
@@ -283,14 +287,16 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
             for _ in range(_MAX_HALVINGS + 1):
                 # an overflow shows up as a non-finite state, checked right below
                 with np.errstate(over="ignore", invalid="ignore"):
-                    x_new, w_new = self._step(problem, x, w, ev, targets, tau)
+                    x_new, w_new, carry = self._step(problem, x, w, ev, targets, tau)
                 if not (np.all(np.isfinite(x_new)) and np.all(np.isfinite(w_new))):
                     if guard:
                         tau *= 0.5
                         continue
                     raise _flow_diverged("the particles or their weights", tau)
                 with np.errstate(over="ignore", invalid="ignore"):
-                    ev_new = self._evaluate(problem, x_new, w_new, next_targets)
+                    # a minibatch run evaluates on fresh targets: nothing carries over
+                    carry = carry if next_targets is targets else None
+                    ev_new = self._evaluate(problem, x_new, w_new, next_targets, carry)
                 if not np.isfinite(ev_new.energy):
                     if guard:
                         tau *= 0.5
@@ -435,18 +441,28 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         return 0.5 * (total - S * kern.diagonal) / (S * (S - 1))
 
     # --- the MMD energy and its witness ----------------------------------------------------
-    def _evaluate(self, problem: _Problem, x, w, targets) -> _Evaluation:
-        """One fused reduction over the sources ``[x; y]`` with signed weights ``[w; -b]``:
-        the witness ``f(x_i)``, its gradient, and ``c = K_xy b`` (for the energy)."""
+    def _evaluate(self, problem: _Problem, x, w, targets, carry=None) -> _Evaluation:
+        """The witness ``f(x_i)``, its gradient and ``c = K_xy b`` (for the energy).
+
+        One fused reduction over the sources ``[x; y]`` with signed weights ``[w; -b]``; or,
+        when the weight step already reduced over the targets at these positions (``carry``
+        holds ``c`` and ``∇c``), one reduction over the particles only."""
         Yb, bb = targets
         dtype = x.dtype
         n = x.shape[0]
-        S = np.concatenate([x, Yb])
-        a = np.concatenate([w.astype(dtype), -bb])
-        V = np.stack([a, np.concatenate([np.zeros(n, dtype), bb])], axis=1)
-        val, grad = problem.backend.value_grad(problem.kernel, x, S, V, a)
-        f = val[:, 0].astype(np.float64)
-        c = val[:, 1].astype(np.float64)
+        wd = w.astype(dtype)
+        if carry is not None:
+            val, grad_Kw = problem.backend.value_grad(problem.kernel, x, x, wd[:, None], wd)
+            c = carry["c"]
+            f = val[:, 0].astype(np.float64) - c
+            grad = grad_Kw - carry["grad_c"]
+        else:
+            S = np.concatenate([x, Yb])
+            a = np.concatenate([wd, -bb])
+            V = np.stack([a, np.concatenate([np.zeros(n, dtype), bb])], axis=1)
+            val, grad = problem.backend.value_grad(problem.kernel, x, S, V, a)
+            f = val[:, 0].astype(np.float64)
+            c = val[:, 1].astype(np.float64)
         # F = ½ wᵀK_xx w - wᵀc + ½ bᵀK_yy b, with wᵀK_xx w = wᵀf + wᵀc
         wf, wc = float(w @ f), float(w @ c)
         energy = 0.5 * wf - 0.5 * wc + problem.const
@@ -457,14 +473,33 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         # Wasserstein step: x_i ← x_i - τα ∇f(x_i), the velocity field (not scaled by w_i)
         x_new = x - (tau * self.alpha) * ev.cache["grad"] if self.alpha > 0 else x
         if problem.update_weights and self.beta > 0:
-            w_new = self._weight_step(problem, x_new, w, targets, tau)
-        else:
-            w_new = w
-        return x_new, w_new
+            return (x_new, *self._weight_step(problem, x_new, w, targets, tau))
+        return x_new, w, None
 
     @abstractmethod
-    def _weight_step(self, problem: _Problem, x, w, targets, tau: float) -> np.ndarray:
-        """The weights after the reaction part of a step, at the moved particles ``x``."""
+    def _weight_step(self, problem: _Problem, x, w, targets, tau: float):
+        """The weights after the reaction part of a step, at the moved particles ``x``, and
+        the carry of :meth:`_reduce_at_moved` for the next evaluation."""
+
+    def _reduce_at_moved(self, problem: _Problem, x, w, targets, extra=None):
+        """At the moved particles ``x`` with the old weights ``w``, one fused reduction over
+        ``[x; y]``: ``K w - c``, ``c = K_xy b`` and the ``extra`` channels (one weight per
+        source) as float64 columns, and the gradient ``∇c``.  ``c`` and ``∇c`` do not
+        depend on the weights, so they are carried to the next evaluation, which then
+        reduces over the particles only."""
+        Yb, bb = targets
+        n, dtype = x.shape[0], x.dtype
+        columns = [
+            np.concatenate([w.astype(dtype), -bb]),
+            np.concatenate([np.zeros(n, dtype), bb]),
+            *([] if extra is None else [extra]),
+        ]
+        a = np.concatenate([np.zeros(n, dtype), bb])
+        val, grad_c = problem.backend.value_grad(
+            problem.kernel, x, np.concatenate([x, Yb]), np.stack(columns, axis=1), a
+        )
+        val = val.astype(np.float64)
+        return val, {"c": val[:, 1], "grad_c": grad_c}
 
     # --- using the fitted measure ---------------------------------------------------------
     def score(self, X, y=None, sample_weight=None) -> float:

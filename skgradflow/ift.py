@@ -163,21 +163,12 @@ default="gaussian"
         self.random_state = random_state
         self.verbose = verbose
 
-    def _weight_step(self, problem: _Problem, x, w, targets, tau: float) -> np.ndarray:
-        Yb, bb = targets
+    def _weight_step(self, problem: _Problem, x, w, targets, tau: float):
         n, dtype = x.shape[0], x.dtype
         eta = tau * self.beta
         # One reduction at the new positions gives K w⁻ - c, c = K_xy b and the row sums.
-        S = np.concatenate([x, Yb])
-        V = np.stack(
-            [
-                np.concatenate([w.astype(dtype), -bb]),
-                np.concatenate([np.zeros(n, dtype), bb]),
-                np.concatenate([np.ones(n, dtype), np.zeros_like(bb)]),
-            ],
-            axis=1,
-        )
-        out = problem.backend.matvec(problem.kernel, x, S, V).astype(np.float64)
+        row_sums = np.concatenate([np.ones(n, dtype), np.zeros(targets[1].shape[0], dtype)])
+        out, carry = self._reduce_at_moved(problem, x, w, targets, extra=row_sums)
         c = out[:, 1]
         Kw_prev = out[:, 0] + c
         # Every kernel here has entries of one sign, so max_i Σ_j |K_ij| = max_i |(K 1)_i|.
@@ -197,7 +188,7 @@ default="gaussian"
             Ky = problem.backend.matvec(
                 problem.kernel, x, x, y.astype(dtype)[:, None]
             )[:, 0].astype(np.float64)
-        return w_new
+        return w_new, carry
 
 
 def _project_nonnegative(v: np.ndarray) -> np.ndarray:

@@ -163,7 +163,7 @@ default="kmeans++"
         with np.errstate(divide="ignore"):
             return np.maximum(np.log(w), _LOG_TINY).astype(dtype)
 
-    def _evaluate(self, problem: _Problem, x, w, targets) -> _Evaluation:
+    def _evaluate(self, problem: _Problem, x, w, targets, carry=None) -> _Evaluation:
         Yb, bb = targets
         L = problem.backend.gaussian_logsumexp(
             self.bandwidth_, Yb, x, self._log_weights(w, x.dtype)
@@ -190,7 +190,8 @@ default="kmeans++"
             with np.errstate(divide="ignore"):
                 log_w = np.log(w) + (tau * self.beta) * (R.astype(np.float64) - 1.0)
             w = np.exp(log_w - logsumexp(log_w))
-        return x, w
+        # the weights changed after the last LogSumExp: the evaluation starts afresh
+        return x, w, None
 
     # --- the fitted density ----------------------------------------------------------------
     def score_samples(self, X) -> np.ndarray:

@@ -128,17 +128,14 @@ feature_names_in_
         spread = max(float(f.max() - f.min()), 0.05 * bound)
         return float(min(transport, 1.0 / (self.beta * spread)))
 
-    def _weight_step(self, problem: _Problem, x, w, targets, tau: float) -> np.ndarray:
-        Yb, bb = targets
-        dtype = x.dtype
-        # the witness at the new positions: one reduction over [x; y] with weights [w; -b]
-        a = np.concatenate([w.astype(dtype), -bb])
-        f = problem.backend.matvec(problem.kernel, x, np.concatenate([x, Yb]), a[:, None])
+    def _weight_step(self, problem: _Problem, x, w, targets, tau: float):
+        # the witness at the new positions: f = K w - c, from one reduction over [x; y]
+        out, carry = self._reduce_at_moved(problem, x, w, targets)
         # in the log domain, so that no weight under- or overflows on its way to the sum
         with np.errstate(divide="ignore"):
-            log_w = np.log(w) - (tau * self.beta) * f[:, 0].astype(np.float64)
+            log_w = np.log(w) - (tau * self.beta) * out[:, 0]
         if not self.conserve_mass:
-            return np.exp(log_w)
+            return np.exp(log_w), carry
         # normalise twice: a huge exponent τβ f loses the digits of log_w - logsumexp(log_w)
         w_new = np.exp(log_w - logsumexp(log_w))
-        return w_new / w_new.sum()
+        return w_new / w_new.sum(), carry

@@ -123,9 +123,9 @@ class WeightSpy:
         original = IFTSampler._step
 
         def spy(est, *args, **kwargs):
-            x, w = original(est, *args, **kwargs)
+            x, w, carry = original(est, *args, **kwargs)
             self.history.append(np.array(w))
-            return x, w
+            return x, w, carry
 
         monkeypatch.setattr(IFTSampler, "_step", spy)
 
