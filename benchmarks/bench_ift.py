@@ -89,8 +89,8 @@ def _floor_reduction(x, S, a, scheme):
     sj = LazyTensor(S[None, :, :])
     aj = LazyTensor(a[None, :, :])
     D = xi - sj
-    Ka = (-0.5 * (D**2).sum(-1)).exp() * aj
-    return Ka.concat(Ka * D).sum(1, sum_scheme=scheme)
+    # one exponential per pair (KeOps does not share subexpressions): K [a, a D]
+    return ((-0.5 * (D**2).sum(-1)).exp() * aj.concat(aj * D)).sum(1, sum_scheme=scheme)
 
 
 def _time_floor(x, w, Y, b, repeats: int, budget: float) -> float:
