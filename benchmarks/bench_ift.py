@@ -9,7 +9,7 @@ For every ``N = M`` (particles = targets) in ``--sizes``, ``d`` in ``--dims`` an
 ``--backends`` it runs one subprocess (so that ``ru_maxrss`` is that configuration's own
 peak) which:
 
-1. sets a fresh, empty KeOps build folder (``pykeops.set_build_folder``) before any KeOps
+1. sets a fresh, empty KeOps build folder (``KEOPS_CACHE_FOLDER``) before any KeOps
    call, so that *cold* includes the compilation of every formula the flow uses;
 2. builds an ``IFTSampler(weight_steps=1, step_size=0.1, bandwidth=1, tol=0)`` and its
    ``_Problem`` the way ``fit`` does (the constant ``½ bᵀK_yy b`` is set to 0: it is computed
@@ -118,12 +118,14 @@ def run_worker(cfg: dict) -> dict:
     repeats, budget = cfg["repeats"], cfg["budget"]
     result: dict = {}
 
-    build = tempfile.mkdtemp(prefix="skgradflow-bench-keops-")
+    # the parent set KEOPS_CACHE_FOLDER to a fresh folder before this process started:
+    # a cold cache.  (pykeops.set_build_folder at run time is not enough in KeOps 2.3: the
+    # formula cache of the default folder then records sources in the temporary one.)
+    build = os.environ["KEOPS_CACHE_FOLDER"]
     try:
         try:
-            import pykeops
+            import pykeops  # noqa: F401
 
-            pykeops.set_build_folder(build)  # before the first KeOps call: a cold cache
             have_keops = True
         except ImportError:
             have_keops = False
@@ -155,19 +157,20 @@ def run_worker(cfg: dict) -> dict:
         t0 = time.perf_counter()
         targets = problem.targets()
         ev = est._evaluate(problem, x, w, targets)
-        x, w = est._step(problem, x, w, ev, targets, tau)
+        x, w, carry = est._step(problem, x, w, ev, targets, tau)
         result["cold"] = time.perf_counter() - t0
         log(f"  cold iteration: {result['cold']:.4g} s")
 
-        # warm: _step + _evaluate at the new state, as in _run_flow
-        ev = est._evaluate(problem, x, w, targets)
+        # warm: _step + _evaluate at the new state, as in _run_flow (which hands the
+        # evaluation what the step already reduced at the new positions)
+        ev = est._evaluate(problem, x, w, targets, carry)
         energies = [ev.energy]
         times: list[float] = []
         while len(times) < repeats and (not times or sum(times) < budget):
             t0 = time.perf_counter()
             targets = problem.targets()
-            x, w = est._step(problem, x, w, ev, targets, tau)
-            ev = est._evaluate(problem, x, w, targets)
+            x, w, carry = est._step(problem, x, w, ev, targets, tau)
+            ev = est._evaluate(problem, x, w, targets, carry)
             times.append(time.perf_counter() - t0)
             energies.append(ev.energy)
             log(f"  warm iteration: {times[-1]:.4g} s (energy {ev.energy:.6g})")
@@ -199,8 +202,9 @@ def _run_config(cfg: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="skgradflow-bench-") as tmp:
         out = os.path.join(tmp, "result.json")
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg), out]
+        env = dict(os.environ, KEOPS_CACHE_FOLDER=tempfile.mkdtemp(prefix="skgradflow-keops-"))
         # the worker's stdout (KeOps compile messages) goes to our stderr, with the progress
-        proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
+        proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr, env=env)
         if proc.returncode != 0 or not os.path.exists(out):
             return {"error": f"failed (rc={proc.returncode})"}
         with open(out) as fh:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 import threading
 import warnings
@@ -52,6 +53,14 @@ _MATVEC_WIDTH = 3
 _VALUE_GRAD_WIDTH = 3
 
 
+def _narrow_matmul(K: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """``K @ V`` for a few columns: matrix-vector products, which BLAS runs several times
+    faster than a matrix product with 2 or 3 columns."""
+    if V.shape[1] > 4:
+        return K @ V
+    return np.stack([K @ V[:, j] for j in range(V.shape[1])], axis=1)
+
+
 class NumpyBackend:
     """Blockwise dense reductions with BLAS."""
 
@@ -60,7 +69,7 @@ class NumpyBackend:
     def matvec(self, kernel: Kernel, Z: np.ndarray, S: np.ndarray, V: np.ndarray) -> np.ndarray:
         out = np.zeros((Z.shape[0], V.shape[1]), dtype=Z.dtype)
         for rows, cols, K, _ in self._blocks(kernel, Z, S, need_factor=False):
-            out[rows] += K @ V[cols]
+            out[rows] += _narrow_matmul(K, V[cols])
         return out
 
     def value_grad(
@@ -71,7 +80,7 @@ class NumpyBackend:
         val = np.zeros((Z.shape[0], V.shape[1]), dtype=Z.dtype)
         grad = np.zeros_like(Z)
         for rows, cols, K, G in self._blocks(kernel, Z, S, need_factor=True):
-            val[rows] += K @ V[cols]
+            val[rows] += _narrow_matmul(K, V[cols])
             Ga = G * a.reshape(-1)[cols]
             # Σ_j γ_ij a_j (u_i - v_j) = u_i Σ_j γ_ij a_j - Σ_j γ_ij a_j v_j, with BLAS
             grad[rows] += Zs[rows] * Ga.sum(axis=1, keepdims=True) - Ga @ Ss[cols]
@@ -131,11 +140,16 @@ class KeOpsBackend:
     name = "keops"
 
     def __init__(self) -> None:
+        # KeOps' messages (compiles, "CUDA libraries not found" at import) would interleave
+        # with the estimators' own output; PYKEOPS_VERBOSE=1 brings them back.
+        if "pykeops" not in sys.modules:
+            os.environ.setdefault("PYKEOPS_VERBOSE", "0")
+            os.environ.setdefault("KEOPS_VERBOSE", os.environ["PYKEOPS_VERBOSE"])
         import pykeops
         from pykeops.numpy import LazyTensor  # noqa: F401  (fail early if unavailable)
 
-        # compile messages would interleave with the estimators' own progress output
-        pykeops.set_verbose(False)
+        if os.environ.get("PYKEOPS_VERBOSE") != "1":
+            pykeops.set_verbose(False)
 
     @staticmethod
     def _pad(V: np.ndarray, width: int) -> np.ndarray:
@@ -149,8 +163,7 @@ class KeOpsBackend:
     def _reduce(lazy: Any, dtype: np.dtype, key: tuple) -> np.ndarray:
         # Long float32 sums lose digits: Kahan summation keeps them within 1e-4 of float64.
         scheme = "kahan_scheme" if dtype == np.float32 else "block_sum"
-        with _compile_guard(key):
-            return lazy.sum(1, sum_scheme=scheme)
+        return _run_keops(lambda: lazy.sum(1, sum_scheme=scheme), key)
 
     def _pairs(self, kernel: Kernel, Z: np.ndarray, S: np.ndarray):
         from pykeops.numpy import LazyTensor
@@ -194,8 +207,7 @@ class KeOpsBackend:
         _, r2 = self._pairs(Kernel("gaussian", h), Z, S)
         vj = LazyTensor(np.ascontiguousarray(logv.reshape(-1, 1))[None, :, :])
         key = ("logsumexp", Z.shape[1], Z.dtype.str)
-        with _compile_guard(key):
-            return (vj - 0.5 * r2).logsumexp(1)[:, 0]
+        return _run_keops(lambda: (vj - 0.5 * r2).logsumexp(1)[:, 0], key)
 
     def gaussian_softmax_moments(self, h: float, Z: np.ndarray, S: np.ndarray, c: np.ndarray):
         """``E_ij = exp(c_j - |z_i - s_j|² / (2h²))``: ``Σ_j E_ij`` and ``Σ_j E_ij (s_j - z_i)``,
@@ -246,6 +258,29 @@ def _compile_guard(key: tuple):
             fcntl.flock(fh, fcntl.LOCK_UN)
     with _seen_lock:
         _seen_formulas.add(key)
+
+
+def _run_keops(call, key: tuple) -> np.ndarray:
+    """Run a KeOps reduction; the first call of a formula in a process is guarded.
+
+    A compile that was interrupted, or a build folder changed at run time, can leave cache
+    entries that KeOps loads without rebuilding, and then fails to import: the cache is
+    cleared once and the formula compiled afresh.
+    """
+    with _compile_guard(key):
+        try:
+            return call()
+        except ImportError as exc:
+            import pykeops
+
+            warnings.warn(
+                f"The KeOps cache in {pykeops.get_build_folder()} is broken ({exc}); "
+                "clearing it and compiling again.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            pykeops.clean_pykeops()
+            return call()
 
 
 _keops_status: dict[str, Any] = {}

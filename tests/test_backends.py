@@ -159,3 +159,41 @@ def test_auto_backend_uses_numpy_for_small_problems():
 @needs_keops
 def test_auto_backend_uses_keops_for_large_problems():
     assert get_backend("auto", 10**9).name == "keops"
+
+
+POISON = """
+import shutil, sys, tempfile, warnings
+import numpy as np
+from skgradflow._backends import KeOpsBackend
+from skgradflow.kernels import Kernel
+x = np.random.default_rng(0).normal(size=(5, 4))
+if sys.argv[1] == "poison":
+    # a build folder changed at run time: KeOps 2.3 records, in the default cache, a
+    # source file in the other folder, which is then deleted
+    import pykeops
+    other = tempfile.mkdtemp()
+    pykeops.set_build_folder(other)
+    KeOpsBackend().matvec(Kernel("imq", 1.0), x, x, np.ones((5, 1)))
+    shutil.rmtree(other)
+else:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = KeOpsBackend().matvec(Kernel("imq", 1.0), x, x, np.ones((5, 1)))
+    d2 = ((x[:, None] - x[None]) ** 2).sum(-1)
+    assert np.allclose(out[:, 0], (1 / np.sqrt(1 + d2)).sum(1)), out
+    assert any("cache" in str(w.message) for w in caught), [str(w.message) for w in caught]
+    print("recovered")
+"""
+
+
+@needs_keops
+def test_a_broken_keops_cache_is_cleared_and_rebuilt(tmp_path):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KEOPS_CACHE_FOLDER=str(tmp_path), PYKEOPS_VERBOSE="0")
+    for mode in ("poison", "use"):
+        proc = subprocess.run([sys.executable, "-c", POISON, mode], env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "recovered" in proc.stdout
