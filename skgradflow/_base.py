@@ -264,11 +264,13 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         return _Problem(backend, kernel, Y, b, batch, rng, update_weights)
 
     # --- the loop ------------------------------------------------------------------------
-    def _run_flow(self, problem: _Problem, x, w, desc: str):
+    def _run_flow(self, problem: _Problem, x, w, desc: str, energy_scale: float = 0.0):
         """Time-step from ``(x, w)`` until ``tol`` or ``max_iter``.
 
         With ``step_size="auto"``, a step that raises the energy is rejected and retried
         with half the step size (full-batch runs only: minibatch energies are noisy).
+        ``energy_scale`` is a floor for the decrease the stopping rule compares with, for
+        runs that start near their end (``transform`` of points already in place).
         Returns ``x, w, step_size, n_iter, converged, loss_curve``.
         """
         targets = problem.targets()
@@ -314,14 +316,14 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
             x, w, ev, targets = x_new, w_new, ev_new, next_targets
             losses.append(ev.energy)
             progress.update(n_iter, ev.energy)
-            if self.tol > 0 and self._has_converged(losses):
+            if self.tol > 0 and self._has_converged(losses, energy_scale):
                 converged = True
                 break
         progress.close(n_iter, losses[-1], converged)
         # tol=0 asks for exactly max_iter iterations: nothing to warn about
         if not converged and self.tol > 0:
             warnings.warn(
-                f"{type(self).__name__} did not converge in max_iter={self.max_iter} "
+                f"{desc} did not converge in max_iter={self.max_iter} "
                 f"iterations (tol={self.tol}); increase max_iter or tol.",
                 ConvergenceWarning,
                 stacklevel=3,
@@ -336,13 +338,13 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
             )
         return x, w, tau, n_iter, converged, np.asarray(losses)
 
-    def _has_converged(self, losses: list[float]) -> bool:
+    def _has_converged(self, losses: list[float], energy_scale: float = 0.0) -> bool:
         if len(losses) < 2 * _WINDOW + 1:
             return False
         before = float(np.mean(losses[-2 * _WINDOW : -_WINDOW]))
         last = float(np.mean(losses[-_WINDOW:]))
         progress = losses[0] - last
-        return (before - last) <= self.tol * max(progress, 0.0)
+        return (before - last) <= self.tol * max(progress, energy_scale)
 
     # --- public API shared by every flow -------------------------------------------------
     def _fitted_measure(self) -> tuple[np.ndarray, np.ndarray]:
@@ -560,5 +562,8 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         problem.batch_size = None
         problem.const = self._target_energy(problem, Z.shape[0])
         w = np.full(Z.shape[0], 1.0 / Z.shape[0])
-        z, *_ = self._run_flow(problem, Z, w, f"{type(self).__name__}.transform")
+        # points that start in place make no progress to compare with: the scale of the
+        # energies of the fit stands in for it
+        scale = float(self.loss_curve_[0] - self.loss_curve_[-1])
+        z, *_ = self._run_flow(problem, Z, w, f"{type(self).__name__}.transform", scale)
         return z

@@ -50,7 +50,9 @@ class InclusiveKLFitter(_BaseParticleFlow):
         ``init="kmeans++"``.
     bandwidth : float or {"scott", "silverman", "median"}, default="scott"
         Standard deviation ``h`` of every component (see
-        :func:`skgradflow.kernels.resolve_bandwidth`).
+        :func:`skgradflow.kernels.resolve_bandwidth`).  The rules assume a unimodal,
+        roughly Gaussian shape and are too wide for thin or multimodal data: choose it by
+        ``GridSearchCV`` (``score`` is the held-out log-likelihood).
     alpha : float, default=1.0
         Rate of the transport of the atoms.
     beta : float, default=1.0
@@ -60,9 +62,10 @@ class InclusiveKLFitter(_BaseParticleFlow):
         ``τβ = 1`` (the mirror step of the log-likelihood is monotone for ``τβ ≤ 1``)
         and halves ``τ`` whenever a step lowers the likelihood.
     max_iter : int, default=300
-    tol : float, default=1e-4
+    tol : float, default=1e-3
         Stop when the mean loss of the last 10 iterations is below that of the 10 before
-        them by less than ``tol`` times the decrease achieved since the start.
+        them by less than ``tol`` times the decrease achieved since the start (the
+        log-likelihood flattens well before 1e-4 would be met).
     init : {"kmeans++", "subsample"} or array of shape (n_components, n_features), \
 default="kmeans++"
         Initial atoms: k-means++ seeding (weighted by ``sample_weight``), a draw of
@@ -124,7 +127,7 @@ default="kmeans++"
         beta: float = 1.0,
         step_size: float | str = "auto",
         max_iter: int = 300,
-        tol: float = 1e-4,
+        tol: float = 1e-3,
         init="kmeans++",
         batch_size: int | None = None,
         backend: str = "auto",

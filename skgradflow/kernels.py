@@ -171,7 +171,10 @@ def median_heuristic(
 
 
 def resolve_bandwidth(
-    bandwidth: float | str, X: np.ndarray, weights: np.ndarray, random_state: Any = None
+    bandwidth: float | str,
+    X: np.ndarray,
+    weights: np.ndarray | None = None,
+    random_state: Any = None,
 ) -> float:
     """The bandwidth ``h`` for a float or a rule.
 
@@ -185,8 +188,8 @@ def resolve_bandwidth(
     ----------
     bandwidth : float or {"median", "scott", "silverman"}
     X : ndarray of shape (n_samples, n_features)
-    weights : ndarray of shape (n_samples,)
-        Non-negative, summing to 1.
+    weights : ndarray of shape (n_samples,), optional
+        Non-negative, summing to 1; uniform when omitted.
     random_state : int, RandomState or Generator, optional
 
     Returns
@@ -198,11 +201,13 @@ def resolve_bandwidth(
     >>> import numpy as np
     >>> from skgradflow.kernels import resolve_bandwidth
     >>> X = np.random.default_rng(0).normal(size=(1000, 2))
-    >>> round(resolve_bandwidth("scott", X, np.full(1000, 1e-3)), 2)
+    >>> round(resolve_bandwidth("scott", X), 2)
     0.32
     """
     if not isinstance(bandwidth, str):
         return float(bandwidth)
+    if weights is None:
+        weights = np.full(X.shape[0], 1.0 / X.shape[0])
     if bandwidth == "median":
         return median_heuristic(X, weights, random_state=random_state)
     if bandwidth not in BANDWIDTH_RULES:

@@ -33,6 +33,8 @@ def plot_particles(
     zero_weight: float = 1e-2,
     data: np.ndarray | None = None,
     color: Any = "C3",
+    label: str | None = None,
+    data_label: str = "data",
     **scatter_kwargs: Any,
 ):
     """Scatter the fitted particles (or mixture atoms) with marker area proportional to
@@ -55,6 +57,12 @@ def plot_particles(
     data : array-like of shape (n_samples, n_features), optional
         Points drawn underneath in light grey (e.g. the training data).
     color : matplotlib color, default="C3"
+    label : str, optional
+        Legend label of the weighted atoms; "particles (area ∝ weight)" or, for a
+        mixture, "atoms (area ∝ weight)" by default.  The emptied ones are labelled
+        "(near-)zero weight".
+    data_label : str, default="data"
+        Legend label of ``data``.
     **scatter_kwargs
         Passed to ``Axes.scatter`` for the particles.
 
@@ -82,9 +90,12 @@ def plot_particles(
     full = relative >= zero_weight
     if data is not None:
         data = np.asarray(data)
-        ax.scatter(data[:, i], data[:, j], s=4, c="0.8", linewidths=0, label="data")
+        ax.scatter(data[:, i], data[:, j], s=4, c="0.8", linewidths=0, label=data_label)
+    if label is None:
+        kind = "atoms" if estimator._atoms_attr == "means_" else "particles"
+        label = f"{kind} (area ∝ weight)"
     ax.scatter(atoms[full, i], atoms[full, j], s=size * relative[full], c=[color], alpha=0.75,
-               linewidths=0, label="particles (area ∝ weight)", **scatter_kwargs)
+               linewidths=0, label=label, **scatter_kwargs)
     ax.scatter(atoms[~full, i], atoms[~full, j], s=size, facecolors="none", edgecolors=[color],
                linewidths=0.8, label="(near-)zero weight", **scatter_kwargs)
     ax.set_xlabel(f"feature {i}")
