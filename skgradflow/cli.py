@@ -43,7 +43,7 @@ _NPY_MAGIC = b"\x93NUMPY"
 _FORMATS = ("csv", "npy")
 
 
-class CLIError(Exception):
+class _CLIError(Exception):
     """A failure the user can fix: reported as one line, exit status 2."""
 
 
@@ -59,7 +59,7 @@ class _ArgumentParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line and which never calls ``sys.exit``."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise CLIError(f"{message} (see '{self.prog} --help')")
+        raise _CLIError(f"{message} (see '{self.prog} --help')")
 
     def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
         if message:
@@ -279,19 +279,19 @@ def _load_data(spec: str) -> _Data:
     path = Path(spec)
     ext = path.suffix.lower()
     if ext not in (".csv", ".npy"):
-        raise CLIError(
+        raise _CLIError(
             f"--data {spec!r} is neither a built-in data set ({', '.join(BUILTIN_DATASETS)}) "
             f"nor a .csv or .npy file"
         )
     if not path.is_file():
         reason = "no such file" if not path.exists() else "not a regular file"
-        raise CLIError(f"cannot read --data {spec}: {reason}")
+        raise _CLIError(f"cannot read --data {spec}: {reason}")
     data = _read_csv(path) if ext == ".csv" else _read_npy(path)
     n_rows = data.X.shape[0]
     if n_rows < 2:
-        raise CLIError(f"{path}: {n_rows} data row(s); at least 2 are needed")
+        raise _CLIError(f"{path}: {n_rows} data row(s); at least 2 are needed")
     if data.X.shape[1] < 1:
-        raise CLIError(f"{path}: no columns")
+        raise _CLIError(f"{path}: no columns")
     return data
 
 
@@ -317,13 +317,13 @@ def _read_csv(path: Path) -> _Data:
                 rows.append(row)
                 lines.append(reader.line_num)
     except OSError as exc:
-        raise CLIError(f"cannot read --data {path}: {exc.strerror or exc}") from None
+        raise _CLIError(f"cannot read --data {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise CLIError(f"{path}: not a UTF-8 text file") from None
+        raise _CLIError(f"{path}: not a UTF-8 text file") from None
     except csv.Error as exc:
-        raise CLIError(f"{path}: not a valid CSV file ({exc})") from None
+        raise _CLIError(f"{path}: not a valid CSV file ({exc})") from None
     if not rows:
-        raise CLIError(f"{path}: the file is empty")
+        raise _CLIError(f"{path}: the file is empty")
 
     header = None
     if not all(_is_number(field) for field in rows[0]):
@@ -337,21 +337,21 @@ def _read_csv(path: Path) -> _Data:
     X = np.empty((len(rows), n_cols))
     for i, (row, line) in enumerate(zip(rows, lines, strict=True)):
         if len(row) != n_cols:
-            raise CLIError(
+            raise _CLIError(
                 f"{path}: ragged rows: line {line} has {len(row)} field(s), expected {n_cols}"
             )
         for j, field in enumerate(row):
             try:
                 X[i, j] = float(field)
             except ValueError:
-                raise CLIError(
+                raise _CLIError(
                     f"{path}: non-numeric value {field.strip()!r} in {column(j)}, "
                     f"row {i + 1} (line {line})"
                 ) from None
     bad = np.argwhere(~np.isfinite(X))
     if bad.size:
         i, j = bad[0]
-        raise CLIError(
+        raise _CLIError(
             f"{path}: NaN or infinite value {rows[i][j].strip()!r} in {column(j)}, "
             f"row {i + 1} (line {lines[i]})"
         )
@@ -363,25 +363,25 @@ def _read_npy(path: Path) -> _Data:
         with path.open("rb") as f:
             magic = f.read(len(_NPY_MAGIC))
             if not magic:
-                raise CLIError(f"{path}: the file is empty")
+                raise _CLIError(f"{path}: the file is empty")
             if magic != _NPY_MAGIC:
-                raise CLIError(f"{path}: not a NumPy .npy file")
+                raise _CLIError(f"{path}: not a NumPy .npy file")
             f.seek(0)
             X = np.load(f, allow_pickle=False)
     except OSError as exc:
-        raise CLIError(f"cannot read --data {path}: {exc.strerror or exc}") from None
+        raise _CLIError(f"cannot read --data {path}: {exc.strerror or exc}") from None
     except (ValueError, EOFError) as exc:
-        raise CLIError(f"{path}: cannot load the array ({exc})") from None
+        raise _CLIError(f"{path}: cannot load the array ({exc})") from None
     if X.ndim != 2:
-        raise CLIError(f"{path}: expected a 2-D array (rows x features); got shape {X.shape}")
+        raise _CLIError(f"{path}: expected a 2-D array (rows x features); got shape {X.shape}")
     if X.dtype.kind not in "iuf":
-        raise CLIError(f"{path}: expected an array of real numbers; got dtype {X.dtype}")
+        raise _CLIError(f"{path}: expected an array of real numbers; got dtype {X.dtype}")
     # float32 stays float32 end to end, as in the estimators; integers become float64
     X = X.astype(np.float32 if X.dtype == np.float32 else np.float64)
     bad = np.argwhere(~np.isfinite(X))
     if bad.size:
         i, j = bad[0]
-        raise CLIError(f"{path}: NaN or infinite value at row {i}, column {j} (0-based)")
+        raise _CLIError(f"{path}: NaN or infinite value at row {i}, column {j} (0-based)")
     return _Data(X, None, "npy", path)
 
 
@@ -391,18 +391,18 @@ def _output_format(out: Path, data: _Data) -> str:
         return ext
     if data.fmt in _FORMATS:
         return data.fmt
-    raise CLIError(f"--out must end in .csv or .npy for a built-in data set; got {str(out)!r}")
+    raise _CLIError(f"--out must end in .csv or .npy for a built-in data set; got {str(out)!r}")
 
 
 def _check_out(out: Path, data: _Data) -> None:
     if not out.parent.is_dir():
-        raise CLIError(f"cannot write --out {out}: directory {str(out.parent)!r} does not exist")
+        raise _CLIError(f"cannot write --out {out}: directory {str(out.parent)!r} does not exist")
     if out.is_dir():
-        raise CLIError(f"cannot write --out {out}: it is a directory")
+        raise _CLIError(f"cannot write --out {out}: it is a directory")
     if data.path is not None and (
         out.resolve() == data.path.resolve() or (out.exists() and os.path.samefile(out, data.path))
     ):
-        raise CLIError("--out is the --data file; choose another file so the data are kept")
+        raise _CLIError("--out is the --data file; choose another file so the data are kept")
 
 
 def _write(out: Path, fmt: str, samples: np.ndarray, header: list[str] | None) -> None:
@@ -419,7 +419,7 @@ def _write(out: Path, fmt: str, samples: np.ndarray, header: list[str] | None) -
                 # str of a NumPy scalar is the shortest text that reads back exactly
                 writer.writerows([str(v) for v in row] for row in samples)
     except OSError as exc:
-        raise CLIError(f"cannot write --out {out}: {exc.strerror or exc}") from None
+        raise _CLIError(f"cannot write --out {out}: {exc.strerror or exc}") from None
 
 
 # --- commands --------------------------------------------------------------------------
@@ -460,7 +460,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         # the mixture's atoms are its components
         params["n_components"] = params.pop("n_particles")
     for name in [name for name in params if name not in accepted]:
-        raise CLIError(
+        raise _CLIError(
             f"--{name.replace('_', '-')} is not an option of --estimator {args.estimator}"
         )
     with warnings.catch_warnings(record=True) as caught:
@@ -476,7 +476,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             metric_backend = estimator.backend_ if args.backend == "auto" else args.backend
             distance = energy_distance(samples, X, backend=metric_backend)
         except _ESTIMATOR_ERRORS as exc:
-            raise CLIError(f"{type(estimator).__name__}: {_one_line(exc)}") from None
+            raise _CLIError(f"{type(estimator).__name__}: {_one_line(exc)}") from None
     # One line each, without the source line Python's warning format adds; the
     # DeprecationWarnings of libraries are not the user's business here.
     shown = (UserWarning, RuntimeWarning)
@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except _Exit as exc:
         return exc.status
-    except CLIError as exc:
+    except _CLIError as exc:
         print(f"skgradflow: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
