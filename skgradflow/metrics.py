@@ -157,8 +157,8 @@ def make_distribution_scorer(metric: str = "energy_distance", **kwargs: Any) -> 
     >>> from skgradflow import IFTSampler
     >>> from skgradflow.metrics import make_distribution_scorer
     >>> X = np.random.default_rng(0).normal(size=(120, 2))
-    >>> search = GridSearchCV(IFTSampler(n_particles=30, max_iter=20, random_state=0),
-    ...                       {"beta": [0.0, 1.0]}, cv=2,
+    >>> sampler = IFTSampler(n_particles=30, max_iter=20, tol=0, random_state=0)
+    >>> search = GridSearchCV(sampler, {"beta": [0.0, 1.0]}, cv=2,
     ...                       scoring=make_distribution_scorer("mmd", bandwidth=1.0))
     >>> search.fit(X).best_params_["beta"] in (0.0, 1.0)
     True

@@ -78,7 +78,8 @@ def plot_particles(
     >>> from skgradflow import IFTSampler
     >>> from skgradflow.plotting import plot_particles
     >>> X = np.random.default_rng(0).normal(size=(200, 2))
-    >>> ax = plot_particles(IFTSampler(n_particles=50, max_iter=30, random_state=0).fit(X), data=X)
+    >>> sampler = IFTSampler(n_particles=50, max_iter=30, tol=0, random_state=0).fit(X)
+    >>> ax = plot_particles(sampler, data=X)
     >>> len(ax.collections)  # data, filled particles, hollow particles
     3
     """
@@ -130,7 +131,8 @@ def plot_loss_curve(estimator, ax=None, *, log: bool = True, label: str | None =
     >>> from skgradflow import IFTSampler
     >>> from skgradflow.plotting import plot_loss_curve
     >>> X = np.random.default_rng(0).normal(size=(200, 2))
-    >>> ax = plot_loss_curve(IFTSampler(n_particles=50, max_iter=30, random_state=0).fit(X))
+    >>> sampler = IFTSampler(n_particles=50, max_iter=30, tol=0, random_state=0).fit(X)
+    >>> ax = plot_loss_curve(sampler)
     >>> len(ax.lines)
     1
     """
