@@ -29,6 +29,9 @@ imported, so that nothing is compiled yet.  In that process:
 - ``warm fit`` is the median ``t(k1)``; ``setup`` is ``warm fit - k1 × warm s/iter`` (the
   per-fit cost that is not iterations); ``compile ≈ cold fit - warm fit``.
 
+``load`` is the 1-minute load average (``os.getloadavg``) when the configuration's process
+started and when it ended: on a shared machine it says how much the cores were contended
+(KeOps' OpenMP threads suffer more from contention than NumPy's single-threaded ``cdist``).
 ``numpy/keops`` is the ratio of the warm s/iter of the two backends for the same estimator
 and dimension (both measured by this invocation, one after the other).  Progress goes to
 stderr, the markdown table to stdout (and to ``--out``).  Timings on a shared machine are
@@ -103,10 +106,16 @@ def run_worker(cfg: dict) -> dict:
     result: dict = {"cache": os.environ.get("KEOPS_CACHE_FOLDER")}
 
     t0 = time.perf_counter()
-    import pykeops  # after KEOPS_CACHE_FOLDER is set (by the parent, in our environment)
-
-    result["import_s"] = time.perf_counter() - t0
-    result["build_folder"] = pykeops.get_build_folder()
+    try:
+        import pykeops  # after KEOPS_CACHE_FOLDER is set (by the parent, in our environment)
+    except ImportError:
+        if backend == "keops":
+            raise
+        result["import_s"] = None
+    else:
+        result["import_s"] = time.perf_counter() - t0
+        result["build_folder"] = pykeops.get_build_folder()
+    load = [os.getloadavg()[0]]
     Y, x0 = make_data(n, m, d, dtype)
 
     n_warnings = 0
@@ -145,6 +154,8 @@ def run_worker(cfg: dict) -> dict:
     result["per_iter_s"] = float(np.median(per_iter))
     result["per_iter_all"] = per_iter
     result["warnings"] = n_warnings
+    load.append(os.getloadavg()[0])
+    result["load"] = load
     return result
 
 
@@ -179,8 +190,8 @@ def table(results: list[tuple[dict, dict]], args) -> str:
     per_iter = {(c["estimator"], c["d"], c["backend"]): r.get("per_iter_s") for c, r in results}
     lines = [
         "| estimator | d | backend | import s | cold fit s | warm fit s | compile s | setup s "
-        "| warm s/iter | numpy/keops |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| warm s/iter | numpy/keops | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c, r in results:
         head = f"| {ESTIMATORS[c['estimator']]} | {c['d']} | {c['backend']} "
@@ -198,16 +209,17 @@ def table(results: list[tuple[dict, dict]], args) -> str:
         if len(spread) > 1:
             per += f" ({fmt(min(spread))}–{fmt(max(spread))})"
         lines.append(
-            head + f"| {r['import_s']:.2f} | {r['cold_s']:.2f} | {r['warm_fit_s']:.2f} "
-            f"| {r['cold_s'] - r['warm_fit_s']:.2f} | {setup:.2f} | {per} "
-            f"| {fmt(ratio) if ratio is not None else '—'} |"
+            head + f"| {fmt(r['import_s'])} | {r['cold_s']:.2f} | {r['warm_fit_s']:.2f} "
+            f"| {r['cold_s'] - r['warm_fit_s']:.2f} | {setup:.2f} | {per} | {fmt(ratio)} "
+            f"| {r['load'][0]:.1f}–{r['load'][1]:.1f} |"
         )
     lines += [
         "",
         f"N = {args.n} atoms, M = {args.m} targets, {args.dtype}, Gaussian kernel, "
         f"bandwidth {BANDWIDTH}, step_size {STEP_SIZE}, tol 0; cold/warm fits with "
         f"max_iter = k1 = {args.k1}, s/iter = (t(k2 = {args.k2}) - t(k1)) / {args.k2 - args.k1}, "
-        "median over repeats (range in brackets). Machine: "
+        "median over repeats (range in brackets); load: the 1-minute load average when the "
+        "configuration started and ended. Machine: "
         f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
         f"Python {platform.python_version()}, NumPy {np.__version__}.",
     ]
