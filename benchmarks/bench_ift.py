@@ -46,7 +46,6 @@ import json
 import os
 import platform
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -184,7 +183,8 @@ def run_worker(cfg: dict) -> dict:
             result["floor"] = _time_floor(x, w, Y, b, repeats, budget)
         return result
     finally:
-        shutil.rmtree(build, ignore_errors=True)
+        # KeOps writes its formula cache into the folder at exit: the parent removes it
+        log(f"  KeOps build folder: {build}")
 
 
 # --- the driver ------------------------------------------------------------------------------
@@ -202,7 +202,8 @@ def _run_config(cfg: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="skgradflow-bench-") as tmp:
         out = os.path.join(tmp, "result.json")
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg), out]
-        env = dict(os.environ, KEOPS_CACHE_FOLDER=tempfile.mkdtemp(prefix="skgradflow-keops-"))
+        build = os.path.join(tmp, "keops")
+        env = dict(os.environ, KEOPS_CACHE_FOLDER=build)
         # the worker's stdout (KeOps compile messages) goes to our stderr, with the progress
         proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr, env=env)
         if proc.returncode != 0 or not os.path.exists(out):
