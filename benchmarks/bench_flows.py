@@ -52,10 +52,10 @@ import time
 import warnings
 
 import numpy as np
+from _common import SEED, make_data  # benchmarks/ is on sys.path when run as a script
 
 BANDWIDTH = 1.0
 STEP_SIZE = 0.1
-SEED = 0
 ESTIMATORS = {
     "ift1": "IFTSampler(weight_steps=1)",
     "ift3": "IFTSampler(weight_steps=3)",
@@ -66,16 +66,6 @@ ESTIMATORS = {
 
 def log(msg: str) -> None:
     print(f"[bench_flows] {msg}", file=sys.stderr, flush=True)
-
-
-def make_data(n: int, m: int, d: int, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Targets ``Y``: a 3-component Gaussian mixture; initial atoms ``x0 ~ N(0, I)``."""
-    rng = np.random.default_rng(SEED)
-    centers = rng.normal(scale=2.0, size=(3, d))
-    labels = rng.choice(3, size=m, p=[0.5, 0.3, 0.2])
-    Y = centers[labels] + 0.5 * rng.standard_normal((m, d))
-    x0 = rng.standard_normal((n, d))
-    return Y.astype(dtype), x0.astype(dtype)
 
 
 def make_estimator(name: str, x0: np.ndarray, backend: str, max_iter: int):

@@ -52,10 +52,10 @@ import tempfile
 import time
 
 import numpy as np
+from _common import SEED, make_data  # benchmarks/ is on sys.path when run as a script
 
 BANDWIDTH = 1.0
 STEP_SIZE = 0.1
-SEED = 0
 
 
 def log(msg: str) -> None:
@@ -67,16 +67,6 @@ def peak_rss_mb() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     scale = 1.0 if sys.platform == "darwin" else 1024.0  # bytes on macOS
     return rss * scale / 1e6
-
-
-def make_data(n: int, m: int, d: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Targets ``Y``: a 3-component Gaussian mixture; initial particles ``x ~ N(0, I)``."""
-    rng = np.random.default_rng(SEED)
-    centers = rng.normal(scale=2.0, size=(3, d))
-    labels = rng.choice(3, size=m, p=[0.5, 0.3, 0.2])
-    Y = centers[labels] + 0.5 * rng.standard_normal((m, d))
-    x = rng.standard_normal((n, d))
-    return Y.astype(dtype), x.astype(dtype)
 
 
 # --- the worker: one (N, d, backend) configuration in its own process ----------------------

@@ -62,6 +62,21 @@ def _narrow_matmul(K: np.ndarray, V: np.ndarray) -> np.ndarray:
     return np.stack([K @ V[:, j] for j in range(V.shape[1])], axis=1)
 
 
+def _sq_dist_blocks(Z: np.ndarray, S: np.ndarray, h: float):
+    """Blocks ``(rows, cols, r2)`` of squared distances between ``Z / h`` and ``S / h``,
+    at most ``_BLOCK_ROWS × _BLOCK_COLS`` at a time, in the dtype of ``Z``.
+
+    Distances come from differences (``cdist``), not from ``|z|² + |s|² - 2 z·s``: exact near
+    ``r = 0``, as in KeOps, which the cusp kernels and the test tolerances need.
+    """
+    Zs, Ss = Z / h, S / h
+    for r0 in range(0, Z.shape[0], _BLOCK_ROWS):
+        rows = slice(r0, r0 + _BLOCK_ROWS)
+        for c0 in range(0, S.shape[0], _BLOCK_COLS):
+            cols = slice(c0, c0 + _BLOCK_COLS)
+            yield rows, cols, cdist(Zs[rows], Ss[cols], "sqeuclidean").astype(Z.dtype, copy=False)
+
+
 class NumpyBackend:
     """Blockwise dense reductions with BLAS."""
 
@@ -69,8 +84,8 @@ class NumpyBackend:
 
     def matvec(self, kernel: Kernel, Z: np.ndarray, S: np.ndarray, V: np.ndarray) -> np.ndarray:
         out = np.zeros((Z.shape[0], V.shape[1]), dtype=Z.dtype)
-        for rows, cols, K, _ in self._blocks(kernel, Z, S, need_factor=False):
-            out[rows] += _narrow_matmul(K, V[cols])
+        for rows, cols, r2 in _sq_dist_blocks(Z, S, kernel.scale):
+            out[rows] += _narrow_matmul(kernel.value(r2), V[cols])
         return out
 
     def value_grad(
@@ -78,61 +93,42 @@ class NumpyBackend:
     ) -> tuple[np.ndarray, np.ndarray]:
         h = kernel.scale
         Zs, Ss = Z / h, S / h
+        a = a.reshape(-1)
         val = np.zeros((Z.shape[0], V.shape[1]), dtype=Z.dtype)
         grad = np.zeros_like(Z)
-        for rows, cols, K, G in self._blocks(kernel, Z, S, need_factor=True):
+        for rows, cols, r2 in _sq_dist_blocks(Z, S, h):
+            K = kernel.value(r2)
             val[rows] += _narrow_matmul(K, V[cols])
-            Ga = G * a.reshape(-1)[cols]
+            Ga = kernel.grad_factor(r2, K) * a[cols]
             # Σ_j γ_ij a_j (u_i - v_j) = u_i Σ_j γ_ij a_j - Σ_j γ_ij a_j v_j, with BLAS
             grad[rows] += Zs[rows] * Ga.sum(axis=1, keepdims=True) - Ga @ Ss[cols]
         return val, grad / h
 
     def gaussian_logsumexp(self, h: float, Z: np.ndarray, S: np.ndarray, logv: np.ndarray):
-        """``log Σ_j exp(logv_j - |z_i - s_j|² / (2h²))``, streamed over blocks of sources."""
-        out = np.empty(Z.shape[0], dtype=Z.dtype)
-        for r0 in range(0, Z.shape[0], _BLOCK_ROWS):
-            rows = slice(r0, r0 + _BLOCK_ROWS)
-            top = np.full(Z[rows].shape[0], -np.inf, dtype=Z.dtype)
-            total = np.zeros_like(top)
-            for c0 in range(0, S.shape[0], _BLOCK_COLS):
-                cols = slice(c0, c0 + _BLOCK_COLS)
-                r2 = cdist(Z[rows] / h, S[cols] / h, "sqeuclidean").astype(Z.dtype, copy=False)
-                A = logv[cols][None, :] - 0.5 * r2
-                new_top = np.maximum(top, A.max(axis=1))
-                total = total * np.exp(top - new_top) + np.exp(A - new_top[:, None]).sum(axis=1)
-                top = new_top
-            out[rows] = top + np.log(total)
-        return out
+        """``log Σ_j exp(logv_j - |z_i - s_j|² / (2h²))``, streamed over blocks of sources
+        with a running maximum."""
+        top = np.full(Z.shape[0], -np.inf, dtype=Z.dtype)
+        total = np.zeros_like(top)
+        for rows, cols, r2 in _sq_dist_blocks(Z, S, h):
+            A = logv[cols][None, :] - 0.5 * r2
+            new_top = np.maximum(top[rows], A.max(axis=1))
+            total[rows] = total[rows] * np.exp(top[rows] - new_top) + np.exp(
+                A - new_top[:, None]
+            ).sum(axis=1)
+            top[rows] = new_top
+        return top + np.log(total)
 
     def gaussian_softmax_moments(self, h: float, Z: np.ndarray, S: np.ndarray, c: np.ndarray):
         """``E_ij = exp(c_j - |z_i - s_j|² / (2h²))``: returns ``Σ_j E_ij`` and
         ``Σ_j E_ij (s_j - z_i)``."""
         mass = np.zeros(Z.shape[0], dtype=Z.dtype)
         first = np.zeros_like(Z)
-        for r0 in range(0, Z.shape[0], _BLOCK_ROWS):
-            rows = slice(r0, r0 + _BLOCK_ROWS)
-            for c0 in range(0, S.shape[0], _BLOCK_COLS):
-                cols = slice(c0, c0 + _BLOCK_COLS)
-                r2 = cdist(Z[rows] / h, S[cols] / h, "sqeuclidean").astype(Z.dtype, copy=False)
-                E = np.exp(c[cols][None, :] - 0.5 * r2)
-                row_mass = E.sum(axis=1)
-                mass[rows] += row_mass
-                first[rows] += E @ S[cols] - Z[rows] * row_mass[:, None]
+        for rows, cols, r2 in _sq_dist_blocks(Z, S, h):
+            E = np.exp(c[cols][None, :] - 0.5 * r2)
+            row_mass = E.sum(axis=1)
+            mass[rows] += row_mass
+            first[rows] += E @ S[cols] - Z[rows] * row_mass[:, None]
         return mass, first
-
-    @staticmethod
-    def _blocks(kernel: Kernel, Z: np.ndarray, S: np.ndarray, need_factor: bool):
-        h = kernel.scale
-        for r0 in range(0, Z.shape[0], _BLOCK_ROWS):
-            rows = slice(r0, r0 + _BLOCK_ROWS)
-            zb = Z[rows] / h
-            for c0 in range(0, S.shape[0], _BLOCK_COLS):
-                cols = slice(c0, c0 + _BLOCK_COLS)
-                # differences, not |z|² + |s|² - 2 z·s: exact near r = 0, like KeOps
-                r2 = cdist(zb, S[cols] / h, "sqeuclidean").astype(Z.dtype, copy=False)
-                K = kernel.value(r2)
-                G = kernel.grad_factor(r2, K) if need_factor else None
-                yield rows, cols, K, G
 
 
 class KeOpsBackend:
@@ -199,7 +195,6 @@ class KeOpsBackend:
         out = self._reduce(kernel.keops_value_and_grad(r2, vj, aj * D), Z.dtype, key)
         width = max(p, _VALUE_GRAD_WIDTH)
         return out[:, :p], out[:, width:] / kernel.scale
-
 
     def gaussian_logsumexp(self, h: float, Z: np.ndarray, S: np.ndarray, logv: np.ndarray):
         """``log Σ_j exp(logv_j - |z_i - s_j|² / (2h²))`` by a KeOps LogSumExp reduction."""

@@ -255,12 +255,14 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
     _reductions_per_iteration = 2
     _sources_include_atoms = True
 
-    def _make_problem(self, Y, b, kernel, n_points, rng, update_weights=True) -> _Problem:
-        n_src = (self.batch_size or Y.shape[0]) + (n_points if self._sources_include_atoms else 0)
+    def _make_problem(
+        self, Y, b, kernel, n_points, rng, update_weights=True, minibatches=True
+    ) -> _Problem:
+        batch = int(self.batch_size) if minibatches and self.batch_size is not None else None
+        n_src = (batch or Y.shape[0]) + (n_points if self._sources_include_atoms else 0)
         backend = get_backend(
             self.backend, n_points * n_src, n_calls=self._reductions_per_iteration * self.max_iter
         )
-        batch = None if self.batch_size is None else int(self.batch_size)
         return _Problem(backend, kernel, Y, b, batch, rng, update_weights)
 
     # --- the loop ------------------------------------------------------------------------
@@ -554,13 +556,13 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         if self.alpha == 0 or Z.shape[0] == 0:
             return Z
         atoms, b = self._fitted_measure()
-        kernel = Kernel(self.kernel, self.bandwidth_)
         rng = np.random.default_rng(0)
+        # the fitted measure is small: every iteration uses all of it, whatever batch_size
         problem = self._make_problem(
-            atoms.astype(Z.dtype), b, kernel, Z.shape[0], rng, update_weights=False
+            atoms.astype(Z.dtype), b, self._kernel(), Z.shape[0], rng, update_weights=False,
+            minibatches=False,
         )
-        problem.batch_size = None
-        problem.const = self._target_energy(problem, Z.shape[0])
+        self._prepare(problem, Z.shape[0])
         w = np.full(Z.shape[0], 1.0 / Z.shape[0])
         # points that start in place make no progress to compare with: the scale of the
         # energies of the fit stands in for it

@@ -1,0 +1,17 @@
+"""What the benchmark scripts share: the synthetic problem they time."""
+
+from __future__ import annotations
+
+import numpy as np
+
+SEED = 0
+
+
+def make_data(n: int, m: int, d: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Targets ``Y``: a 3-component Gaussian mixture; initial particles ``x ~ N(0, I)``."""
+    rng = np.random.default_rng(SEED)
+    centers = rng.normal(scale=2.0, size=(3, d))
+    labels = rng.choice(3, size=m, p=[0.5, 0.3, 0.2])
+    Y = centers[labels] + 0.5 * rng.standard_normal((m, d))
+    x = rng.standard_normal((n, d))
+    return Y.astype(dtype), x.astype(dtype)
