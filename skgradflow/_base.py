@@ -11,7 +11,7 @@ import numbers
 import re
 import warnings
 from abc import ABCMeta, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,8 +23,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from ._backends import BACKENDS, KeOpsBackend, NumpyBackend, get_backend
 from ._progress import Progress
+from .backends import BACKEND_NAMES, Backend, Targets, resolve_backend
 from .kernels import BANDWIDTH_RULES, KERNELS, Kernel, _seed_from, resolve_bandwidth
 
 # The stopping rule compares the mean energy of the last _WINDOW iterations with the mean
@@ -66,31 +66,26 @@ def _validate_X(estimator, X, **kwargs) -> np.ndarray:
 
 @dataclass
 class _Problem:
-    """Everything one run of a flow needs, besides its state."""
+    """Everything one run of a flow needs, besides its state: the engine, the kernel and
+    the targets, bound to the engine once for the whole run."""
 
-    backend: NumpyBackend | KeOpsBackend
+    backend: Backend
     kernel: Kernel
-    Y: np.ndarray
-    b: np.ndarray  # float64, sums to 1
+    bound: Targets  # all the targets, weights float64 summing to 1
     batch_size: int | None
     rng: np.random.Generator
     update_weights: bool = True
     const: float = 0.0
-    _full: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def stochastic(self) -> bool:
-        return self.batch_size is not None and self.batch_size < self.Y.shape[0]
+        return self.batch_size is not None and self.batch_size < self.bound.n_samples
 
-    def targets(self) -> tuple[np.ndarray, np.ndarray]:
+    def targets(self) -> Targets:
         """The targets of one iteration: all of them, or a fresh minibatch drawn by weight."""
         if not self.stochastic:
-            if self._full is None:
-                self._full = (self.Y, self.b.astype(self.Y.dtype))
-            return self._full
-        rows = self.rng.choice(self.Y.shape[0], size=self.batch_size, replace=True, p=self.b)
-        bb = np.full(self.batch_size, 1.0 / self.batch_size, dtype=self.Y.dtype)
-        return self.Y[rows], bb
+            return self.bound
+        return self.bound.minibatch(self.batch_size, self.rng)
 
 
 @dataclass
@@ -120,7 +115,7 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
         "tol": [Interval(numbers.Real, 0, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        "backend": [StrOptions(set(BACKENDS))],
+        "backend": [StrOptions(BACKEND_NAMES), Backend],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -181,7 +176,7 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         self.n_iter_ = n_iter
         self.converged_ = converged
         self.loss_curve_ = losses
-        self.backend_ = problem.backend.name
+        self.backend_ = problem.backend.device
         return self
 
     @abstractmethod
@@ -260,10 +255,10 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
     ) -> _Problem:
         batch = int(self.batch_size) if minibatches and self.batch_size is not None else None
         n_src = (batch or Y.shape[0]) + (n_points if self._sources_include_atoms else 0)
-        backend = get_backend(
+        backend = resolve_backend(
             self.backend, n_points * n_src, n_calls=self._reductions_per_iteration * self.max_iter
         )
-        return _Problem(backend, kernel, Y, b, batch, rng, update_weights)
+        return _Problem(backend, kernel, backend.bind(Y, b), batch, rng, update_weights)
 
     # --- the loop ------------------------------------------------------------------------
     def _run_flow(self, problem: _Problem, x, w, desc: str, energy_scale: float = 0.0):
@@ -427,53 +422,42 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
     def _target_energy(self, problem: _Problem, n_particles: int) -> float:
         """``½ bᵀ K_yy b``, once per run: exact, or an unbiased estimate when it would cost
         more than a few iterations (or when minibatches are used)."""
-        Y, b, M = problem.Y, problem.b, problem.Y.shape[0]
+        bound, M = problem.bound, problem.bound.n_samples
         n_src = n_particles + (problem.batch_size or M)
         exact = M <= _CONST_SUBSAMPLE or (
             not problem.stochastic and M * M <= _CONST_ITERATIONS * n_particles * n_src
         )
         kern = problem.kernel
         if exact:
-            Kb = problem.backend.matvec(kern, Y, Y, b.astype(Y.dtype)[:, None])[:, 0]
-            return 0.5 * float(b @ Kb.astype(np.float64))
+            return bound.energy(kern)
         # U-statistic over S i.i.d. draws from π̂: E k(Y, Y') without the s = t terms
         S = _CONST_SUBSAMPLE
-        rows = problem.rng.choice(M, size=S, replace=True, p=b)
-        Ys = Y[rows]
-        ones = np.ones((S, 1), dtype=Y.dtype)
+        Ys = bound.draw(S, problem.rng)
+        ones = np.ones((S, 1), dtype=Ys.dtype)
         total = float(problem.backend.matvec(kern, Ys, Ys, ones).astype(np.float64).sum())
         return 0.5 * (total - S * kern.diagonal) / (S * (S - 1))
 
     # --- the MMD energy and its witness ----------------------------------------------------
-    def _evaluate(self, problem: _Problem, x, w, targets, carry=None) -> _Evaluation:
-        """The witness ``f(x_i)``, its gradient and ``c = K_xy b`` (for the energy).
+    def _evaluate(self, problem: _Problem, x, w, targets: Targets, carry=None) -> _Evaluation:
+        """The witness ``f = K_xx w - c`` at the particles, its gradient, and the energy.
 
-        One fused reduction over the sources ``[x; y]`` with signed weights ``[w; -b]``; or,
-        when the weight step already reduced over the targets at these positions (``carry``
-        holds ``c`` and ``∇c``), one reduction over the particles only."""
-        Yb, bb = targets
-        dtype = x.dtype
-        n = x.shape[0]
-        wd = w.astype(dtype)
-        if carry is not None:
-            val, grad_Kw = problem.backend.value_grad(problem.kernel, x, x, wd[:, None], wd)
-            c = carry["c"]
-            f = val[:, 0].astype(np.float64) - c
-            grad = grad_Kw - carry["grad_c"]
-        else:
-            S = np.concatenate([x, Yb])
-            a = np.concatenate([wd, -bb])
-            V = np.stack([a, np.concatenate([np.zeros(n, dtype), bb])], axis=1)
-            val, grad = problem.backend.value_grad(problem.kernel, x, S, V, a)
-            f = val[:, 0].astype(np.float64)
-            c = val[:, 1].astype(np.float64)
+        ``c = K_xy b`` and ``∇c`` come from one reduction over the bound targets, or from
+        ``carry`` when the weight step already computed them at these positions; the
+        particle part is one reduction over the particles."""
+        wd = w.astype(x.dtype)
+        val, grad_Kw = problem.backend.value_grad(problem.kernel, x, x, wd[:, None], wd)
+        c, grad_c = (carry["c"], carry["grad_c"]) if carry is not None else (
+            targets.kernel_mean(problem.kernel, x)
+        )
+        f = val[:, 0].astype(np.float64) - c
+        grad = grad_Kw - grad_c
         # F = ½ wᵀK_xx w - wᵀc + ½ bᵀK_yy b, with wᵀK_xx w = wᵀf + wᵀc
         wf, wc = float(w @ f), float(w @ c)
         energy = 0.5 * wf - 0.5 * wc + problem.const
         magnitude = abs(0.5 * (wf + wc)) + abs(wc) + abs(problem.const)
         return _Evaluation(energy, magnitude, {"grad": grad, "f": f})
 
-    def _step(self, problem: _Problem, x, w, ev: _Evaluation, targets, tau: float):
+    def _step(self, problem: _Problem, x, w, ev: _Evaluation, targets: Targets, tau: float):
         # Wasserstein step: x_i ← x_i - τα ∇f(x_i), the velocity field (not scaled by w_i)
         x_new = x - (tau * self.alpha) * ev.cache["grad"] if self.alpha > 0 else x
         if problem.update_weights and self.beta > 0:
@@ -481,29 +465,22 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         return x_new, w, None
 
     @abstractmethod
-    def _weight_step(self, problem: _Problem, x, w, targets, tau: float):
+    def _weight_step(self, problem: _Problem, x, w, targets: Targets, tau: float):
         """The weights after the reaction part of a step, at the moved particles ``x``, and
         the carry of :meth:`_reduce_at_moved` for the next evaluation."""
 
-    def _reduce_at_moved(self, problem: _Problem, x, w, targets, extra=None):
-        """At the moved particles ``x`` with the old weights ``w``, one fused reduction over
-        ``[x; y]``: ``K w - c``, ``c = K_xy b`` and the ``extra`` channels (one weight per
-        source) as float64 columns, and the gradient ``∇c``.  ``c`` and ``∇c`` do not
-        depend on the weights, so they are carried to the next evaluation, which then
-        reduces over the particles only."""
-        Yb, bb = targets
+    def _reduce_at_moved(self, problem: _Problem, x, w, targets: Targets, row_sums=False):
+        """At the moved particles ``x`` with the old weights ``w``: the witness
+        ``f = K w - c``, ``c = K_xy b`` and, if asked, the row sums ``K_xx 1``, as float64
+        columns, and the gradient ``∇c``.  ``c`` and ``∇c`` do not depend on the weights,
+        so they are carried to the next evaluation, which then reduces over the particles
+        only."""
         n, dtype = x.shape[0], x.dtype
-        columns = [
-            np.concatenate([w.astype(dtype), -bb]),
-            np.concatenate([np.zeros(n, dtype), bb]),
-            *([] if extra is None else [extra]),
-        ]
-        a = np.concatenate([np.zeros(n, dtype), bb])
-        val, grad_c = problem.backend.value_grad(
-            problem.kernel, x, np.concatenate([x, Yb]), np.stack(columns, axis=1), a
-        )
-        val = val.astype(np.float64)
-        return val, {"c": val[:, 1], "grad_c": grad_c}
+        V = np.stack([w.astype(dtype), *([np.ones(n, dtype)] if row_sums else [])], axis=1)
+        Kx = problem.backend.matvec(problem.kernel, x, x, V).astype(np.float64)
+        c, grad_c = targets.kernel_mean(problem.kernel, x)
+        columns = [Kx[:, 0] - c, c, *([Kx[:, 1]] if row_sums else [])]
+        return np.stack(columns, axis=1), {"c": c, "grad_c": grad_c}
 
     # --- using the fitted measure ---------------------------------------------------------
     def score(self, X, y=None, sample_weight=None) -> float:

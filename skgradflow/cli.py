@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.preprocessing import StandardScaler
 
 from . import IFTSampler, InclusiveKLFitter, WFRMMDFlow, __version__
-from ._backends import BACKENDS
+from .backends import backend_names
 from .datasets import BUILTIN_DATASETS, describe_builtin, load_builtin
 from .kernels import BANDWIDTH_RULES, KERNELS
 from .metrics import energy_distance
@@ -230,7 +230,7 @@ def _build_parser() -> _ArgumentParser:
     )
     flow.add_argument(
         "--backend",
-        choices=BACKENDS,
+        choices=backend_names(),
         default="auto",
         help="kernel reductions: KeOps, NumPy, or auto by problem size (default: auto)",
     )
@@ -473,7 +473,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                 samples = scaler.inverse_transform(samples)
             # One reduction never repays a KeOps compile, so "auto" follows the fit: NumPy
             # for a problem the fit found small, KeOps for one it did not.
-            metric_backend = estimator.backend_ if args.backend == "auto" else args.backend
+            metric_backend = args.backend
+            if args.backend == "auto":
+                metric_backend = "keops" if estimator.backend_.startswith("keops") else "numpy"
             distance = energy_distance(samples, X, backend=metric_backend)
         except _ESTIMATOR_ERRORS as exc:
             raise _CLIError(f"{type(estimator).__name__}: {_one_line(exc)}") from None

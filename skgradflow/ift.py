@@ -164,11 +164,10 @@ default="gaussian"
         self.verbose = verbose
 
     def _weight_step(self, problem: _Problem, x, w, targets, tau: float):
-        n, dtype = x.shape[0], x.dtype
+        dtype = x.dtype
         eta = tau * self.beta
-        # One reduction at the new positions gives K w⁻ - c, c = K_xy b and the row sums.
-        row_sums = np.concatenate([np.ones(n, dtype), np.zeros(targets[1].shape[0], dtype)])
-        out, carry = self._reduce_at_moved(problem, x, w, targets, extra=row_sums)
+        # At the new positions: K w⁻ - c, c = K_xy b and the row sums of K = K_xx.
+        out, carry = self._reduce_at_moved(problem, x, w, targets, row_sums=True)
         c = out[:, 1]
         Kw_prev = out[:, 0] + c
         # Every kernel here has entries of one sign, so max_i Σ_j |K_ij| = max_i |(K 1)_i|.

@@ -25,13 +25,9 @@ from scipy.special import logsumexp
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._backends import get_backend
 from ._base import _BaseParticleFlow, _Evaluation, _Problem, _validate_X
+from .backends import LOG_TINY, Targets, resolve_backend
 from .kernels import Kernel
-
-# log of the smallest weight passed to a reduction: a zero weight stays (almost) zero
-# without -inf entering the KeOps formulas.
-_LOG_TINY = -690.0
 
 
 class InclusiveKLFitter(_BaseParticleFlow):
@@ -164,32 +160,24 @@ default="kmeans++"
     @staticmethod
     def _log_weights(w: np.ndarray, dtype) -> np.ndarray:
         with np.errstate(divide="ignore"):
-            return np.maximum(np.log(w), _LOG_TINY).astype(dtype)
+            return np.maximum(np.log(w), LOG_TINY).astype(dtype)
 
-    def _evaluate(self, problem: _Problem, x, w, targets, carry=None) -> _Evaluation:
-        Yb, bb = targets
-        L = problem.backend.gaussian_logsumexp(
-            self.bandwidth_, Yb, x, self._log_weights(w, x.dtype)
-        ).astype(np.float64)
-        log_lik = L - self._log_norm(x.shape[1])  # log μ(y_m)
-        b64 = bb.astype(np.float64)
-        return _Evaluation(-float(b64 @ log_lik), float(b64 @ np.abs(log_lik)), {"L": L})
+    def _evaluate(self, problem: _Problem, x, w, targets: Targets, carry=None) -> _Evaluation:
+        # L_m = log Σ_i w_i exp(-|y_m - x_i|²/(2h²)), so log μ(y_m) = L_m - log norm
+        L = targets.log_mixture(problem.kernel, x, self._log_weights(w, x.dtype))
+        mean, magnitude = targets.average(L, self._log_norm(x.shape[1]))
+        return _Evaluation(-mean, magnitude, {"L": L})
 
-    def _step(self, problem: _Problem, x, w, ev: _Evaluation, targets, tau: float):
-        Yb, bb = targets
-        h, backend = self.bandwidth_, problem.backend
-        with np.errstate(divide="ignore"):  # a zero sample_weight: exp(-inf) = 0 exactly
-            log_b = np.log(bb.astype(np.float64))
+    def _step(self, problem: _Problem, x, w, ev: _Evaluation, targets: Targets, tau: float):
+        kernel, h = problem.kernel, self.bandwidth_
         L = ev.cache["L"]
         if self.alpha > 0:
-            _, pull = backend.gaussian_softmax_moments(h, x, Yb, (log_b - L).astype(x.dtype))
+            _, pull = targets.responsibility_moments(kernel, x, L)
             x = x + (tau * self.alpha / h**2) * pull
             if self.beta > 0:  # L at the moved atoms, for R at the new positions
-                L = backend.gaussian_logsumexp(
-                    h, Yb, x, self._log_weights(w, x.dtype)
-                ).astype(np.float64)
+                L = targets.log_mixture(kernel, x, self._log_weights(w, x.dtype))
         if self.beta > 0:
-            R, _ = backend.gaussian_softmax_moments(h, x, Yb, (log_b - L).astype(x.dtype))
+            R, _ = targets.responsibility_moments(kernel, x, L)
             with np.errstate(divide="ignore"):
                 log_w = np.log(w) + (tau * self.beta) * (R.astype(np.float64) - 1.0)
             w = np.exp(log_w - logsumexp(log_w))
@@ -210,9 +198,9 @@ default="kmeans++"
         """
         check_is_fitted(self)
         X = _validate_X(self, X, dtype=self.means_.dtype, reset=False)
-        backend = get_backend(self.backend, X.shape[0] * self.means_.shape[0])
-        L = backend.gaussian_logsumexp(
-            self.bandwidth_, X, self.means_, self._log_weights(self.weights_, X.dtype)
+        backend = resolve_backend(self.backend, X.shape[0] * self.means_.shape[0])
+        L = backend.logsumexp(
+            self._kernel(), X, self.means_, self._log_weights(self.weights_, X.dtype)
         )
         return L - np.asarray(self._log_norm(X.shape[1]), dtype=X.dtype)
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from sklearn.utils import check_array
 
-from ._backends import BACKENDS, get_backend
+from .backends import Backend, check_backend, resolve_backend
 from .kernels import KERNELS, Kernel, median_heuristic
 
 
@@ -41,13 +41,14 @@ def mmd(
     bandwidth: float | str = "median",
     x_weights=None,
     y_weights=None,
-    backend: str = "auto",
+    backend: str | Backend = "auto",
 ) -> float:
     """Squared maximum mean discrepancy between two weighted samples.
 
     ``MMD²(μ, ν) = aᵀ K a`` over the pooled points ``[X; Y]`` with signed weights
     ``a = [x_weights; -y_weights]``: one kernel reduction, never an ``n × m`` matrix on the
-    KeOps backend.  Clipped at 0 against round-off.
+    KeOps backend.  A value within the round-off of its terms (``|a|ᵀ|K||a|`` times a few
+    machine epsilons of the dtype) is returned as 0: ``mmd(X, X) == 0.0`` exactly.
 
     Parameters
     ----------
@@ -58,7 +59,8 @@ def mmd(
         ``"median"``: median distance of the pooled sample (so that ``mmd`` is symmetric).
     x_weights, y_weights : array-like, optional
         Non-negative weights, normalised to sum to 1; uniform when omitted.
-    backend : {"auto", "keops", "numpy"}, default="auto"
+    backend : str or Backend, default="auto"
+        A name of :func:`skgradflow.backends.backend_names` or a backend instance.
 
     Returns
     -------
@@ -76,8 +78,7 @@ def mmd(
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}; got {kernel!r}.")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}.")
+    check_backend(backend)
     X = check_array(X, dtype=[np.float64, np.float32], input_name="X")
     Y = check_array(Y, dtype=[np.float64, np.float32], input_name="Y")
     if X.shape[1] != Y.shape[1]:
@@ -98,17 +99,22 @@ def mmd(
         h = float(bandwidth) if isinstance(bandwidth, numbers.Real) else np.nan
         if not np.isfinite(h) or h <= 0:
             raise ValueError(f"bandwidth must be a positive float or 'median'; got {bandwidth!r}.")
-    be = get_backend(backend, P.shape[0] ** 2)
-    Ka = be.matvec(Kernel(kernel, h), P, P, a.astype(dtype)[:, None])[:, 0]
-    value = float(a @ Ka.astype(np.float64))
-    if not np.isfinite(value):
+    be = resolve_backend(backend, P.shape[0] ** 2)
+    # aᵀKa is a difference of terms of size |a|ᵀ|K||a| (the kernels here have entries of
+    # one sign): a value within their round-off is 0, whatever its sign.
+    V = np.stack([a, np.abs(a)], axis=1).astype(dtype)
+    K_a = be.matvec(Kernel(kernel, h), P, P, V).astype(np.float64)
+    value, size = float(a @ K_a[:, 0]), abs(float(np.abs(a) @ K_a[:, 1]))
+    if not (np.isfinite(value) and np.isfinite(size)):
         raise FloatingPointError(
             "The MMD is not finite: the points are too far apart for their dtype (overflow)."
         )
-    return max(value, 0.0)
+    return value if value > 64 * np.finfo(dtype).eps * size else 0.0
 
 
-def energy_distance(X, Y, *, x_weights=None, y_weights=None, backend: str = "auto") -> float:
+def energy_distance(
+    X, Y, *, x_weights=None, y_weights=None, backend: str | Backend = "auto"
+) -> float:
     """Energy distance ``2E|X - Y| - E|X - X'| - E|Y - Y'|`` between weighted samples.
 
     This is the squared MMD of the kernel ``-|x - y|`` (Székely's energy distance ``D²``);
@@ -119,7 +125,7 @@ def energy_distance(X, Y, *, x_weights=None, y_weights=None, backend: str = "aut
     X : array-like of shape (n, d)
     Y : array-like of shape (m, d)
     x_weights, y_weights : array-like, optional
-    backend : {"auto", "keops", "numpy"}, default="auto"
+    backend : str or Backend, default="auto"
 
     Returns
     -------

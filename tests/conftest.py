@@ -22,3 +22,29 @@ def mixture_split():
     X_test = three_mode_mixture(800, rng)
     mean, std = X.mean(axis=0), X.std(axis=0)
     return (X - mean) / std, (X_test - mean) / std
+
+
+def keops_usable() -> bool:
+    """Whether KeOps passed its (child-process) probe here."""
+    from skgradflow.backends import keops_status
+
+    return keops_status().usable
+
+
+needs_keops = pytest.mark.skipif(not keops_usable(), reason="KeOps cannot compile here")
+
+
+def backend_params():
+    """Every registered backend name, as pytest parameters; the unusable ones skipped.
+
+    Tests that take ``backend`` from here run the same checks on every engine."""
+    from skgradflow.backends import backend_names
+
+    return [
+        pytest.param(name, marks=[needs_keops] if name == "keops" else [])
+        for name in backend_names()
+        if name != "auto"
+    ]
+
+
+BACKENDS = backend_params()

@@ -5,15 +5,11 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import three_mode_mixture
+from conftest import BACKENDS, three_mode_mixture
 from sklearn.exceptions import ConvergenceWarning
 
 from skgradflow import IFTSampler
-from skgradflow._backends import keops_available
 from skgradflow.metrics import energy_distance
-
-BACKENDS = ["numpy", pytest.param("keops", marks=pytest.mark.skipif(
-    not keops_available(), reason="KeOps cannot compile here"))]
 
 
 # --- an independent dense implementation of one IFT iteration --------------------------
@@ -234,13 +230,13 @@ def test_minibatches_follow_sample_weight(rng):
 
 
 def test_estimated_constant_is_close_to_the_exact_one(rng):
-    from skgradflow._backends import NumpyBackend
     from skgradflow._base import _Problem
+    from skgradflow.backends import NumpyBackend
     from skgradflow.kernels import Kernel
 
     y = rng.normal(size=(12_000, 2))
     b = np.full(len(y), 1 / len(y))
-    problem = _Problem(NumpyBackend(), Kernel("gaussian", 1.0), y, b, 256,
+    problem = _Problem(NumpyBackend(), Kernel("gaussian", 1.0), NumpyBackend().bind(y, b), 256,
                        np.random.default_rng(0))
     estimate = IFTSampler()._target_energy(problem, n_particles=100)
     exact = 0.5 * b @ NumpyBackend().matvec(Kernel("gaussian", 1.0), y, y, b[:, None])[:, 0]

@@ -4,12 +4,11 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import three_mode_mixture
+from conftest import BACKENDS, three_mode_mixture
 from scipy.special import logsumexp
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neighbors import KernelDensity
-from test_ift import BACKENDS
 
 from skgradflow import InclusiveKLFitter
 

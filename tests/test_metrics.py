@@ -3,13 +3,10 @@
 import numpy as np
 import pytest
 import scipy.stats
+from conftest import BACKENDS
 
-from skgradflow._backends import keops_available
 from skgradflow.kernels import median_heuristic, resolve_bandwidth
 from skgradflow.metrics import energy_distance, mmd
-
-BACKENDS = ["numpy", pytest.param("keops", marks=pytest.mark.skipif(
-    not keops_available(), reason="KeOps cannot compile here"))]
 
 
 def dense_mmd2(X, Y, wx, wy, h):

@@ -4,9 +4,9 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import three_mode_mixture
+from conftest import BACKENDS, three_mode_mixture
 from sklearn.exceptions import ConvergenceWarning
-from test_ift import BACKENDS, gauss, witness_grad
+from test_ift import gauss, witness_grad
 
 from skgradflow import IFTSampler, WFRMMDFlow
 

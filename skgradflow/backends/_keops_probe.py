@@ -1,0 +1,297 @@
+"""Whether PyKeOps works here, decided in a child process so that a crash cannot reach the
+caller's process.
+
+KeOps compiles its formulas at run time, and a broken toolchain can kill the process instead
+of raising: on a CUDA 13 machine, the first GPU compile dies with SIGSEGV inside NVRTC (a
+libstdc++ symbol clash).  So the first use of KeOps in an environment runs a tiny reduction
+in a child process, first on the GPU if KeOps sees one, then on the CPU, and records the
+outcome on disk, keyed by the PyKeOps install, Python, the platform, CUDA and the driver.
+Later processes read the record instead of probing again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import asdict, dataclass
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: concurrent probes are not serialised
+    fcntl = None
+
+# A cold probe compiles one formula (seconds on a CPU, ~15 s for KeOps' first GPU build);
+# a child that takes longer than this is taken to hang, and KeOps to be unusable.
+PROBE_TIMEOUT_S = float(os.environ.get("SKGRADFLOW_KEOPS_PROBE_TIMEOUT", "600"))
+
+# The child is self-contained (no import of skgradflow): it must work from any sys.path.
+_CHILD = r"""
+import ctypes, ctypes.util, json, os, sys
+os.environ.setdefault("PYKEOPS_VERBOSE", "0")
+os.environ.setdefault("KEOPS_VERBOSE", os.environ["PYKEOPS_VERBOSE"])
+lib = ctypes.util.find_library("stdc++")
+if lib:
+    ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+
+def say(**record):
+    sys.__stdout__.write("SKGRADFLOW-PROBE " + json.dumps(record) + "\n")
+    sys.__stdout__.flush()
+
+try:
+    import numpy as np
+    import pykeops
+    from pykeops.numpy import LazyTensor
+    config = getattr(pykeops, "config", None)
+    gpu = bool(getattr(config, "gpu_available", False))
+except BaseException as exc:
+    say(stage="import", ok=False, cause=f"{type(exc).__name__}: {exc}")
+    sys.exit(1)
+say(stage="import", ok=True, gpu_available=gpu)
+
+x = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+expected = np.exp(-0.5 * ((x[:, None] - x[None]) ** 2).sum(-1)).sum(1)
+devices = [d for d in sys.argv[1].split(",") if d != "GPU" or gpu]
+for device in devices:
+    try:
+        xi, xj = LazyTensor(x[:, None, :]), LazyTensor(x[None, :, :])
+        out = (-0.5 * ((xi - xj) ** 2).sum(-1)).exp().sum(1, backend=device)[:, 0]
+        ok = bool(np.allclose(out, expected, rtol=1e-10))
+        say(stage=device, ok=ok, cause=None if ok else f"wrong result {out} != {expected}")
+    except BaseException as exc:
+        say(stage=device, ok=False, cause=f"{type(exc).__name__}: {exc}")
+"""
+
+
+@dataclass(frozen=True)
+class KeOpsStatus:
+    """The outcome of the probe.
+
+    Attributes
+    ----------
+    cpu : bool
+        KeOps compiles and runs a reduction on the CPU.
+    gpu : bool
+        It does on a GPU.
+    gpu_seen : bool
+        KeOps reported a usable CUDA install (``pykeops.config.gpu_available``).
+    cause : str
+        Why the GPU (when ``gpu_seen``) or the CPU failed: the signal or the error; empty
+        when nothing failed.
+    """
+
+    cpu: bool
+    gpu: bool
+    gpu_seen: bool
+    cause: str = ""
+
+    @property
+    def usable(self) -> bool:
+        return self.cpu or self.gpu
+
+
+def _signal_name(returncode: int) -> str:
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
+
+def _run_child(devices: str) -> tuple[dict[str, dict], str]:
+    """Run the probe for the comma-separated ``devices``; its records by stage, and what
+    ended the child if it did not end normally."""
+    env = dict(os.environ)
+    env.setdefault("PYKEOPS_VERBOSE", "0")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD, devices],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        return _records(out), f"the probe hung for more than {PROBE_TIMEOUT_S:.0f} s"
+    records = _records(proc.stdout)
+    if proc.returncode < 0:
+        return records, f"the process was killed by {_signal_name(proc.returncode)}"
+    if proc.returncode != 0 and not records:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["no message"]
+        return records, f"the process exited with status {proc.returncode}: {tail[0]}"
+    return records, ""
+
+
+def _records(stdout: str) -> dict[str, dict]:
+    out = {}
+    for line in stdout.splitlines():
+        if line.startswith("SKGRADFLOW-PROBE "):
+            record = json.loads(line.split(" ", 1)[1])
+            out[record["stage"]] = record
+    return out
+
+
+def _stage_result(records: dict, stage: str, ended: str) -> tuple[bool, str]:
+    record = records.get(stage)
+    if record is None:
+        return False, ended or "the probe stopped before this stage"
+    return bool(record["ok"]), record.get("cause") or ""
+
+
+def run_probe() -> KeOpsStatus:
+    """Probe KeOps in child processes (no cache): GPU first when KeOps sees one, then CPU.
+
+    A GPU failure that kills the child is followed by a second child for the CPU alone.
+    """
+    records, ended = _run_child("GPU,CPU")
+    imported, cause = _stage_result(records, "import", ended)
+    if not imported:
+        return KeOpsStatus(cpu=False, gpu=False, gpu_seen=False, cause=cause)
+    gpu_seen = bool(records["import"].get("gpu_available"))
+    gpu, gpu_cause = _stage_result(records, "GPU", ended) if gpu_seen else (False, "")
+    if "CPU" not in records:  # the GPU stage took the child down: the CPU gets its own
+        records, ended = _run_child("CPU")
+    cpu, cpu_cause = _stage_result(records, "CPU", ended)
+    causes = [f"on the GPU, {gpu_cause}" if gpu_seen and not gpu else "",
+              f"on the CPU, {cpu_cause}" if not cpu else ""]
+    return KeOpsStatus(cpu=cpu, gpu=gpu, gpu_seen=gpu_seen, cause="; ".join(c for c in causes if c))
+
+
+# --- the record on disk ------------------------------------------------------------------
+def cache_dir() -> str:
+    """Where the probe's record lives: ``$SKGRADFLOW_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/skgradflow``, else ``~/.cache/skgradflow``."""
+    if os.environ.get("SKGRADFLOW_CACHE_DIR"):
+        return os.environ["SKGRADFLOW_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "skgradflow")
+
+
+def _read_first_line(path: str) -> str:
+    try:
+        with open(path) as fh:
+            return fh.readline().strip()
+    except OSError:
+        return ""
+
+
+def environment_key() -> str:
+    """A hash of what decides whether KeOps works: the PyKeOps install (where and which
+    version), Python, the platform, the CUDA toolkit and the driver."""
+    spec = importlib.util.find_spec("pykeops")
+    try:
+        version = importlib.metadata.version("pykeops")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    cuda_home = os.environ.get("CUDA_PATH") or os.environ.get("CUDA_HOME") or "/usr/local/cuda"
+    parts = {
+        "pykeops": [version, spec.origin if spec else None],
+        "python": [sys.executable, platform.python_version()],
+        "platform": platform.platform(),
+        "cuda": [cuda_home, _read_first_line(os.path.join(cuda_home, "version.json"))
+                 or _read_first_line(os.path.join(cuda_home, "version.txt"))],
+        "driver": _read_first_line("/proc/driver/nvidia/version"),
+        "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "cxx": os.environ.get("CXX"),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _record_path() -> str:
+    return os.path.join(cache_dir(), f"keops-probe-{environment_key()}.json")
+
+
+def _load(path: str) -> KeOpsStatus | None:
+    try:
+        with open(path) as fh:
+            return KeOpsStatus(**json.load(fh))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _store(path: str, status: KeOpsStatus) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(asdict(status), fh)
+        os.replace(tmp, path)
+    except OSError:  # a read-only home: the answer is kept for this process only
+        pass
+
+
+@contextlib.contextmanager
+def _probe_lock(path: str):
+    """Processes that start at once (GridSearchCV workers) probe one at a time."""
+    if fcntl is None:
+        yield
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fh = open(path + ".lock", "a")
+    except OSError:
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+_status: list[KeOpsStatus] = []  # this process's answer, once known
+_status_lock = threading.Lock()
+
+
+def keops_status() -> KeOpsStatus:
+    """The probe's outcome for this environment: from memory, from disk, or probed now
+    (once per process at most).
+
+    Examples
+    --------
+    >>> from skgradflow.backends import keops_status
+    >>> status = keops_status()
+    >>> status.usable == (status.cpu or status.gpu)
+    True
+    """
+    with _status_lock:
+        if not _status:
+            _status.append(_find_status())
+        return _status[0]
+
+
+def _find_status() -> KeOpsStatus:
+    if importlib.util.find_spec("pykeops") is None:
+        return KeOpsStatus(False, False, False, "PyKeOps is not installed")
+    path = _record_path()
+    status = _load(path)
+    if status is None:
+        with _probe_lock(path):
+            status = _load(path)  # another process may have probed meanwhile
+            if status is None:
+                status = run_probe()
+                _store(path, status)
+    return status
+
+
+def preload_libstdcxx() -> None:
+    """Load libstdc++ with global symbols, before PyKeOps is imported: KeOps' NVRTC
+    binding otherwise resolves ``std::codecvt`` against a clashing copy and crashes at
+    its first GPU compile.  Harmless where it is not needed."""
+    name = ctypes.util.find_library("stdc++")
+    if name:
+        with contextlib.suppress(OSError):
+            ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)

@@ -1,0 +1,235 @@
+"""The backend protocol: the reductions every flow is made of, and the targets a backend
+holds for one run.
+
+A *backend* evaluates kernel sums ``Σ_j k(z_i, s_j) (...)`` of *points* ``z_i`` against
+*sources* ``s_j``.  It answers four reductions over explicit arrays (:class:`Backend`) and
+binds the targets of a run once (:meth:`Backend.bind`), after which every reduction over the
+targets passes only the particles (:class:`Targets`).  A reduction over the sources
+``[x; y]`` of a flow is therefore a reduction over the particle block plus one over the
+bound target block, and an engine that keeps the targets elsewhere (device memory, the
+workers of a cluster) receives them once per run, not once per iteration.
+
+Shapes and dtypes, for every method: ``n`` points and ``m`` sources in ``d`` dimensions,
+``Z`` of shape ``(n, d)`` and ``S`` of shape ``(m, d)`` in one floating dtype (float32 or
+float64), per-source arrays in that dtype too; results come back in that dtype, except where
+a method says float64.  The ``Kernel`` carries the bandwidth: backends evaluate the kernel in
+coordinates divided by ``kernel.scale``, so that one compiled formula serves every bandwidth.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from ..kernels import Kernel
+
+# log of the smallest weight passed to a log-domain reduction: a zero weight stays (almost)
+# zero without -inf entering a compiled formula.
+LOG_TINY = -690.0
+
+
+def check_log_domain_kernel(kernel: Kernel) -> None:
+    """The log-domain reductions are written for the Gaussian kernel only."""
+    if kernel.name != "gaussian":
+        raise ValueError(
+            "the log-domain reductions (logsumexp, softmax_moments) need "
+            f"kernel='gaussian'; got {kernel.name!r}."
+        )
+
+
+class Backend(ABC):
+    """An engine for the kernel reductions of the flows.
+
+    Subclasses implement the four reductions below; :meth:`bind` returns targets held in
+    host memory (:class:`HostTargets`), which in-memory engines inherit as is.  A backend
+    instance holds configuration only (a device, a client), never the data of a run, so
+    one instance may serve several estimators, ``clone`` and ``pickle``.
+
+    Attributes
+    ----------
+    name : str
+        The name it is registered under (see :func:`skgradflow.backends.register_backend`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skgradflow.backends import NumpyBackend
+    >>> from skgradflow.kernels import Kernel
+    >>> be = NumpyBackend()
+    >>> Z = np.zeros((1, 2))
+    >>> S = np.array([[0.0, 0.0], [3.0, 4.0]])
+    >>> be.matvec(Kernel("energy"), Z, S, np.ones((2, 1)))  # Σ_j -|z - s_j|
+    array([[-5.]])
+    """
+
+    name: str = ""
+
+    @property
+    def device(self) -> str:
+        """Where the reductions run, as the estimators report it in ``backend_``
+        (``"numpy"``, ``"keops-cpu"``, ``"keops-gpu"``, ...)."""
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def ensure_ready(self) -> None:
+        """Raise a clear error now if this backend cannot run here (nothing by default);
+        called once when a run is set up, before any data is bound."""
+        return None
+
+    def __eq__(self, other: object) -> bool:
+        # configuration only: two backends of one class and settings are interchangeable
+        return type(other) is type(self) and vars(other) == vars(self)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    # --- the four reductions over explicit sources --------------------------------------
+    @abstractmethod
+    def matvec(self, kernel: Kernel, Z: np.ndarray, S: np.ndarray, V: np.ndarray) -> np.ndarray:
+        """``out_i = Σ_j k(z_i, s_j) V_j``.
+
+        ``V`` has shape ``(m, p)``: ``p`` weight channels (a few); returns ``(n, p)``.
+        """
+
+    @abstractmethod
+    def value_grad(
+        self, kernel: Kernel, Z: np.ndarray, S: np.ndarray, V: np.ndarray, a: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``Σ_j k(z_i, s_j) V_j`` fused with ``Σ_j a_j ∇_z k(z_i, s_j)``.
+
+        ``V`` has shape ``(m, p)``, ``a`` shape ``(m,)``; returns ``(n, p)`` and ``(n, d)``.
+        The gradient of the cusp kernels (Laplacian, energy) is 0 where ``z_i = s_j``.
+        """
+
+    @abstractmethod
+    def logsumexp(
+        self, kernel: Kernel, Z: np.ndarray, S: np.ndarray, logv: np.ndarray
+    ) -> np.ndarray:
+        """``log Σ_j exp(logv_j) k(z_i, s_j)`` for the Gaussian kernel, i.e.
+        ``log Σ_j exp(logv_j - |z_i - s_j|² / (2h²))``, stable in any dimension.
+
+        ``logv`` has shape ``(m,)`` (finite; use ``LOG_TINY`` for zero weights); returns
+        ``(n,)``.
+        """
+
+    @abstractmethod
+    def softmax_moments(
+        self, kernel: Kernel, Z: np.ndarray, S: np.ndarray, c: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """With ``E_ij = exp(c_j - |z_i - s_j|² / (2h²))`` (Gaussian kernel): the mass
+        ``Σ_j E_ij``, shape ``(n,)``, and the first moment ``Σ_j E_ij (s_j - z_i)``, shape
+        ``(n, d)``.  ``c`` has shape ``(m,)``; ``-inf`` entries contribute exactly 0.
+        """
+
+    # --- targets bound once per run ------------------------------------------------------
+    def bind(self, Y: np.ndarray, b: np.ndarray) -> Targets:
+        """Hold the targets ``Y`` (shape ``(m, d)``) with weights ``b`` (float64, shape
+        ``(m,)``, summing to 1) for the reductions of one run."""
+        return HostTargets(self, Y, b)
+
+
+class Targets(ABC):
+    """The targets ``Σ_m b_m δ_{y_m}`` of one run, held by a backend in its own form.
+
+    Every reduction over the targets goes through these methods, so the flows never see
+    the target rows: an engine may keep them on a device or on the workers of a cluster.
+
+    Attributes
+    ----------
+    n_samples : int
+    n_features : int
+    dtype : numpy.dtype
+    """
+
+    n_samples: int
+    n_features: int
+    dtype: np.dtype
+
+    # --- MMD flows ----------------------------------------------------------------------
+    @abstractmethod
+    def kernel_mean(self, kernel: Kernel, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``c_i = Σ_m b_m k(z_i, y_m)`` (float64, shape ``(n,)``) and its gradient
+        ``∇c(z_i)`` (shape ``(n, d)``, in the dtype of ``Z``)."""
+
+    @abstractmethod
+    def energy(self, kernel: Kernel) -> float:
+        """``½ bᵀ K_yy b``, exactly (a reduction of the targets against themselves)."""
+
+    @abstractmethod
+    def draw(self, size: int, rng: np.random.Generator) -> np.ndarray:
+        """``size`` rows drawn i.i.d. with probabilities ``b``, as a host array."""
+
+    @abstractmethod
+    def minibatch(self, size: int, rng: np.random.Generator) -> Targets:
+        """Targets of ``size`` rows drawn i.i.d. with probabilities ``b``, with uniform
+        weights: an unbiased minibatch of the same measure."""
+
+    # --- inclusive KL (log domain, Gaussian kernel) --------------------------------------
+    @abstractmethod
+    def log_mixture(self, kernel: Kernel, X: np.ndarray, logw: np.ndarray) -> Any:
+        """``L_m = log Σ_i exp(logw_i) k(y_m, x_i)`` at every target, held in the targets'
+        own form (for host targets, a float64 array of shape ``(m,)``).  Only
+        :meth:`average` and :meth:`responsibility_moments` read it."""
+
+    @abstractmethod
+    def average(self, L: Any, shift: float) -> tuple[float, float]:
+        """``Σ_m b_m (L_m - shift)`` and ``Σ_m b_m |L_m - shift|``."""
+
+    @abstractmethod
+    def responsibility_moments(
+        self, kernel: Kernel, X: np.ndarray, L: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """With ``E_mi = b_m k(y_m, x_i) / exp(L_m)``: ``R_i = Σ_m E_mi`` (shape ``(n,)``)
+        and ``Σ_m E_mi (y_m - x_i)`` (shape ``(n, d)``), in the dtype of ``X``."""
+
+
+class HostTargets(Targets):
+    """Targets as an in-memory array; every reduction calls the backend's own.
+
+    Parameters
+    ----------
+    backend : Backend
+    Y : ndarray of shape (m, d)
+    b : ndarray of shape (m,)
+        float64, summing to 1.
+    """
+
+    def __init__(self, backend: Backend, Y: np.ndarray, b: np.ndarray) -> None:
+        self.backend = backend
+        self.Y = Y
+        self.b = np.asarray(b, dtype=np.float64)
+        self.n_samples, self.n_features = Y.shape
+        self.dtype = Y.dtype
+        self._b = self.b.astype(Y.dtype)  # the weights as the reductions take them
+
+    def kernel_mean(self, kernel: Kernel, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        val, grad = self.backend.value_grad(kernel, Z, self.Y, self._b[:, None], self._b)
+        return val[:, 0].astype(np.float64), grad
+
+    def energy(self, kernel: Kernel) -> float:
+        Kb = self.backend.matvec(kernel, self.Y, self.Y, self._b[:, None])[:, 0]
+        return 0.5 * float(self.b @ Kb.astype(np.float64))
+
+    def draw(self, size: int, rng: np.random.Generator) -> np.ndarray:
+        return self.Y[rng.choice(self.n_samples, size=size, replace=True, p=self.b)]
+
+    def minibatch(self, size: int, rng: np.random.Generator) -> HostTargets:
+        return HostTargets(self.backend, self.draw(size, rng), np.full(size, 1.0 / size))
+
+    def log_mixture(self, kernel: Kernel, X: np.ndarray, logw: np.ndarray) -> np.ndarray:
+        return self.backend.logsumexp(kernel, self.Y, X, logw.astype(X.dtype)).astype(np.float64)
+
+    def average(self, L: np.ndarray, shift: float) -> tuple[float, float]:
+        centred = L - shift
+        return float(self.b @ centred), float(self.b @ np.abs(centred))
+
+    def responsibility_moments(
+        self, kernel: Kernel, X: np.ndarray, L: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        with np.errstate(divide="ignore"):  # a zero weight: exp(-inf) = 0 exactly
+            c = np.log(self.b) - L
+        return self.backend.softmax_moments(kernel, X, self.Y, c.astype(X.dtype))
