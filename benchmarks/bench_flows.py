@@ -121,7 +121,7 @@ def run_worker(cfg: dict) -> dict:
         for w in caught:
             n_warnings += 1
             log(f"  warning: {w.category.__name__}: {w.message}")
-        if est.backend_ != backend or est.n_iter_ != max_iter:
+        if est.backend_.split("-")[0] != backend or est.n_iter_ != max_iter:
             raise RuntimeError(f"ran {est.backend_!r} for {est.n_iter_} iterations")
         atoms = est.means_ if name == "ikl" else est.particles_
         if atoms.dtype != dtype or not np.all(np.isfinite(atoms)):

@@ -1,6 +1,6 @@
-"""Bad input (design.md section 3), for all three estimators: every public entry point
-fails with a ValueError or TypeError whose message names the argument; a diverging flow
-never returns NaN."""
+"""Bad input (section 3 of the design page, docs/design.md), for all three estimators:
+every public entry point fails with a ValueError or TypeError whose message names the
+argument; a diverging flow never returns NaN."""
 
 import warnings
 from dataclasses import dataclass

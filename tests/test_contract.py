@@ -1,6 +1,6 @@
-"""The scikit-learn estimator contract of design.md section 2, for all three estimators:
-estimator checks, clone, pickle, Pipeline, GridSearchCV (n_jobs=1 and 2, NumPy and KeOps),
-reproducibility, dtypes, fitted attributes, warnings."""
+"""The scikit-learn estimator contract of section 2 of the design page (docs/design.md), for
+all three estimators: estimator checks, clone, pickle, Pipeline, GridSearchCV (n_jobs=1 and
+2, NumPy and KeOps), reproducibility, dtypes, fitted attributes, warnings."""
 
 import json
 import os

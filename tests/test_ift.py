@@ -1,5 +1,5 @@
-"""IFTSampler against an independent dense computation of design.md §1, and the flow's
-invariants and behaviour."""
+"""IFTSampler against an independent dense computation of section 1 of the design page, and
+the flow's invariants and behaviour."""
 
 import warnings
 

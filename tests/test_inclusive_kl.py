@@ -21,7 +21,7 @@ def phi(Y, X, h):
 
 
 def dense_inclusive_kl_iterations(x, w, y, b, h, tau, alpha, beta, n_iter):
-    """design.md §1 with plain densities (fine in d = 2)."""
+    """Section 1 of the design page with plain densities (fine in d = 2)."""
     losses = [-b @ np.log(phi(y, x, h) @ w)]
     for _ in range(n_iter):
         P = phi(y, x, h)

@@ -1,4 +1,4 @@
-"""WFRMMDFlow against an independent dense computation of design.md §1."""
+"""WFRMMDFlow against an independent dense computation of section 1 of the design page."""
 
 import warnings
 
