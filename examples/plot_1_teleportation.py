@@ -21,6 +21,7 @@ one of the three modes of a two-dimensional Gaussian mixture.
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib
 import numpy as np
@@ -33,9 +34,10 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from skgradflow import IFTSampler
+from skgradflow.callbacks import PathRecorder
 from skgradflow.datasets import load_builtin
 from skgradflow.metrics import energy_distance
-from skgradflow.plotting import plot_loss_curve, plot_particles
+from skgradflow.plotting import animate_path, plot_loss_curve, plot_particles
 
 OUTPUT = Path(os.environ.get("SKGRADFLOW_EXAMPLES_OUTPUT", "."))
 OUTPUT.mkdir(parents=True, exist_ok=True)
@@ -68,18 +70,16 @@ flows = {
 # %%
 # Recording the paths
 # -------------------
-# The fits are deterministic (``tol=0`` runs exactly ``max_iter`` iterations), so fitting
-# again with a larger ``max_iter`` continues the same trajectory.  We keep the particles and
-# weights after a few iteration counts.
+# A :class:`~skgradflow.callbacks.PathRecorder` passed as ``callback`` keeps a copy of the
+# particles and weights after every iteration of one fit; we prepend the initial state.
 checkpoints = [0, 2, 5, 10, 20, 40, 80, 150, 300]
-paths, weights, fitted = {}, {}, {}
+paths, weights, fitted, recorders = {}, {}, {}, {}
 for name, flow in flows.items():
-    positions, masses = [init], [np.full(len(init), 1.0 / len(init))]
-    for n_iter in checkpoints[1:]:
-        est = flow.set_params(max_iter=n_iter).fit(X_train)
-        positions.append(est.particles_)
-        masses.append(est.weights_)
-    paths[name], weights[name], fitted[name] = np.stack(positions), np.stack(masses), est
+    recorder = recorders[name] = PathRecorder()
+    est = flow.set_params(callback=recorder).fit(X_train)
+    paths[name] = np.stack([init, *recorder.atoms])
+    weights[name] = np.stack([np.full(len(init), 1.0 / len(init)), *recorder.weights])
+    fitted[name] = est
 
 
 def mass_per_mode(particles, w):
@@ -134,8 +134,7 @@ ax_energy.set_title("Energy (loss_curve_)")
 ax_energy.legend()
 
 for name, style in zip(fitted, ["-o", "-s"], strict=True):
-    per_mode = np.array([mass_per_mode(p, w) for p, w in zip(paths[name], weights[name],
-                                                                strict=True)])
+    per_mode = np.array([mass_per_mode(paths[name][t], weights[name][t]) for t in checkpoints])
     for k, color in enumerate(["C2", "C4", "C1"]):
         ax_mass.plot(np.maximum(checkpoints, 1), per_mode[:, k], style, c=color, ms=4,
                      alpha=1.0 if name.startswith("IFT") else 0.5)
@@ -151,4 +150,16 @@ ax_mass.set_title("Mass per mode")
 ax_mass.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
 fig.tight_layout()
 fig.savefig(OUTPUT / "teleportation_energy.png", dpi=110, bbox_inches="tight")
-print(f"figures saved in {OUTPUT.resolve()}")
+
+# %%
+# An animation of the IFT path
+# ----------------------------
+# :func:`~skgradflow.plotting.animate_path` writes one frame per recorded state; every tenth
+# iteration of the recorder is enough here.
+ift_path = recorders["IFT (beta=1)"]
+every_tenth = SimpleNamespace(**{key: getattr(ift_path, key)[9::10]
+                                 for key in ("atoms", "weights", "n_iter", "energy")})
+animate_path(every_tenth, OUTPUT / "teleportation_ift.gif", data=X_test, size=25, fps=6,
+             title="IFT, iteration {n_iter}: energy {energy:.2e}")
+plt.close("all")
+print(f"figures and animation saved in {OUTPUT.resolve()}")

@@ -25,6 +25,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from ._progress import Progress
 from .backends import BACKEND_NAMES, Backend, Targets, resolve_backend
+from .callbacks import make_state
 from .kernels import BANDWIDTH_RULES, KERNELS, Kernel, _seed_from, resolve_bandwidth
 
 # The stopping rule compares the mean energy of the last _WINDOW iterations with the mean
@@ -118,6 +119,8 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         "backend": [StrOptions(BACKEND_NAMES), Backend],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "callback": [callable, None],
+        "warm_start": ["boolean"],
     }
 
     # the fitted attribute that holds the atoms, and the number of atoms parameter
@@ -164,12 +167,19 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         self._check_flow_params()
         rng = np.random.default_rng(_seed_from(check_random_state(self.random_state)))
 
+        resume = self._warm_state(X)
         self.bandwidth_ = resolve_bandwidth(self.bandwidth, X, b, random_state=rng)
-        x = self._initial_particles(X, b, rng)
-        w = np.full(x.shape[0], 1.0 / x.shape[0])
+        if resume is None:
+            x = self._initial_particles(X, b, rng)
+            w = np.full(x.shape[0], 1.0 / x.shape[0])
+            tau0 = None
+        else:
+            x, w, tau0 = resume
         problem = self._make_problem(X, b, self._kernel(), x.shape[0], rng)
         self._prepare(problem, x.shape[0])
-        x, w, tau, n_iter, converged, losses = self._run_flow(problem, x, w, type(self).__name__)
+        x, w, tau, n_iter, converged, losses = self._run_flow(
+            problem, x, w, type(self).__name__, step_size=tau0, callback=self.callback
+        )
         setattr(self, self._atoms_attr, x)
         self.weights_ = w
         self.step_size_ = tau
@@ -178,6 +188,23 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         self.loss_curve_ = losses
         self.backend_ = problem.backend.device
         return self
+
+    def _warm_state(self, X: np.ndarray):
+        """``(atoms, weights, step size)`` to resume from with ``warm_start=True`` (copies,
+        in the dtype of ``X``), or ``None`` for a fresh start."""
+        if not self.warm_start or not hasattr(self, "weights_"):
+            return None
+        atoms = getattr(self, self._atoms_attr)
+        n_atoms = getattr(self, self._n_atoms_param)
+        if atoms.shape != (n_atoms, X.shape[1]):
+            raise ValueError(
+                f"warm_start=True resumes from the fitted {self._atoms_attr} of shape "
+                f"{atoms.shape}, but this fit asks for ({self._n_atoms_param}, n_features) = "
+                f"({n_atoms}, {X.shape[1]}). Set warm_start=False to start afresh."
+            )
+        tau = None if isinstance(self.step_size, str) else float(self.step_size)
+        return (atoms.astype(X.dtype, copy=True), np.array(self.weights_, dtype=np.float64),
+                self.step_size_ if tau is None else tau)
 
     @abstractmethod
     def _kernel(self) -> Kernel:
@@ -261,26 +288,33 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         return _Problem(backend, kernel, backend.bind(Y, b), batch, rng, update_weights)
 
     # --- the loop ------------------------------------------------------------------------
-    def _run_flow(self, problem: _Problem, x, w, desc: str, energy_scale: float = 0.0):
-        """Time-step from ``(x, w)`` until ``tol`` or ``max_iter``.
+    def _run_flow(self, problem: _Problem, x, w, desc: str, energy_scale: float = 0.0,
+                  step_size: float | None = None, callback=None):
+        """Time-step from ``(x, w)`` until ``tol``, ``max_iter`` or the callback stops it.
 
         With ``step_size="auto"``, a step that raises the energy is rejected and retried
         with half the step size (full-batch runs only: minibatch energies are noisy).
         ``energy_scale`` is a floor for the decrease the stopping rule compares with, for
         runs that start near their end (``transform`` of points already in place).
-        Returns ``x, w, step_size, n_iter, converged, loss_curve``.
+        ``step_size`` overrides the initial step (a warm start resumes from its last one);
+        ``callback(state)`` is called after every iteration and stops the run by returning
+        ``True``.  Returns ``x, w, step_size, n_iter, converged, loss_curve``.
         """
         targets = problem.targets()
         ev = self._evaluate(problem, x, w, targets)
         if not np.isfinite(ev.energy):
             raise ValueError("The initial energy is not finite; check the data and init.")
         adaptive = isinstance(self.step_size, str)
-        tau = self._auto_step_size(problem, ev) if adaptive else float(self.step_size)
+        if step_size is not None:
+            tau = float(step_size)
+        else:
+            tau = self._auto_step_size(problem, ev) if adaptive else float(self.step_size)
         losses = [ev.energy]
         converged = False
         guard = adaptive and not problem.stochastic
         progress = Progress(self.verbose, self.max_iter, desc)
         n_iter = 0
+        stopped = False
         for n_iter in range(1, self.max_iter + 1):
             next_targets = problem.targets()
             for _ in range(_MAX_HALVINGS + 1):
@@ -313,12 +347,16 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
             x, w, ev, targets = x_new, w_new, ev_new, next_targets
             losses.append(ev.energy)
             progress.update(n_iter, ev.energy)
+            if callback is not None and callback(make_state(n_iter, x, w, ev.energy, tau)):
+                stopped = True
+                break
             if self.tol > 0 and self._has_converged(losses, energy_scale):
                 converged = True
                 break
         progress.close(n_iter, losses[-1], converged)
-        # tol=0 asks for exactly max_iter iterations: nothing to warn about
-        if not converged and self.tol > 0:
+        # tol=0 asks for exactly max_iter iterations, and a callback that stops the run asks
+        # for no more: nothing to warn about
+        if not converged and not stopped and self.tol > 0:
             warnings.warn(
                 f"{desc} did not converge in max_iter={self.max_iter} "
                 f"iterations (tol={self.tol}); increase max_iter or tol.",

@@ -95,6 +95,17 @@ default="gaussian"
     random_state : int, RandomState instance or None, default=None
     verbose : int, default=0
         Progress with the energy on stderr when positive.
+    callback : callable or None, default=None
+        Called as ``callback(state)`` after every iteration of ``fit``, with a
+        :class:`skgradflow.callbacks.FlowState` (``n_iter``, ``particles``, ``weights``,
+        ``energy``, ``step_size``); returning ``True`` stops the run (``n_iter_`` then
+        counts the iterations run).  :class:`skgradflow.callbacks.PathRecorder` records
+        a path.
+    warm_start : bool, default=False
+        When ``True`` and the estimator is fitted, ``fit`` resumes from ``particles_``,
+        ``weights_`` and ``step_size_`` (``init`` is ignored): a fit of 30 iterations and a
+        second of 30 give the state of one fit of 60 (full batch).  ``n_iter_`` and
+        ``loss_curve_`` describe the last fit only.
 
     Attributes
     ----------
@@ -151,6 +162,8 @@ default="gaussian"
         backend: str = "auto",
         random_state=None,
         verbose: int = 0,
+        callback=None,
+        warm_start: bool = False,
     ) -> None:
         self.n_particles = n_particles
         self.kernel = kernel
@@ -167,6 +180,8 @@ default="gaussian"
         self.backend = backend
         self.random_state = random_state
         self.verbose = verbose
+        self.callback = callback
+        self.warm_start = warm_start
 
     def _weight_step(self, problem: _Problem, x, w, targets, tau: float):
         dtype = x.dtype

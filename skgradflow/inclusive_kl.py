@@ -73,6 +73,14 @@ default="kmeans++"
         See :class:`IFTSampler`.
     random_state : int, RandomState instance or None, default=None
     verbose : int, default=0
+    callback : callable or None, default=None
+        Called as ``callback(state)`` after every iteration of ``fit``, with a
+        :class:`skgradflow.callbacks.FlowState` (``n_iter``, ``means``, ``weights``,
+        ``energy`` -- the negative mean log-likelihood -- and ``step_size``); returning
+        ``True`` stops the run.
+    warm_start : bool, default=False
+        When ``True`` and the estimator is fitted, ``fit`` resumes from ``means_``,
+        ``weights_`` and ``step_size_`` (``init`` is ignored).
 
     Attributes
     ----------
@@ -131,6 +139,8 @@ default="kmeans++"
         backend: str = "auto",
         random_state=None,
         verbose: int = 0,
+        callback=None,
+        warm_start: bool = False,
     ) -> None:
         self.n_components = n_components
         self.bandwidth = bandwidth
@@ -144,6 +154,8 @@ default="kmeans++"
         self.backend = backend
         self.random_state = random_state
         self.verbose = verbose
+        self.callback = callback
+        self.warm_start = warm_start
 
     def _kernel(self) -> Kernel:
         return Kernel("gaussian", self.bandwidth_)

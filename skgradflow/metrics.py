@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.utils import check_array
 
 from .backends import Backend, check_backend, resolve_backend
+from .inspection import fitted_measure, split_pipeline
 from .kernels import KERNELS, Kernel, median_heuristic
 
 
@@ -146,6 +147,10 @@ def make_distribution_scorer(metric: str = "energy_distance", **kwargs: Any) -> 
     """A scorer for ``GridSearchCV(scoring=...)``: minus ``metric`` between the fitted
     measure of a sampler and the held-out samples.
 
+    The estimator may be a fitted ``Pipeline`` ending in one of this package's estimators:
+    the held-out samples then go through the steps before it, as in ``Pipeline.score``, and
+    are compared with the measure in the estimator's own space.
+
     Parameters
     ----------
     metric : {"energy_distance", "mmd"}, default="energy_distance"
@@ -175,7 +180,10 @@ def make_distribution_scorer(metric: str = "energy_distance", **kwargs: Any) -> 
     func = funcs[metric]
 
     def scorer(estimator, X, y=None) -> float:
-        atoms, w = estimator._fitted_measure()
+        transformers, _ = split_pipeline(estimator)
+        atoms, w = fitted_measure(estimator)
+        if transformers is not None:
+            X = transformers.transform(X)
         return -func(atoms, X, x_weights=w, **kwargs)
 
     scorer.__name__ = f"neg_{metric}"

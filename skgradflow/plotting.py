@@ -1,7 +1,9 @@
 """Plots of a fitted flow (requires matplotlib: ``pip install skgradflow[plot]``).
 
-Both functions draw on a given or new Axes, return it, and work with any matplotlib
-backend, headless ones included.
+The plotting functions draw on a given or new Axes and return it; :func:`animate_path`
+writes an animation of a recorded path to a file.  All work with any matplotlib backend,
+headless ones included, and accept a fitted ``Pipeline`` whose last step is one of the
+estimators.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from typing import Any
 
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
+
+from .inspection import fitted_measure, split_pipeline
 
 
 def _axes(ax):
@@ -35,6 +39,7 @@ def plot_particles(
     color: Any = "C3",
     label: str | None = None,
     data_label: str = "data",
+    original_units: bool | None = None,
     **scatter_kwargs: Any,
 ):
     """Scatter the fitted particles (or mixture atoms) with marker area proportional to
@@ -45,7 +50,7 @@ def plot_particles(
 
     Parameters
     ----------
-    estimator : fitted IFTSampler, WFRMMDFlow or InclusiveKLFitter
+    estimator : fitted IFTSampler, WFRMMDFlow or InclusiveKLFitter, or Pipeline ending in one
     ax : matplotlib Axes, optional
         Drawn on a new figure when omitted.
     dims : pair of int, default=(0, 1)
@@ -63,6 +68,12 @@ def plot_particles(
         "(near-)zero weight".
     data_label : str, default="data"
         Legend label of ``data``.
+    original_units : bool or None, default=None
+        For a Pipeline: draw the atoms mapped back through the ``inverse_transform`` of the
+        steps before the estimator, over ``data`` in the units it was given in.  ``None``
+        does so when every such step has ``inverse_transform``, and otherwise draws the
+        atoms (and ``data``, passed through the steps' ``transform``) in the estimator's
+        own space.
     **scatter_kwargs
         Passed to ``Axes.scatter`` for the particles.
 
@@ -83,25 +94,44 @@ def plot_particles(
     >>> len(ax.collections)  # data, filled particles, hollow particles
     3
     """
-    check_is_fitted(estimator)
+    transformers, final = split_pipeline(estimator)
+    check_is_fitted(final)
+    if original_units is None:
+        original_units = transformers is None or all(
+            hasattr(step, "inverse_transform") for _, step in transformers.steps
+            if step != "passthrough"
+        )
+    atoms, weights = fitted_measure(estimator, original_units=original_units)
+    if data is not None:
+        data = np.asarray(data)
+        if transformers is not None and not original_units:
+            data = transformers.transform(data)
+    if label is None:
+        kind = "atoms" if hasattr(final, "means_") else "particles"
+        label = f"{kind} (area ∝ weight)"
     ax = _axes(ax)
-    atoms, weights = estimator._fitted_measure()
+    _scatter_measure(ax, atoms, weights, dims, size, zero_weight, data, color, label,
+                     data_label, scatter_kwargs)
+    return ax
+
+
+def _scatter_measure(ax, atoms, weights, dims, size, zero_weight, data, color, label,
+                     data_label, scatter_kwargs):
+    """Draw ``data`` in grey, then the weighted atoms (filled) and the emptied ones
+    (hollow); returns the two atom collections."""
     i, j = dims
     relative = weights * len(weights)
     full = relative >= zero_weight
     if data is not None:
-        data = np.asarray(data)
         ax.scatter(data[:, i], data[:, j], s=4, c="0.8", linewidths=0, label=data_label)
-    if label is None:
-        kind = "atoms" if estimator._atoms_attr == "means_" else "particles"
-        label = f"{kind} (area ∝ weight)"
-    ax.scatter(atoms[full, i], atoms[full, j], s=size * relative[full], c=[color], alpha=0.75,
-               linewidths=0, label=label, **scatter_kwargs)
-    ax.scatter(atoms[~full, i], atoms[~full, j], s=size, facecolors="none", edgecolors=[color],
-               linewidths=0.8, label="(near-)zero weight", **scatter_kwargs)
+    filled = ax.scatter(atoms[full, i], atoms[full, j], s=size * relative[full], c=[color],
+                        alpha=0.75, linewidths=0, label=label, **scatter_kwargs)
+    hollow = ax.scatter(atoms[~full, i], atoms[~full, j], s=size, facecolors="none",
+                        edgecolors=[color], linewidths=0.8, label="(near-)zero weight",
+                        **scatter_kwargs)
     ax.set_xlabel(f"feature {i}")
     ax.set_ylabel(f"feature {j}")
-    return ax
+    return filled, hollow
 
 
 def plot_loss_curve(estimator, ax=None, *, log: bool = True, label: str | None = None,
@@ -110,7 +140,7 @@ def plot_loss_curve(estimator, ax=None, *, log: bool = True, label: str | None =
 
     Parameters
     ----------
-    estimator : fitted IFTSampler, WFRMMDFlow or InclusiveKLFitter
+    estimator : fitted IFTSampler, WFRMMDFlow or InclusiveKLFitter, or Pipeline ending in one
     ax : matplotlib Axes, optional
     log : bool, default=True
         Logarithmic energy axis (only when every value is positive).
@@ -136,13 +166,105 @@ def plot_loss_curve(estimator, ax=None, *, log: bool = True, label: str | None =
     >>> len(ax.lines)
     1
     """
-    check_is_fitted(estimator)
+    _, final = split_pipeline(estimator)
+    check_is_fitted(final)
     ax = _axes(ax)
-    curve = np.asarray(estimator.loss_curve_)
-    ax.plot(np.arange(curve.size), curve, label=label or type(estimator).__name__,
+    curve = np.asarray(final.loss_curve_)
+    ax.plot(np.arange(curve.size), curve, label=label or type(final).__name__,
             **plot_kwargs)
     if log and np.all(curve > 0):
         ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_ylabel("energy")
     return ax
+
+
+def animate_path(
+    path,
+    filename,
+    *,
+    dims: tuple[int, int] = (0, 1),
+    data: np.ndarray | None = None,
+    size: float = 20.0,
+    zero_weight: float = 1e-2,
+    color: Any = "C3",
+    fps: int = 10,
+    dpi: int = 80,
+    title: str = "iteration {n_iter}",
+):
+    """Write an animation of a recorded path: one frame per recorded iteration, the atoms
+    drawn as by :func:`plot_particles`.
+
+    Parameters
+    ----------
+    path : PathRecorder
+        A :class:`skgradflow.callbacks.PathRecorder` that was passed as ``callback`` to a
+        fit, or any object with lists ``atoms``, ``weights`` and ``n_iter`` of equal length.
+    filename : str or path-like
+        ``.gif`` is written by Pillow (which comes with matplotlib); other extensions
+        (``.mp4``, ...) by matplotlib's default writer for them (ffmpeg for ``.mp4``).
+    dims : pair of int, default=(0, 1)
+    data : array-like of shape (n_samples, n_features), optional
+        Points drawn underneath in every frame.
+    size, zero_weight, color
+        As in :func:`plot_particles`.
+    fps : int, default=10
+    dpi : int, default=80
+    title : str, default="iteration {n_iter}"
+        Frame title, formatted with ``n_iter`` and ``energy`` (when recorded).
+
+    Returns
+    -------
+    matplotlib.animation.FuncAnimation
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from skgradflow import IFTSampler
+    >>> from skgradflow.callbacks import PathRecorder
+    >>> from skgradflow.plotting import animate_path
+    >>> X = np.random.default_rng(0).normal(size=(200, 2))
+    >>> path = PathRecorder(every=5)
+    >>> _ = IFTSampler(n_particles=30, max_iter=20, tol=0, callback=path).fit(X)
+    >>> out = os.path.join(tempfile.mkdtemp(), "path.gif")
+    >>> anim = animate_path(path, out, data=X)
+    >>> os.path.getsize(out) > 0
+    True
+    """
+    from matplotlib import animation
+
+    atoms, weights, n_iter = list(path.atoms), list(path.weights), list(path.n_iter)
+    if not atoms or not (len(atoms) == len(weights) == len(n_iter)):
+        raise ValueError(
+            "path must hold at least one recorded state, with as many atoms, weights and "
+            f"n_iter; got {len(atoms)}, {len(weights)} and {len(n_iter)}."
+        )
+    energy = list(getattr(path, "energy", [None] * len(atoms)))
+    ax = _axes(None)
+    fig = ax.figure
+    data = None if data is None else np.asarray(data)
+    i, j = dims
+    stacked = np.concatenate([a[:, [i, j]] for a in atoms] +
+                             ([data[:, [i, j]]] if data is not None else []))
+    lo, hi = stacked.min(axis=0), stacked.max(axis=0)
+    pad = 0.05 * np.maximum(hi - lo, 1e-12)
+
+    def draw(k):
+        ax.clear()
+        _scatter_measure(ax, np.asarray(atoms[k]), np.asarray(weights[k]), dims, size,
+                         zero_weight, data, color, "atoms (area ∝ weight)", "data", {})
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+        ax.set_title(title.format(n_iter=n_iter[k], energy=energy[k]))
+        return ax.collections
+
+    anim = animation.FuncAnimation(fig, draw, frames=len(atoms), interval=1000 / fps,
+                                   blit=False)
+    if str(filename).lower().endswith(".gif"):
+        anim.save(str(filename), writer=animation.PillowWriter(fps=fps), dpi=dpi)
+    else:
+        anim.save(str(filename), fps=fps, dpi=dpi)
+    return anim

@@ -53,6 +53,11 @@ default="gaussian"
         See :class:`IFTSampler`.
     random_state : int, RandomState instance or None, default=None
     verbose : int, default=0
+    callback : callable or None, default=None
+        See :class:`IFTSampler`.
+    warm_start : bool, default=False
+        Resume from ``particles_``, ``weights_`` and ``step_size_``; see
+        :class:`IFTSampler`.
 
     Attributes
     ----------
@@ -94,6 +99,8 @@ feature_names_in_
         backend: str = "auto",
         random_state=None,
         verbose: int = 0,
+        callback=None,
+        warm_start: bool = False,
     ) -> None:
         self.n_particles = n_particles
         self.kernel = kernel
@@ -109,6 +116,8 @@ feature_names_in_
         self.backend = backend
         self.random_state = random_state
         self.verbose = verbose
+        self.callback = callback
+        self.warm_start = warm_start
 
     @property
     def total_mass_(self) -> float:

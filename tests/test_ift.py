@@ -9,6 +9,7 @@ from conftest import BACKENDS, three_mode_mixture
 from sklearn.exceptions import ConvergenceWarning
 
 from skgradflow import IFTSampler
+from skgradflow.callbacks import PathRecorder
 from skgradflow.metrics import energy_distance
 
 
@@ -111,31 +112,16 @@ def test_alpha_zero_moves_no_particle(small_problem):
     assert np.all(np.diff(est.loss_curve_) <= 1e-12)
 
 
-class WeightSpy:
-    """Records the weights of every step a flow takes."""
-
-    def __init__(self, monkeypatch):
-        self.history = []
-        original = IFTSampler._step
-
-        def spy(est, *args, **kwargs):
-            x, w, carry = original(est, *args, **kwargs)
-            self.history.append(np.array(w))
-            return x, w, carry
-
-        monkeypatch.setattr(IFTSampler, "_step", spy)
-
-
 @pytest.mark.parametrize("kernel", ["gaussian", "laplacian", "imq", "energy"])
-def test_weights_stay_on_the_simplex_and_energy_decreases(kernel, mixture_split, monkeypatch):
+def test_weights_stay_on_the_simplex_and_energy_decreases(kernel, mixture_split):
     X, _ = mixture_split
-    spy = WeightSpy(monkeypatch)
+    path = PathRecorder()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est = IFTSampler(n_particles=60, kernel=kernel, bandwidth=0.5, max_iter=40,
-                         random_state=0).fit(X[:300])
-    assert len(spy.history) >= 40
-    for w in spy.history:
+                         random_state=0, callback=path).fit(X[:300])
+    assert len(path.weights) == est.n_iter_ >= 20
+    for w in path.weights:
         assert np.all(w >= 0)
         assert abs(w.sum() - 1) < 1e-10
     curve = est.loss_curve_
@@ -143,14 +129,15 @@ def test_weights_stay_on_the_simplex_and_energy_decreases(kernel, mixture_split,
     assert curve[-1] < 0.5 * curve[0]
 
 
-def test_unbalanced_weights_stay_nonnegative(mixture_split, monkeypatch):
+def test_unbalanced_weights_stay_nonnegative(mixture_split):
     X, _ = mixture_split
-    spy = WeightSpy(monkeypatch)
+    path = PathRecorder()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est = IFTSampler(n_particles=60, conserve_mass=False, bandwidth=0.5, max_iter=40,
-                         random_state=0).fit(X[:300])
-    assert all(np.all(w >= 0) for w in spy.history)
+                         random_state=0, callback=path).fit(X[:300])
+    assert len(path.weights) == est.n_iter_ > 0
+    assert all(np.all(w >= 0) for w in path.weights)
     assert not np.isclose(est.weights_.sum(), 1.0)  # mass is not conserved
     assert np.all(np.diff(est.loss_curve_) <= 1e-12)
     # the unbalanced energy ½|μ - π̂|²_k matches the metric on the unnormalised measure
