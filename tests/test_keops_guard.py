@@ -166,3 +166,16 @@ def test_signal_names(returncode, expected):
     from skgradflow.backends._keops_probe import _signal_name
 
     assert _signal_name(returncode) == expected
+
+
+def test_without_pykeops_auto_uses_numpy_and_keops_says_how_to_install(monkeypatch):
+    from skgradflow.backends import KeOpsUnavailableError, _keops_probe, _registry
+    from skgradflow.backends import resolve_backend as resolve
+
+    status = _keops_probe.KeOpsStatus(False, False, False, _keops_probe.NOT_INSTALLED)
+    monkeypatch.setattr(_keops_probe, "_status", [status])
+    monkeypatch.setattr(_registry, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="pip install pykeops"):
+        assert resolve("auto", 10**12).device == "numpy"
+    with pytest.raises(KeOpsUnavailableError, match="pip install pykeops"):
+        resolve("keops", 10)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..kernels import Kernel
-from ._keops_probe import keops_status, preload_libstdcxx
+from ._keops_probe import NOT_INSTALLED, cache_dir, keops_status, preload_libstdcxx
 from ._protocol import Backend, check_log_domain_kernel
 
 try:
@@ -43,18 +43,15 @@ def unavailable_message(device: str = "auto") -> str:
     """Why KeOps cannot serve ``device`` here, and the fix."""
     status = keops_status()
     where = {"gpu": "on the GPU", "cpu": "on the CPU"}.get(device, "on this machine")
+    if status.cause == NOT_INSTALLED:
+        return (f"KeOps cannot run {where}: {NOT_INSTALLED}. Fix: pip install pykeops; or "
+                "use backend='numpy'.")
     return (
         f"KeOps cannot run {where}: {status.cause or 'no GPU is visible to KeOps'}. "
         "The check ran in a child process, so this process is unharmed. Fix: install a C++ "
         "compiler (and, for the GPU, a CUDA toolkit that KeOps supports), then remove the "
-        f"probe record in {_record_folder()} to check again; or use backend='numpy'."
+        f"probe record in {cache_dir()} to check again; or use backend='numpy'."
     )
-
-
-def _record_folder() -> str:
-    from ._keops_probe import cache_dir
-
-    return cache_dir()
 
 
 def _import_pykeops():

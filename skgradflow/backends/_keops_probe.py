@@ -34,6 +34,8 @@ except ImportError:  # pragma: no cover - Windows: concurrent probes are not ser
 
 # A cold probe compiles one formula (seconds on a CPU, ~15 s for KeOps' first GPU build);
 # a child that takes longer than this is taken to hang, and KeOps to be unusable.
+NOT_INSTALLED = "PyKeOps is not installed"
+
 PROBE_TIMEOUT_S = float(os.environ.get("SKGRADFLOW_KEOPS_PROBE_TIMEOUT", "600"))
 
 # The child is self-contained (no import of skgradflow): it must work from any sys.path.
@@ -275,7 +277,7 @@ def keops_status() -> KeOpsStatus:
 
 def _find_status() -> KeOpsStatus:
     if importlib.util.find_spec("pykeops") is None:
-        return KeOpsStatus(False, False, False, "PyKeOps is not installed")
+        return KeOpsStatus(False, False, False, NOT_INSTALLED)
     path = _record_path()
     status = _load(path)
     if status is None:
