@@ -24,6 +24,25 @@ def test_mmd_of_a_set_with_itself_is_zero(rng, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_round_off_gives_exactly_zero_and_real_differences_survive(rng, backend, dtype):
+    """A value within the round-off of its terms is 0 exactly, whatever its sign (the terms
+    of aᵀKa are of size |a|ᵀ|K||a|); a small but real discrepancy is not."""
+    X = rng.normal(size=(300, 3)).astype(dtype)
+    perm = rng.permutation(300)
+    for kernel in ("gaussian", "imq", "energy"):
+        assert mmd(X, X, kernel=kernel, bandwidth=1.0, backend=backend) == 0.0
+        assert mmd(X, X[perm], kernel=kernel, bandwidth=1.0, backend=backend) == 0.0
+    assert energy_distance(X, X, backend=backend) == 0.0
+    # a shift of 1e-2 standard deviations: MMD² ≈ 1e-4 · E|∇k|², far above round-off
+    small = mmd(X, X + dtype(1e-2), bandwidth=1.0, backend=backend)
+    expected = dense_mmd2(X.astype(float), X + 1e-2, np.full(300, 1 / 300),
+                          np.full(300, 1 / 300), 1.0)
+    assert small > 0.0
+    assert small == pytest.approx(expected, rel=1e-6 if dtype == np.float64 else 0.05)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_mmd_matches_the_dense_formula(rng, backend):
     X, Y = rng.normal(size=(40, 3)), rng.normal(size=(55, 3)) + 0.5
     wx, wy = rng.uniform(size=40), rng.uniform(size=55)
