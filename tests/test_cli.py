@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pytest
 from sklearn.exceptions import ConvergenceWarning
@@ -193,7 +196,13 @@ def test_npy_in_npy_out(tmp_path, capsys, gmm):
 
 def test_help_returns_zero(capsys):
     assert cli.main(["sample", "--help"]) == 0
-    assert "--n-samples" in capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--n-samples" in text
+    # the rules for CSV input and the exit statuses are in the help
+    for option in ("--delimiter CHAR", "--header {auto,yes,no}", "--index-col {auto,none,N}"):
+        assert option in text
+    assert "0,1,...,d-1" in text and "1 the run failed" in text and "141" in text
+    assert "100 for inclusive-kl" in text  # its n_components
 
 
 # --- sample: errors -----------------------------------------------------------------------
@@ -293,14 +302,17 @@ def test_warnings_are_one_line_each(tmp_path, capsys, monkeypatch):
 
 
 def test_estimator_error_is_one_line(tmp_path, capsys, monkeypatch):
+    # a flow that diverged to non-finite values: the run failed, status 1 (not a usage error)
     monkeypatch.setitem(cli.ESTIMATORS, "broken", _Broken)
     args = sample("gmm2d", tmp_path / "out.npy")
     args[args.index("ift")] = "broken"
-    assert cli.main(args) == 2
+    assert cli.main(args) == 1
     captured = capsys.readouterr()
     assert captured.err.splitlines() == [
-        "skgradflow: error: _Broken: The flow diverged. Use a smaller step_size."
+        "skgradflow: error: _Broken: The flow diverged. Use a smaller step_size. "
+        "Nothing was written."
     ]
+    assert captured.out == ""
     assert not (tmp_path / "out.npy").exists()
 
 
@@ -370,3 +382,338 @@ def test_an_option_the_estimator_lacks_fails_in_one_line(tmp_path, capsys, gmm):
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--kernel" in err[0] and "inclusive-kl" in err[0]
+
+
+# --- CSV input: the index column, the header line, the delimiter ----------------------------
+
+
+def run_spy(monkeypatch, args: list[str]) -> tuple[int, np.ndarray | None]:
+    """Run ``args`` with the spy in place of ift: the status, and the array fit saw."""
+    monkeypatch.setitem(cli.ESTIMATORS, "spy", _Spy)
+    _Spy.seen.clear()
+    args = list(args)
+    args[args.index("ift")] = "spy"
+    status = cli.main(args)
+    return status, (_Spy.seen[-1] if _Spy.seen else None)
+
+
+def write_rows(path: Path, rows: list[list], delimiter: str = ",") -> Path:
+    with path.open("w", newline="") as f:
+        csv.writer(f, delimiter=delimiter).writerows(rows)
+    return path
+
+
+def test_pandas_index_column_is_dropped(tmp_path, capsys, gmm, monkeypatch):
+    pd = pytest.importorskip("pandas")
+    X = gmm + [100.0, -50.0]
+    data = tmp_path / "frame.csv"
+    pd.DataFrame(X, columns=["u", "v"]).to_csv(data)  # the index: an unnamed first column
+    assert data.read_text().startswith(",u,v\n0,")
+    out = tmp_path / "out.csv"
+    status, seen = run_spy(monkeypatch, sample(data, out, 100))
+    assert status == 0 and seen.shape == (len(X), 2)
+    captured = capsys.readouterr()
+    assert "skgradflow: note: dropped the first column" in captured.err
+    assert summary(captured.out).group(3) == "2"
+    header, S = read_csv(out)
+    assert header == ["u", "v"] and S.shape == (100, 2)
+    # samples of the data, not of the 0..n-1 ramp of the index
+    assert np.all(np.abs(S.mean(0) - X.mean(0)) < X.std(0))
+    assert abs(S[:, 0].mean() - 100.0) < 5.0
+
+    status, seen = run_spy(monkeypatch, [*sample(data, out, 10, "--quiet"), "--no-standardize"])
+    assert status == 0
+    np.testing.assert_array_equal(seen, X)
+    assert "note" not in capsys.readouterr().err  # --quiet
+
+
+@pytest.mark.parametrize(
+    ("name", "values", "dropped"),
+    [
+        ("", lambda i: str(i), True),  # pandas' RangeIndex
+        ("", lambda i: str(3 * i - 7), True),  # any integers: a filtered or shuffled frame
+        ("idx", lambda i: str(i), False),  # a named column is a feature
+        ("", lambda i: f"{i}.0", False),  # written as floats: a feature
+        ("", lambda i: str(i) if i else "1.5", False),  # one value is not an integer
+    ],
+)
+def test_index_col_auto_rule(tmp_path, capsys, gmm, monkeypatch, name, values, dropped):
+    X = gmm[:60]
+    rows = [[name, "a", "b"], *([values(i), *x] for i, x in enumerate(X.tolist()))]
+    data = write_rows(tmp_path / "data.csv", rows)
+    status, seen = run_spy(
+        monkeypatch, [*sample(data, tmp_path / "o.csv", 10, "--quiet"), "--no-standardize"]
+    )
+    assert status == 0
+    assert seen.shape == (60, 2 if dropped else 3)
+    np.testing.assert_array_equal(seen[:, -2:], X)
+    header, S = read_csv(tmp_path / "o.csv")
+    assert header == (["a", "b"] if dropped else [name, "a", "b"]) and S.shape[1] == seen.shape[1]
+
+
+def test_index_col_none_and_n(tmp_path, capsys, gmm, monkeypatch):
+    X = gmm[:80]
+    data = write_rows(tmp_path / "f.csv", [["", "a", "b"], *([i, *x] for i, x in enumerate(X))])
+    out = tmp_path / "o.csv"
+    args = [*sample(data, out, 10, "--quiet"), "--no-standardize"]
+    status, seen = run_spy(monkeypatch, [*args, "--index-col", "none"])
+    assert status == 0 and seen.shape == (80, 3)
+    np.testing.assert_array_equal(seen[:, 0], np.arange(80))
+    assert read_csv(out)[0] == ["", "a", "b"]
+
+    # N: a column of row labels (not numbers), anywhere, in a file without a header
+    labels = write_rows(tmp_path / "labels.csv", [[x[0], f"r{i}", x[1]] for i, x in enumerate(X)])
+    args = [*sample(labels, out, 10, "--quiet"), "--no-standardize"]
+    status, seen = run_spy(monkeypatch, [*args, "--index-col", "1"])
+    assert status == 0
+    np.testing.assert_array_equal(seen, X)
+    S = np.loadtxt(out, delimiter=",")  # no header, two columns
+    assert S.shape == (10, 2)
+    # without it, the first line (with a label) is taken for a header, and the next label
+    # is an error
+    capsys.readouterr()
+    status, _ = run_spy(monkeypatch, args)
+    assert status == 2
+    assert "non-numeric value 'r1' in column 'r0', row 1" in capsys.readouterr().err
+
+
+def test_integer_header_line(tmp_path, capsys, gmm, monkeypatch):
+    X = gmm[:100]
+    out = tmp_path / "o.csv"
+
+    def run(data: Path, *extra: str) -> np.ndarray:
+        status, seen = run_spy(
+            monkeypatch, [*sample(data, out, 10, "--quiet"), "--no-standardize", *extra]
+        )
+        assert status == 0
+        return seen
+
+    # pandas' default column names, without and with the index
+    ints = write_csv(tmp_path / "ints.csv", X, ["0", "1"])
+    np.testing.assert_array_equal(run(ints), X)
+    assert read_csv(out)[0] == ["0", "1"]
+    rows = [["", 0, 1], *([i, *x] for i, x in enumerate(X))]
+    indexed = write_rows(tmp_path / "indexed.csv", rows)
+    np.testing.assert_array_equal(run(indexed), X)
+    assert read_csv(out)[0] == ["0", "1"]
+    # --header no: the line is data
+    seen = run(ints, "--header", "no")
+    assert seen.shape == (101, 2)
+    np.testing.assert_array_equal(seen[0], [0.0, 1.0])
+    np.testing.assert_array_equal(np.loadtxt(out, delimiter=",").shape, (10, 2))
+    # integers that are not 0..d-1 in order are data
+    assert run(write_csv(tmp_path / "other.csv", X, ["1", "0"])).shape == (101, 2)
+    # --header yes: a numeric first line is a header
+    floats = write_csv(tmp_path / "floats.csv", X, ["1.5", "2.5"])
+    assert run(floats).shape == (101, 2)
+    np.testing.assert_array_equal(run(floats, "--header", "yes"), X)
+    assert read_csv(out)[0] == ["1.5", "2.5"]
+
+
+def test_explicit_delimiter_semicolon(tmp_path, capsys, gmm):
+    data = tmp_path / "semi.csv"
+    data.write_text("x;y\n" + "".join(f"{a!r};{b!r}\n" for a, b in gmm.tolist()))
+    out = tmp_path / "o.csv"
+    assert cli.main(sample(data, out, 50, "--quiet", "--delimiter", ";")) == 0
+    summary(capsys.readouterr().out)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "x;y" and len(lines) == 51
+    assert all(len(line.split(";")) == 2 and "," not in line for line in lines)
+    S = np.loadtxt(out, delimiter=";", skiprows=1)
+    assert np.all(np.abs(S.mean(0) - gmm.mean(0)) < gmm.std(0))
+    # the default ',' reads one field per line: one error line, with a hint
+    out2 = tmp_path / "o2.csv"
+    assert cli.main(sample(data, out2, 50, "--quiet")) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].endswith("pass --delimiter ';'") and not out2.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "sep"), [("tab", "\t"), ("\\t", "\t"), ("\t", "\t"), ("space", " "), ("|", "|")]
+)
+def test_delimiter_values(tmp_path, capsys, gmm, monkeypatch, option, sep):
+    X = gmm[:50]
+    if sep == " ":  # runs of spaces, and spaces at the ends of the lines
+        text = "x  y\n" + "".join(f"  {a!r}   {b!r} \n" for a, b in X.tolist())
+    else:
+        text = f"x{sep}y\n" + "".join(f"{a!r}{sep}{b!r}\n" for a, b in X.tolist())
+    data = tmp_path / "data.csv"
+    data.write_text(text)
+    out = tmp_path / "o.csv"
+    args = [*sample(data, out, 5, "--quiet"), "--no-standardize", "--delimiter", option]
+    status, seen = run_spy(monkeypatch, args)
+    assert status == 0
+    np.testing.assert_array_equal(seen, X)
+    lines = out.read_text().splitlines()
+    assert lines[0] == f"x{sep}y" and all(len(line.split(sep)) == 2 for line in lines)
+
+
+def test_delimiter_of_csv_output_from_builtin(tmp_path, capsys):
+    out = tmp_path / "o.csv"
+    assert cli.main(sample("gmm2d", out, 20, "--quiet", "--delimiter", ";")) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "x;y" and len(lines) == 21 and "," not in out.read_text()
+
+
+@pytest.mark.parametrize(
+    ("data", "extra", "expected"),
+    [
+        ("csv", ["--delimiter", "ab"], "argument --delimiter: must be one character"),
+        ("csv", ["--delimiter", "."], "argument --delimiter"),
+        ("csv", ["--delimiter", "e"], "argument --delimiter"),
+        ("csv", ["--header", "maybe"], "argument --header"),
+        ("csv", ["--index-col", "-1"], "argument --index-col"),
+        ("csv", ["--index-col", "first"], "argument --index-col"),
+        ("csv", ["--index-col", "2"], "--index-col 2: "),
+        ("builtin", ["--header", "yes"], "--header applies to a .csv --data file only"),
+        ("npy", ["--index-col", "0"], "--index-col applies to a .csv --data file only"),
+        ("npy", ["--delimiter", ";"], "--delimiter applies to CSV input or output"),
+    ],
+)
+def test_bad_csv_options_fail_in_one_line(tmp_path, capsys, gmm, data, extra, expected):
+    if data == "csv":
+        path = write_csv(tmp_path / "d.csv", gmm, ["a", "b"])
+    elif data == "npy":
+        path = tmp_path / "d.npy"
+        np.save(path, gmm)
+    else:
+        path = "gmm2d"
+    out = tmp_path / "out.npy"
+    assert cli.main([*sample(path, out, 10), *extra]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("skgradflow: error: "), captured.err
+    assert expected in lines[0] and captured.out == ""
+    assert not out.exists()
+
+
+# --- a failed run, the saved model --------------------------------------------------------
+
+
+def test_diverged_run_fails_with_status_1(tmp_path, capsys):
+    out, model = tmp_path / "x.csv", tmp_path / "m.joblib"
+    out.write_text("kept\n")
+    args = [*sample("gmm2d", out, 10, "--quiet"), "--step-size", "1e6", "--save-model", str(model)]
+    assert cli.main(args) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no summary line that says converged=True
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("skgradflow: error: IFTSampler: The energy went up from ")
+    assert "--step-size 1e+06" in lines[0] and "--step-size auto" in lines[0]
+    assert out.read_text() == "kept\n" and not model.exists()
+
+
+class _Worse(IFTSampler):
+    """A fit that returns without a warning but whose recorded energy went up."""
+
+    curve = [1.0, 0.5, 2.0]
+
+    def fit(self, X, y=None, sample_weight=None):
+        super().fit(X, y, sample_weight)
+        self.loss_curve_ = np.array(_Worse.curve)
+        self.converged_ = True
+        return self
+
+
+@pytest.mark.parametrize(
+    ("curve", "status"), [([1.0, 0.5, 2.0], 1), ([1.0, np.nan], 1), ([1.0, 2.0, 1.0], 0)]
+)
+def test_energy_above_the_start_is_a_failure(tmp_path, capsys, monkeypatch, curve, status):
+    monkeypatch.setattr(_Worse, "curve", curve)
+    monkeypatch.setitem(cli.ESTIMATORS, "worse", _Worse)
+    out = tmp_path / "out.csv"
+    args = sample("gmm2d", out, 10, "--quiet")
+    args[args.index("ift")] = "worse"
+    assert cli.main(args) == status
+    captured = capsys.readouterr()
+    if status:
+        (line,) = captured.err.splitlines()
+        assert "The energy went up from 1 to " in line and "with step size " in line
+        assert captured.out == "" and not out.exists()
+    else:
+        assert summary(captured.out).group(5) == "True" and out.exists()
+
+
+def test_save_model_round_trip(tmp_path, capsys, gmm):
+    X = gmm * [1.0, 100.0] + [5.0, 500.0]
+    data = write_csv(tmp_path / "d.csv", X, ["a", "b"])
+    out, model = tmp_path / "o.csv", tmp_path / "model.joblib"
+    args = sample(data, out, 50, "--quiet", "--random-state", "4", "--save-model", str(model))
+    assert cli.main(args) == 0
+    summary(capsys.readouterr().out)
+    loaded = joblib.load(model)
+    S5 = loaded.sample(5)
+    assert S5.shape == (5, 2) and np.all(np.isfinite(S5))
+    assert isinstance(loaded, cli.SavedSampler) and isinstance(loaded.estimator, IFTSampler)
+    assert loaded.feature_names == ["a", "b"] and loaded.scaler is not None
+    # in the units of the data: the draw of the command line, again
+    _, S = read_csv(out)
+    np.testing.assert_array_equal(loaded.sample(50, random_state=4), S)
+    assert np.all(np.abs(S.mean(0) - X.mean(0)) < X.std(0))
+
+    model2 = tmp_path / "raw.joblib"
+    args = [*sample(data, out, 5, "--quiet", "--no-standardize"), "--save-model", str(model2)]
+    assert cli.main(args) == 0
+    raw = joblib.load(model2)
+    assert raw.scaler is None and raw.sample(5).shape == (5, 2)
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ("missing/m.joblib", "directory"),
+        ("sub", "it is a directory"),
+        ("out.csv", "--save-model is the --out file"),
+    ],
+)
+def test_save_model_bad_path_fails_before_fitting(tmp_path, capsys, monkeypatch, where, expected):
+    (tmp_path / "sub").mkdir()
+    out = tmp_path / "out.csv"
+    args = [*sample("gmm2d", out, 10, "--quiet"), "--save-model", str(tmp_path / where)]
+    status, seen = run_spy(monkeypatch, args)
+    assert status == 2 and seen is None  # refused before fitting
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("skgradflow: error: ") and expected in line
+    assert not out.exists()
+
+
+# --- a closed pipe on stdout --------------------------------------------------------------
+
+
+def test_broken_pipe_is_silent():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "skgradflow", "datasets"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err and err == ""
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("head") is None, reason="bash")
+def test_pipe_into_head():
+    command = f"{shlex.quote(sys.executable)} -m skgradflow datasets | head -1"
+    proc = subprocess.run(
+        ["bash", "-c", command + "; exit ${PIPESTATUS[0]}"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.stdout.splitlines()[0].startswith("name") and len(proc.stdout.splitlines()) == 1
+    assert "Traceback" not in proc.stderr and proc.stderr == ""
+    assert proc.returncode in (0, 141)  # 0 when the output fits before head exits
+
+
+class _ClosedPipe:
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_broken_pipe_in_process(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert cli.main(["datasets"]) == 141
+    assert capsys.readouterr().err == ""

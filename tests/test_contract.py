@@ -223,7 +223,10 @@ def test_sample_shape_and_reproducible(spec, data, n):
     atoms = atoms_of(est)
     dist = np.linalg.norm(a[:, None, :] - atoms[None, :, :], axis=2).min(axis=1)
     if spec.is_sampler:
-        # every draw is an atom of the fitted measure
+        # new points, not copies of the particles; the copies on request
+        assert np.all(dist > 0.0)
+        copies = est.sample(n, random_state=11, method="particles")
+        dist = np.linalg.norm(copies[:, None, :] - atoms[None, :, :], axis=2).min(axis=1)
         assert np.all(dist == 0.0)
     else:
         # an atom plus N(0, h² I) noise: never an atom, never far from one
@@ -246,9 +249,11 @@ def test_sample_follows_the_weights(spec, data):
     w = np.zeros(20)
     w[[3, 8]] = [0.25, 0.75]
     est.weights_ = w
-    if not spec.is_sampler:
+    if spec.is_sampler:  # weighted copies of the particles (new points: test_sampling.py)
+        draws = est.sample(4000, random_state=0, method="particles")
+    else:
         est.bandwidth_ = 1e-12  # no noise to speak of: draws are (almost) atoms
-    draws = est.sample(4000, random_state=0)
+        draws = est.sample(4000, random_state=0)
     atoms = atoms_of(est)
     is3 = np.all(np.abs(draws - atoms[3]) <= 1e-9, axis=1)
     is8 = np.all(np.abs(draws - atoms[8]) <= 1e-9, axis=1)

@@ -1,0 +1,116 @@
+"""sample(n) of the MMD samplers: n new, distinct points that follow the fitted measure, at a
+cost linear in n; weighted draws of the particles on request."""
+
+import warnings
+
+import numpy as np
+import pytest
+from conftest import three_mode_mixture
+from sklearn.exceptions import ConvergenceWarning
+
+from skgradflow import IFTSampler, WFRMMDFlow
+from skgradflow.backends import NumpyBackend
+from skgradflow.metrics import energy_distance
+
+SAMPLERS = pytest.mark.parametrize("cls", [IFTSampler, WFRMMDFlow])
+
+
+@pytest.fixture(scope="module")
+def split():
+    rng = np.random.default_rng(0)
+    X, X_test = three_mode_mixture(2000, rng), three_mode_mixture(2000, rng)
+    mean, std = X.mean(axis=0), X.std(axis=0)
+    return (X - mean) / std, (X_test - mean) / std
+
+
+@SAMPLERS
+def test_new_samples_are_distinct_and_as_good_as_the_particles(cls, split):
+    X, X_test = split
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = cls(n_particles=150, random_state=0).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the capped sampling flow warns about nothing
+        new = est.sample(450, random_state=0)
+    assert new.shape == (450, 2) and new.dtype == est.particles_.dtype
+    assert len(np.unique(new, axis=0)) >= 0.95 * 450
+    # not copies of the particles
+    nearest = np.linalg.norm(new[:, None] - est.particles_[None], axis=2).min(axis=1)
+    assert np.mean(nearest > 1e-9) >= 0.95
+    weighted = energy_distance(est.particles_, X_test, x_weights=est.weights_)
+    assert energy_distance(new, X_test) <= 1.5 * weighted + 0.01
+    # reproducible, and different seeds give different points
+    np.testing.assert_array_equal(new, est.sample(450, random_state=0))
+    assert not np.allclose(new, est.sample(450, random_state=1))
+
+
+def test_particle_draws_on_request(split):
+    X, _ = split
+    est = IFTSampler(n_particles=30, max_iter=20, tol=0, random_state=0).fit(X)
+    draws = est.sample(500, random_state=0, method="particles")
+    dist = np.linalg.norm(draws[:, None] - est.particles_[None], axis=2).min(axis=1)
+    assert np.all(dist == 0.0)  # every draw is a particle
+    rows = np.argmin(np.linalg.norm(draws[:, None] - est.particles_[None], axis=2), axis=1)
+    counts = np.bincount(rows, minlength=30) / 500
+    assert np.abs(counts - est.weights_).max() < 0.08  # drawn by weight
+    with pytest.raises(ValueError, match="method must be"):
+        est.sample(3, method="copies")
+    with pytest.raises(ValueError, match="n_samples"):
+        est.sample(0)
+
+
+class PairCounter(NumpyBackend):
+    """NumPy, counting the kernel pairs it evaluates."""
+
+    name = "pair-counter"
+
+    def __init__(self):
+        self.pairs = 0
+
+    def matvec(self, kernel, Z, S, V):
+        self.pairs += Z.shape[0] * S.shape[0]
+        return super().matvec(kernel, Z, S, V)
+
+    def value_grad(self, kernel, Z, S, V, a):
+        self.pairs += Z.shape[0] * S.shape[0]
+        return super().value_grad(kernel, Z, S, V, a)
+
+
+def test_the_cost_grows_linearly_with_n(split):
+    X, _ = split
+    counter = PairCounter()
+    est = IFTSampler(n_particles=40, max_iter=30, tol=0, random_state=0, backend=counter).fit(X)
+    costs = []
+    for n in (400, 800, 1600):
+        counter.pairs = 0
+        est.sample(n, random_state=0)
+        costs.append(counter.pairs)
+    # batches of n_particles, each moved for a bounded number of iterations
+    assert costs[1] <= 2.2 * costs[0] and costs[2] <= 2.2 * costs[1]
+    assert costs[2] <= 1600 / 40 * 21 * 4 * 40 * 80  # ≤ 21 evaluations of 4 reductions each
+
+
+def test_a_constant_feature_stays_constant(split):
+    X, _ = split
+    X = np.column_stack([X, np.full(len(X), 7.5)])
+    est = IFTSampler(n_particles=50, max_iter=30, tol=0, random_state=0).fit(X)
+    new = est.sample(120, random_state=0)
+    np.testing.assert_allclose(new[:, 2], 7.5, rtol=0, atol=1e-9)
+    assert new[:, :2].std(axis=0).min() > 0.3
+
+
+@SAMPLERS
+def test_new_samples_follow_the_weights(cls):
+    """Two particles far apart with weights 1/4 and 3/4: the new points split the same way."""
+    X = np.concatenate([np.zeros((50, 2)), np.full((150, 2), 6.0)])
+    est = cls(n_particles=20, max_iter=5, tol=0, bandwidth=1.0, random_state=0).fit(X)
+    w = np.zeros(20)
+    w[[3, 8]] = [0.25, 0.75]
+    est.particles_ = est.particles_.copy()
+    est.particles_[3], est.particles_[8] = (0.0, 0.0), (6.0, 6.0)
+    est.weights_ = w
+    new = est.sample(2000, random_state=0)
+    near8 = np.linalg.norm(new - est.particles_[8], axis=1) < 3.0
+    near3 = np.linalg.norm(new - est.particles_[3], axis=1) < 3.0
+    assert np.all(near3 | near8)
+    assert abs(near8.mean() - 0.75) < 0.05
