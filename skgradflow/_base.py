@@ -293,7 +293,8 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
 
     # --- the loop ------------------------------------------------------------------------
     def _run_flow(self, problem: _Problem, x, w, desc: str, energy_scale: float = 0.0,
-                  step_size: float | None = None, callback=None, max_iter: int | None = None):
+                  step_size: float | None = None, callback=None, max_iter: int | None = None,
+                  verbose: int | None = None):
         """Time-step from ``(x, w)`` until ``tol``, ``max_iter`` or the callback stops it.
 
         With ``step_size="auto"``, a step that raises the energy is rejected and retried
@@ -302,8 +303,8 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         runs that start near their end (``transform`` of points already in place).
         ``step_size`` overrides the initial step (a warm start resumes from its last one);
         ``callback(state)`` is called after every iteration and stops the run by returning
-        ``True``.  ``max_iter`` overrides the estimator's.  Returns ``x, w, step_size,
-        n_iter, converged, loss_curve``.
+        ``True``.  ``max_iter`` and ``verbose`` override the estimator's.  Returns
+        ``x, w, step_size, n_iter, converged, loss_curve``.
         """
         capped, max_iter = max_iter, self.max_iter if max_iter is None else max_iter
         targets = problem.targets()
@@ -318,7 +319,7 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         losses = [ev.energy]
         converged = False
         guard = adaptive and not problem.stochastic
-        progress = Progress(self.verbose, max_iter, desc)
+        progress = Progress(self.verbose if verbose is None else verbose, max_iter, desc)
         n_iter = 0
         stopped = False
         for n_iter in range(1, max_iter + 1):
@@ -581,7 +582,8 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         Z = _validate_X(self, X, dtype=[np.float64, np.float32], reset=False, copy=True)
         return self._move(Z, f"{type(self).__name__}.transform")
 
-    def _move(self, Z: np.ndarray, desc: str, max_iter: int | None = None) -> np.ndarray:
+    def _move(self, Z: np.ndarray, desc: str, max_iter: int | None = None,
+              verbose: int | None = None) -> np.ndarray:
         """The points ``Z`` (validated, owned) after the transport flow of ``transform``."""
         if self.alpha == 0 or Z.shape[0] == 0:
             return Z
@@ -597,7 +599,7 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         # points that start in place make no progress to compare with: the scale of the
         # energies of the fit stands in for it
         scale = float(self.loss_curve_[0] - self.loss_curve_[-1])
-        z, *_ = self._run_flow(problem, Z, w, desc, scale, max_iter=max_iter)
+        z, *_ = self._run_flow(problem, Z, w, desc, scale, max_iter=max_iter, verbose=verbose)
         return z
 
     def sample(self, n_samples: int = 1, random_state: Any = None, *,
@@ -655,6 +657,8 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         for start in range(0, n, N):
             rows = rng.choice(N, size=N, replace=True, p=w)
             Z = atoms[rows] + (rng.standard_normal((N, d)) @ root.T).astype(atoms.dtype)
-            moved = self._move(Z, f"{type(self).__name__}.sample", max_iter=_SAMPLE_ITERATIONS)
+            # one progress bar per batch would flood the terminal: the batches run quietly
+            moved = self._move(Z, f"{type(self).__name__}.sample", max_iter=_SAMPLE_ITERATIONS,
+                               verbose=0)
             batches.append(moved[: n - start])
         return np.concatenate(batches)

@@ -28,6 +28,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from . import IFTSampler, InclusiveKLFitter, WFRMMDFlow, __version__
@@ -341,8 +342,10 @@ def _build_parser() -> _ArgumentParser:
         "--save-model",
         metavar="FILE",
         help=(
-            "also save the fitted model with joblib.dump; joblib.load(FILE).sample(n) draws "
-            "n samples in the units of the data"
+            "also save the fitted model with joblib.dump: a scikit-learn Pipeline "
+            "(StandardScaler, estimator), or the bare estimator with --no-standardize; "
+            "skgradflow.inspection.sample(joblib.load(FILE), n) draws n samples in the units "
+            "of the data"
         ),
     )
     sample.set_defaults(handler=_cmd_sample)
@@ -638,48 +641,6 @@ def _write(
         raise _CLIError(f"cannot write --out {out}: {exc.strerror or exc}") from None
 
 
-class SavedSampler:
-    """What ``skgradflow sample --save-model FILE`` saves with ``joblib.dump``.
-
-    The command line standardises the columns for the flow (unless ``--no-standardize``),
-    so the fitted estimator lives in standardised units; ``sample`` maps its draws back to
-    the units of the data, as the command line does.
-
-    Parameters
-    ----------
-    estimator : fitted estimator
-        The fitted ``IFTSampler``, ``WFRMMDFlow`` or ``InclusiveKLFitter``.
-    scaler : fitted StandardScaler or None
-        The standardisation of the columns; ``None`` with ``--no-standardize``.
-    feature_names : list of str or None
-        The names of the columns (a CSV header or a built-in set's names), if any.
-    """
-
-    def __init__(self, estimator, scaler: StandardScaler | None, feature_names) -> None:
-        self.estimator = estimator
-        self.scaler = scaler
-        self.feature_names = feature_names
-
-    def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
-        """Draw ``n_samples`` new samples, in the units of the data.
-
-        Parameters
-        ----------
-        n_samples : int, default=1
-        random_state : int, RandomState instance or None, default=None
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_features)
-        """
-        samples = self.estimator.sample(n_samples, random_state=random_state)
-        return samples if self.scaler is None else self.scaler.inverse_transform(samples)
-
-    def __repr__(self) -> str:
-        scaler = "StandardScaler()" if self.scaler is not None else "None"
-        return f"SavedSampler(estimator={self.estimator!r}, scaler={scaler})"
-
-
 # --- commands --------------------------------------------------------------------------
 
 
@@ -787,7 +748,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     delimiter = data.delimiter if data.fmt == "csv" else (args.delimiter or ",")
     _write(out, fmt, samples, data.header if fmt == "csv" else None, delimiter)
     if model_path is not None:
-        model = SavedSampler(estimator, scaler, data.header)
+        # a standard scikit-learn object: the fitted scaler and estimator as a Pipeline, which
+        # skgradflow.inspection.sample maps back to the units of the data
+        model = estimator if scaler is None else make_pipeline(scaler, estimator)
         try:
             joblib.dump(model, model_path)
         except OSError as exc:

@@ -114,3 +114,12 @@ def test_new_samples_follow_the_weights(cls):
     near3 = np.linalg.norm(new - est.particles_[3], axis=1) < 3.0
     assert np.all(near3 | near8)
     assert abs(near8.mean() - 0.75) < 0.05
+
+
+def test_sampling_runs_quietly_even_when_the_fit_is_verbose(split, capsys):
+    X, _ = split
+    est = IFTSampler(n_particles=30, max_iter=10, tol=0, random_state=0, verbose=1).fit(X)
+    assert "IFTSampler" in capsys.readouterr().err  # the fit reported its progress
+    est.sample(200, random_state=0)
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
