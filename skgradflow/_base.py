@@ -171,10 +171,11 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         self._check_flow_params()
         rng = np.random.default_rng(_seed_from(check_random_state(self.random_state)))
 
-        resume = self._warm_state(X)
+        n_atoms = self._n_atoms(X, b)
+        resume = self._warm_state(X, n_atoms)
         self.bandwidth_ = resolve_bandwidth(self.bandwidth, X, b, random_state=rng)
         if resume is None:
-            x = self._initial_particles(X, b, rng)
+            x = self._initial_particles(X, b, rng, n_atoms)
             w = np.full(x.shape[0], 1.0 / x.shape[0])
             tau0 = None
         else:
@@ -193,13 +194,30 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         self.backend_ = problem.backend.device
         return self
 
-    def _warm_state(self, X: np.ndarray):
+    # n_particles="auto" (n_components="auto"): one atom per this many distinct samples of
+    # positive weight, and at most this many atoms.  Distinct rows, not rows: integer
+    # sample_weight must give the fit of the repeated rows, and zero weights that of the rows
+    # removed (scikit-learn's sample-weight equivalence).
+    _auto_samples_per_atom = 1
+    _auto_max_atoms = 500
+
+    def _n_atoms(self, X: np.ndarray, b: np.ndarray) -> int:
+        """The number of atoms of this fit: the parameter, or its "auto" value."""
+        value = getattr(self, self._n_atoms_param)
+        if not isinstance(value, str):
+            return int(value)
+        if not isinstance(self.init, str):  # an array: its rows (checked in _check_init)
+            init = np.asarray(self.init)
+            return init.shape[0] if init.ndim == 2 else 1
+        distinct = len(np.unique(X[b > 0], axis=0))
+        return max(1, min(self._auto_max_atoms, -(-distinct // self._auto_samples_per_atom)))
+
+    def _warm_state(self, X: np.ndarray, n_atoms: int):
         """``(atoms, weights, step size)`` to resume from with ``warm_start=True`` (copies,
         in the dtype of ``X``), or ``None`` for a fresh start."""
         if not self.warm_start or not hasattr(self, "weights_"):
             return None
         atoms = getattr(self, self._atoms_attr)
-        n_atoms = getattr(self, self._n_atoms_param)
         if atoms.shape != (n_atoms, X.shape[1]):
             raise ValueError(
                 f"warm_start=True resumes from the fitted {self._atoms_attr} of shape "
@@ -235,11 +253,10 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
             raise ValueError("sample_weight must have a positive sum; got all zeros.")
         return b / total
 
-    def _check_init(self, X: np.ndarray) -> np.ndarray | None:
+    def _check_init(self, X: np.ndarray, n_atoms: int) -> np.ndarray | None:
         if isinstance(self.init, str):
             return None
         init = np.asarray(self.init)
-        n_atoms = getattr(self, self._n_atoms_param)
         if init.ndim != 2 or init.shape != (n_atoms, X.shape[1]):
             raise ValueError(
                 f"init must be one of {sorted(self._parameter_constraints['init'][0].options)} "
@@ -250,11 +267,10 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
             raise ValueError("init must be an array of finite numbers.")
         return init.astype(X.dtype, copy=True)
 
-    def _initial_particles(self, X: np.ndarray, b: np.ndarray, rng) -> np.ndarray:
-        given = self._check_init(X)
+    def _initial_particles(self, X: np.ndarray, b: np.ndarray, rng, n: int) -> np.ndarray:
+        given = self._check_init(X, n)
         if given is not None:
             return given
-        n = getattr(self, self._n_atoms_param)
         if self.init == "subsample":
             rows = rng.choice(X.shape[0], size=n, replace=n > np.count_nonzero(b), p=b)
             return X[rows].copy()
@@ -438,7 +454,7 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
 
     _parameter_constraints: dict = {
         **_BaseParticleFlow._parameter_constraints,
-        "n_particles": [Interval(numbers.Integral, 1, None, closed="left")],
+        "n_particles": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "kernel": [StrOptions(set(KERNELS))],
         "conserve_mass": ["boolean"],
         "init": [StrOptions({"gaussian", "subsample"}), "array-like"],

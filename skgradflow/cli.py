@@ -282,8 +282,9 @@ def _build_parser() -> _ArgumentParser:
         type=_positive_int,
         metavar="K",
         help=(
-            "number of particles, or of mixture components for inclusive-kl "
-            f"({_default_text('n_particles', 'n_components')})"
+            "number of particles, or of mixture components for inclusive-kl (default: "
+            "one per distinct row, at most 500, for ift and wfr; one per three distinct "
+            "rows, at most 100, for inclusive-kl)"
         ),
     )
     flow.add_argument("--kernel", choices=KERNELS, help=f"kernel ({_default_text('kernel')})")

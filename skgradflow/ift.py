@@ -54,8 +54,9 @@ class IFTSampler(_BaseMMDFlow):
 
     Parameters
     ----------
-    n_particles : int, default=500
-        Number of particles ``N``.
+    n_particles : int or "auto", default="auto"
+        Number of particles ``N``.  ``"auto"``: as many as the distinct samples of positive
+        weight, at most 500; with an ``init`` array, its number of rows.
     kernel : {"gaussian", "laplacian", "imq", "energy"}, default="gaussian"
     bandwidth : float or {"median", "scott", "silverman"}, default="median"
         Kernel length scale; ``"median"`` is the median distance between target samples,
@@ -146,7 +147,7 @@ default="gaussian"
 
     def __init__(
         self,
-        n_particles: int = 500,
+        n_particles: int | str = "auto",
         *,
         kernel: str = "gaussian",
         bandwidth: float | str = "median",

@@ -41,9 +41,11 @@ class InclusiveKLFitter(_BaseParticleFlow):
 
     Parameters
     ----------
-    n_components : int, default=100
+    n_components : int or "auto", default="auto"
         Number of atoms (mixture components); at most the number of samples for
-        ``init="kmeans++"``.
+        ``init="kmeans++"``.  ``"auto"``: one per three distinct samples of positive weight
+        (rounded up), at most 100, so that 50 samples get 17 components; with an ``init`` array, its
+        number of rows.
     bandwidth : float or {"scott", "silverman", "median"}, default="scott"
         Standard deviation ``h`` of every component (see
         :func:`skgradflow.kernels.resolve_bandwidth`).  The rules assume a unimodal,
@@ -114,11 +116,16 @@ default="kmeans++"
 
     _parameter_constraints: dict = {
         **_BaseParticleFlow._parameter_constraints,
-        "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
+        "n_components": [Interval(numbers.Integral, 1, None, closed="left"),
+                         StrOptions({"auto"})],
         "init": [StrOptions({"kmeans++", "subsample"}), "array-like"],
     }
     _atoms_attr = "means_"
     _n_atoms_param = "n_components"
+    # "auto": one component per 3 samples, at most 100 (a mixture with as many components as
+    # samples is a kernel density estimate, which the bandwidth alone regularises)
+    _auto_samples_per_atom = 3
+    _auto_max_atoms = 100
     # the LogSumExp over atoms and the reduction over targets, twice (before and after
     # the transport)
     _reductions_per_iteration = 4
@@ -126,7 +133,7 @@ default="kmeans++"
 
     def __init__(
         self,
-        n_components: int = 100,
+        n_components: int | str = "auto",
         *,
         bandwidth: float | str = "scott",
         alpha: float = 1.0,

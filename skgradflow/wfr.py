@@ -25,7 +25,8 @@ class WFRMMDFlow(_BaseMMDFlow):
 
     Parameters
     ----------
-    n_particles : int, default=500
+    n_particles : int or "auto", default="auto"
+        See :class:`IFTSampler`.
     kernel : {"gaussian", "laplacian", "imq", "energy"}, default="gaussian"
     bandwidth : float or {"median", "scott", "silverman"}, default="median"
         See :class:`IFTSampler`.
@@ -84,7 +85,7 @@ feature_names_in_
 
     def __init__(
         self,
-        n_particles: int = 500,
+        n_particles: int | str = "auto",
         *,
         kernel: str = "gaussian",
         bandwidth: float | str = "median",

@@ -205,7 +205,7 @@ def test_help_returns_zero(capsys):
     for option in ("--delimiter CHAR", "--header {auto,yes,no}", "--index-col {auto,none,N}"):
         assert option in text
     assert "0,1,...,d-1" in text and "1 the run failed" in text and "141" in text
-    assert "100 for inclusive-kl" in text  # its n_components
+    assert "at most 100, for inclusive-kl" in text  # its n_components
 
 
 # --- sample: errors -----------------------------------------------------------------------

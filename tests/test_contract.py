@@ -132,6 +132,10 @@ def _expected_failed_checks(estimator):
         IFTSampler(n_particles=20, max_iter=20),
         WFRMMDFlow(n_particles=20, max_iter=20),
         InclusiveKLFitter(n_components=5, max_iter=20),
+        # the defaults themselves, with the numbers of atoms they adapt to the data
+        IFTSampler(),
+        WFRMMDFlow(),
+        InclusiveKLFitter(),
     ],
     expected_failed_checks=_expected_failed_checks,
 )
@@ -648,3 +652,48 @@ def test_grid_search_keops_n_jobs_2_cold_cache(tmp_path):
     assert {backend for _, backend, _ in rows} == {result["backend"]}
     assert len({pid for pid, _, _ in rows}) == 2
     assert {folder for _, _, folder in rows} == {result["build_folder"]}
+
+
+# --- numbers of atoms adapted to the data -----------------------------------------------------
+@pytest.mark.parametrize(
+    "cls, n_rows, zeros, expected",
+    [(IFTSampler, 40, 0, 40), (IFTSampler, 40, 15, 25), (IFTSampler, 900, 0, 500),
+     (WFRMMDFlow, 60, 0, 60), (InclusiveKLFitter, 50, 0, 17), (InclusiveKLFitter, 50, 20, 10),
+     (InclusiveKLFitter, 900, 0, 100)],
+)
+def test_auto_number_of_atoms(cls, n_rows, zeros, expected):
+    X = np.random.default_rng(0).normal(size=(n_rows, 2))
+    sw = np.ones(n_rows)
+    sw[:zeros] = 0.0
+    est = cls(max_iter=3, random_state=0, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, sample_weight=sw)
+    assert atoms_of(est).shape == (expected, 2)
+    assert est.weights_.shape == (expected,)
+    # an init array sets the number under "auto"
+    init = np.random.default_rng(1).normal(size=(7, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        assert atoms_of(cls(init=init, max_iter=3).fit(X)).shape == (7, 2)
+
+
+def test_auto_counts_distinct_rows_so_weights_equal_repetitions():
+    X = np.random.default_rng(0).normal(size=(30, 2))
+    sw = np.random.default_rng(1).integers(0, 3, size=30).astype(float)
+    repeated = np.repeat(X, sw.astype(int), axis=0)
+    for cls in (IFTSampler, InclusiveKLFitter):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            a = cls(max_iter=3, random_state=0).fit(X, sample_weight=sw)
+            b = cls(max_iter=3, random_state=0).fit(repeated)
+        assert atoms_of(a).shape == atoms_of(b).shape
+        assert atoms_of(a).shape[0] == -(-np.count_nonzero(sw) // cls._auto_samples_per_atom)
+
+
+def test_the_mixture_works_on_50_samples_with_its_defaults():
+    X = np.random.default_rng(0).normal(size=(50, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = InclusiveKLFitter(random_state=0).fit(X)
+    assert np.isfinite(est.score(X)) and est.loss_curve_[-1] <= est.loss_curve_[0]

@@ -80,7 +80,8 @@ def test_defaults_fit_a_three_mode_mixture(mixture_split):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est = WFRMMDFlow(random_state=0).fit(X)
-    init = est._initial_particles(X, np.full(len(X), 1 / len(X)), np.random.default_rng(0))
+    init = est._initial_particles(X, np.full(len(X), 1 / len(X)), np.random.default_rng(0),
+                                  len(est.particles_))
     from skgradflow.metrics import energy_distance
 
     assert np.all(np.diff(est.loss_curve_) <= 1e-12)
