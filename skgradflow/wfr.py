@@ -5,15 +5,21 @@ mass is conserved.  One splitting step of length ``τ``:
 
 1. Wasserstein step: ``x_i ← x_i - τα ∇f(x_i)`` (``_base.py``).
 2. Fisher–Rao step, the mirror (KL) step on the weights with ``f`` at the new positions:
-   ``w_i ← w_i exp(-τβ f(x_i))``, divided by ``Σ w`` when mass is conserved.
+   ``w_i ← w_i exp(-τ_R β f(x_i))``, divided by ``Σ w`` when mass is conserved; ``τ_R`` is
+   the reaction's own step (``τ`` for an explicit step size).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.special import logsumexp
+from sklearn.utils.validation import check_is_fitted
 
 from ._base import _BaseMMDFlow, _Evaluation, _Problem
+
+# step_size="auto": the reaction step keeps τ_R β (max f - min f) at most this, over the
+# initial particles
+_REACTION_BOUND = 0.1
 
 
 class WFRMMDFlow(_BaseMMDFlow):
@@ -35,12 +41,12 @@ class WFRMMDFlow(_BaseMMDFlow):
     beta : float, default=1.0
         Rate of the Fisher–Rao (reweighting) part; 0 is the MMD flow.
     step_size : float or "auto", default="auto"
-        Time step ``τ``.  ``"auto"`` takes the smaller of the transport step
-        ``τα = h²/2`` and the reaction step ``τβ = 1/S``, ``S`` the spread
-        ``max f - min f`` of the witness over the initial particles (at least 5% of its
-        bound), so that the exponent ``τβ f(x_i)`` changes the ratio of two weights by at
-        most a factor ``e`` per step; it then halves ``τ`` whenever a step raises the
-        energy.  An explicit float is used as given.
+        Time step ``τ``.  ``"auto"`` gives each part its own safe step: the transport
+        ``τα = h²/2`` (``step_size_``), and the reaction ``τ_R β = 0.1/S`` at most ``τ``
+        (``reaction_step_size_``), ``S`` the spread ``max f - min f`` of the witness over
+        the initial particles (at least 5% of its bound), so that one step changes the
+        ratio of two weights by at most 10%; it then halves both whenever a step raises the
+        energy.  An explicit float is used as given, for both parts.
     max_iter : int, default=500
     tol : float, default=1e-4
         See :class:`IFTSampler`.
@@ -67,6 +73,9 @@ default="gaussian"
         Float64; on the simplex when ``conserve_mass``.
     total_mass_ : float
         ``Σ weights_`` (1 when mass is conserved).
+    reaction_step_size_ : float
+        The reaction's time step at the end of the run (``step_size_`` for an explicit
+        step size).
     bandwidth_, step_size_, n_iter_, converged_, loss_curve_, backend_, n_features_in_, \
 feature_names_in_
         As in :class:`IFTSampler`.
@@ -121,30 +130,51 @@ feature_names_in_
         self.warm_start = warm_start
 
     @property
+    def reaction_step_size_(self) -> float:
+        """The time step of the reaction (Fisher–Rao) part at the end of the run: with
+        ``step_size="auto"``, its own safe step, at most ``step_size_``."""
+        check_is_fitted(self)
+        ratio = self._reaction_ratio if isinstance(self.step_size, str) else 1.0
+        return float(self.step_size_ * ratio)
+
+    @property
     def total_mass_(self) -> float:
         """``Σ weights_``: 1 when mass is conserved."""
         return float(self.weights_.sum())
 
     def _auto_step_size(self, problem: _Problem, ev: _Evaluation) -> float:
+        """The transport step; the reaction gets its own, ``_reaction_ratio`` times it (kept
+        by a warm start)."""
         transport = super()._auto_step_size(problem, ev) if self.alpha > 0 else np.inf
-        if self.beta == 0 or not problem.update_weights:
+        if self.beta == 0 or not problem.update_weights:  # no reaction (or a transform)
             return float(transport) if np.isfinite(transport) else 1.0
-        # Reaction: keep τβ (max f - min f) ≤ 1 over the initial particles, so that one
-        # step changes the ratio of two weights by at most a factor e.  The spread is
-        # floored at 5% of its bound (2 for the bounded kernels, whose witness lies in
-        # [-1, 1]; four length scales for the energy kernel) in case the flow starts near
-        # a stationary point and the witness grows later.
+        # Reaction: keep τ_R β (max f - min f) ≤ 0.1 over the initial particles, so that one
+        # step changes the ratio of two weights by at most 10%: with a bound of 1 the
+        # weights of particles that start far from the target pile onto the few nearest
+        # it (effective sample size 6 of 200) before transport brings the others.  The
+        # spread is floored at 5% of its bound (2 for the bounded kernels, whose witness
+        # lies in [-1, 1]; four length scales for the energy kernel) in case the flow
+        # starts near a stationary point and the witness grows later.
         f = ev.cache["f"]
         bound = 4.0 * problem.kernel.bandwidth if problem.kernel.name == "energy" else 2.0
         spread = max(float(f.max() - f.min()), 0.05 * bound)
-        return float(min(transport, 1.0 / (self.beta * spread)))
+        reaction = _REACTION_BOUND / (self.beta * spread)
+        if not np.isfinite(transport):  # alpha = 0: the reaction alone sets the step
+            self._reaction_ratio = 1.0
+            return float(reaction)
+        # transport keeps its own safe step instead of being throttled by the reaction's
+        self._reaction_ratio = min(1.0, reaction / transport)
+        return float(transport)
 
     def _weight_step(self, problem: _Problem, x, w, targets, tau: float):
         # the witness at the new positions: f = K w - c, from one reduction over [x; y]
         out, carry = self._reduce_at_moved(problem, x, w, targets)
         # in the log domain, so that no weight under- or overflows on its way to the sum
+        # the reaction's own time step (the ratio is 1 for an explicit step_size)
+        ratio = self._reaction_ratio if isinstance(self.step_size, str) else 1.0
+        tau_r = tau * ratio
         with np.errstate(divide="ignore"):
-            log_w = np.log(w) - (tau * self.beta) * out[:, 0]
+            log_w = np.log(w) - (tau_r * self.beta) * out[:, 0]
         if not self.conserve_mass:
             return np.exp(log_w), carry
         # normalise twice: a huge exponent τβ f loses the digits of log_w - logsumexp(log_w)

@@ -87,3 +87,26 @@ def test_defaults_fit_a_three_mode_mixture(mixture_split):
     assert np.all(np.diff(est.loss_curve_) <= 1e-12)
     assert -est.score(X_test) < energy_distance(init, X_test) / 3
     assert abs(est.weights_.sum() - 1) < 1e-10 and np.all(est.weights_ >= 0)
+
+
+def test_far_start_keeps_the_weights_spread_and_beats_the_mmd_flow():
+    """Particles that start as a blob far to one side of a 3-mode target: the reaction has
+    its own time step, so the transport is not throttled and the weights do not pile onto
+    the few particles nearest the target (one shared step gave an effective sample size of
+    4-6 of 200 here)."""
+    rng = np.random.default_rng(0)
+    y, y_test = three_mode_mixture(2000, rng), three_mode_mixture(2000, rng)
+    init = np.array([12.0, 0.0]) + 0.5 * rng.standard_normal((200, 2))
+    kw = dict(n_particles=200, init=init, tol=0, max_iter=300, random_state=0)
+    wfr = WFRMMDFlow(**kw).fit(y)
+    mmd_flow = IFTSampler(beta=0.0, **kw).fit(y)
+    assert wfr.reaction_step_size_ < wfr.step_size_ == pytest.approx(0.5 * wfr.bandwidth_**2)
+    assert 1.0 / np.sum(wfr.weights_**2) >= 200 / 4
+    assert np.all(np.diff(wfr.loss_curve_) <= 1e-12)
+    from skgradflow.metrics import energy_distance
+
+    # the reweighting pays: an energy far below the MMD flow's, at a comparable energy
+    # distance to held-out data (1.09x here; the MMD flow keeps all 200 particles equal)
+    assert wfr.loss_curve_[-1] < mmd_flow.loss_curve_[-1] / 10
+    ed = energy_distance(wfr.particles_, y_test, x_weights=wfr.weights_)
+    assert ed <= 1.2 * energy_distance(mmd_flow.particles_, y_test)
