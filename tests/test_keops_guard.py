@@ -179,3 +179,25 @@ def test_without_pykeops_auto_uses_numpy_and_keops_says_how_to_install(monkeypat
         assert resolve("auto", 10**12).device == "numpy"
     with pytest.raises(KeOpsUnavailableError, match="pip install pykeops"):
         resolve("keops", 10)
+
+
+def test_a_slow_first_compile_says_so_once(monkeypatch, capsys):
+    import time
+
+    import numpy as np
+
+    from skgradflow.backends import _keops, _keops_probe
+
+    monkeypatch.setattr(_keops_probe, "NOTICE_AFTER_S", 0.2)
+    monkeypatch.setattr(_keops_probe, "_noticed", set())
+    monkeypatch.setattr(_keops, "_seen_formulas", set())
+    slow = lambda: time.sleep(0.6) or np.zeros(1)  # noqa: E731  (a compile that takes time)
+    _keops._run_keops(slow, ("a formula",))
+    _keops._run_keops(slow, ("another formula",))  # a second compile: no second line
+    _keops._run_keops(lambda: np.zeros(1), ("a third",))
+    err = capsys.readouterr().err
+    assert err.count("compiling KeOps formulas, once per machine") == 1
+    monkeypatch.setattr(_keops, "_seen_formulas", set())
+    monkeypatch.setattr(_keops_probe, "_noticed", set())
+    _keops._run_keops(lambda: np.zeros(1), ("a fast one",))  # a cached formula: silent
+    assert capsys.readouterr().err == ""

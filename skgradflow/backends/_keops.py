@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 
 from ..kernels import Kernel
-from ._keops_probe import NOT_INSTALLED, cache_dir, keops_status, preload_libstdcxx
+from ._keops_probe import (
+    NOT_INSTALLED,
+    cache_dir,
+    keops_status,
+    notice_if_slow,
+    preload_libstdcxx,
+)
 from ._protocol import Backend, check_log_domain_kernel
 
 try:
@@ -231,7 +237,9 @@ def _compile_guard(key: tuple):
     with open(path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
+            with notice_if_slow("compile", "compiling KeOps formulas, once per machine "
+                                "(about 10 s each on a CPU)..."):
+                yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
     with _seen_lock:

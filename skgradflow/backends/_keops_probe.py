@@ -254,6 +254,37 @@ def _probe_lock(path: str):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+# A first KeOps compile (or the probe) that takes longer than this says so on stderr, once
+# per process and whatever the estimator's verbosity: a silent minute looks like a hang.
+NOTICE_AFTER_S = 2.0
+_noticed: set[str] = set()
+_notice_lock = threading.Lock()
+
+
+def _say_once(kind: str, message: str) -> None:
+    with _notice_lock:
+        if kind in _noticed:
+            return
+        _noticed.add(kind)
+    print(f"skgradflow: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def notice_if_slow(kind: str, message: str):
+    """Print ``message`` once per process and ``kind`` if the block is still running after
+    ``NOTICE_AFTER_S`` seconds."""
+    if kind in _noticed:
+        yield
+        return
+    timer = threading.Timer(NOTICE_AFTER_S, _say_once, args=(kind, message))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
 _status: list[KeOpsStatus] = []  # this process's answer, once known
 _status_lock = threading.Lock()
 
@@ -284,7 +315,9 @@ def _find_status() -> KeOpsStatus:
         with _probe_lock(path):
             status = _load(path)  # another process may have probed meanwhile
             if status is None:
-                status = run_probe()
+                with notice_if_slow("probe", "checking that KeOps compiles and runs here "
+                                    "(once per environment, in a child process)..."):
+                    status = run_probe()
                 _store(path, status)
     return status
 
