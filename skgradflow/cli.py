@@ -736,6 +736,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             if args.backend == "auto":
                 metric_backend = "keops" if estimator.backend_.startswith("keops") else "numpy"
             distance = energy_distance(samples, X, backend=metric_backend)
+            # for scale: what n rows drawn at random from the data themselves score
+            rows = np.random.default_rng(args.random_state).choice(
+                X.shape[0], size=samples.shape[0], replace=True
+            )
+            reference = energy_distance(X[rows], X, backend=metric_backend)
         except _ESTIMATOR_ERRORS as exc:
             raise _CLIError(f"{name}: {_one_line(exc)}") from None
     # One line each, without the source line Python's warning format adds; the
@@ -766,7 +771,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     print(
         f"estimator={args.estimator} rows={samples.shape[0]} features={samples.shape[1]} "
         f"n_iter={estimator.n_iter_} converged={bool(estimator.converged_)} "
-        f"energy_distance={distance:.6g} seconds={elapsed:.2f}"
+        f"energy_distance={distance:.6g} reference={reference:.6g} seconds={elapsed:.2f}"
     )
     return 0
 

@@ -21,12 +21,13 @@ from sklearn.preprocessing import StandardScaler
 from skgradflow import IFTSampler, cli
 from skgradflow.datasets import BUILTIN_DATASETS, load_builtin
 from skgradflow.inspection import sample as inspection_sample
+from skgradflow.metrics import energy_distance
 
 # Small flows: every run below takes well under a second with the NumPy backend.
 FAST = ["--n-particles", "50", "--max-iter", "30", "--backend", "numpy"]
 SUMMARY = re.compile(
     r"^estimator=(\S+) rows=(\d+) features=(\d+) n_iter=(\d+) converged=(True|False) "
-    r"energy_distance=(\S+) seconds=(\S+)$"
+    r"energy_distance=(\S+) reference=(\S+) seconds=(\S+)$"
 )
 
 
@@ -131,6 +132,12 @@ def test_builtin_to_csv_with_progress_on_stderr(tmp_path, capsys):
     assert "IFTSampler" in captured.err  # verbose=1 without --quiet
     header, S = read_csv(out)
     assert header == ["x", "y"] and S.shape == (300, 2)
+    # energy_distance is that of the written samples to the data; reference that of 300 rows
+    # drawn from the data with the run's seed (0)
+    X = load_builtin("gmm2d")[0]
+    assert float(m.group(6)) == pytest.approx(energy_distance(S, X), rel=1e-5)
+    rows = np.random.default_rng(0).choice(len(X), size=300, replace=True)
+    assert float(m.group(7)) == pytest.approx(energy_distance(X[rows], X), rel=1e-5)
 
 
 def test_csv_with_header_round_trip(tmp_path, capsys, gmm):
