@@ -7,6 +7,7 @@ MMD samplers share: the energy ``F = ½ MMD²(μ, π̂)``, its witness and the t
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import re
 import warnings
@@ -44,6 +45,29 @@ _CONST_SUBSAMPLE = 5000
 # many iterations: they start next to the fitted measure, and on a 3-mode test the energy
 # distance to held-out data of 20 iterations is within 7% of 500 (and 10% better than none).
 _SAMPLE_ITERATIONS = 20
+
+
+def _shifted(callback, offset: int):
+    """``callback`` seeing the iteration count of the whole fit, in a later phase."""
+    if callback is None or offset == 0:
+        return callback
+    return lambda state: callback(dataclasses.replace(state, n_iter=state.n_iter + offset))
+
+
+def _phase_bandwidths(estimator) -> list[float]:
+    """The bandwidths of a fitted estimator's phases, in order."""
+    schedule = np.asarray(getattr(estimator, "bandwidth_schedule_", []))
+    if schedule.size == 0:
+        return [estimator.bandwidth_]
+    starts = np.flatnonzero(np.r_[True, schedule[1:] != schedule[:-1]])
+    return [float(h) for h in schedule[starts]]
+
+
+def _carried_step(estimator, tau: float) -> float | None:
+    """The step a later phase starts from: with step_size="auto", the step the previous
+    phase ended with (the safeguard shrinks it where the finer bandwidth needs it); None
+    (the phase's own automatic step) otherwise."""
+    return tau if isinstance(estimator.step_size, str) else None
 
 
 def _flow_diverged(what: str, tau: float) -> FloatingPointError:
@@ -173,26 +197,50 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
 
         n_atoms = self._n_atoms(X, b)
         resume = self._warm_state(X, n_atoms)
-        self.bandwidth_ = resolve_bandwidth(self.bandwidth, X, b, random_state=rng)
+        schedule = self._bandwidth_schedule(X, b, rng)
+        self.bandwidth_ = schedule[0]
         if resume is None:
             x = self._initial_particles(X, b, rng, n_atoms)
             w = np.full(x.shape[0], 1.0 / x.shape[0])
             tau0 = None
         else:
             x, w, tau0 = resume
-        problem = self._make_problem(X, b, self._kernel(), x.shape[0], rng)
-        self._prepare(problem, x.shape[0])
-        x, w, tau, n_iter, converged, losses = self._run_flow(
-            problem, x, w, type(self).__name__, step_size=tau0, callback=self.callback
-        )
+        # one phase per bandwidth: all but the last run a fixed share of max_iter (the
+        # stopping rule judges the last), and each starts from its own automatic step
+        shares = [self.max_iter // len(schedule)] * (len(schedule) - 1)
+        shares.append(self.max_iter - sum(shares))
+        name, curve, n_done, tau, in_force = type(self).__name__, [], 0, tau0, []
+        for phase, (h, budget) in enumerate(zip(schedule, shares, strict=True)):
+            last = phase == len(schedule) - 1
+            self.bandwidth_ = h
+            problem = self._make_problem(X, b, self._kernel(), x.shape[0], rng)
+            self._prepare(problem, x.shape[0])
+            x, w, tau, n_iter, converged, losses = self._run_flow(
+                problem, x, w, name if len(schedule) == 1 else f"{name} (bandwidth {h:.3g})",
+                step_size=tau if phase == 0 else _carried_step(self, tau),
+                callback=_shifted(self.callback, n_done), max_iter=budget,
+                tol=None if last else 0.0, progress=(n_done, self.max_iter),
+            )
+            # the energy of a new bandwidth is another function: the curve keeps the energy
+            # in force at each iteration, so it may jump where the bandwidth changes
+            curve.extend(losses if phase == 0 else losses[1:])
+            in_force.extend([h] * n_iter)
+            n_done += n_iter
+            if not last and n_iter < budget and not converged:  # the callback stopped it
+                break
+        self.bandwidth_schedule_ = np.asarray(in_force, dtype=np.float64)
         setattr(self, self._atoms_attr, x)
         self.weights_ = w
         self.step_size_ = tau
-        self.n_iter_ = n_iter
+        self.n_iter_ = n_done
         self.converged_ = converged
-        self.loss_curve_ = losses
+        self.loss_curve_ = np.asarray(curve)
         self.backend_ = problem.backend.device
         return self
+
+    def _bandwidth_schedule(self, X: np.ndarray, b: np.ndarray, rng) -> list[float]:
+        """The bandwidths of the fit's phases: one, for a float or a rule."""
+        return [resolve_bandwidth(self.bandwidth, X, b, random_state=rng)]
 
     # n_particles="auto" (n_components="auto"): one atom per this many distinct samples of
     # positive weight, and at most this many atoms.  Distinct rows, not rows: integer
@@ -229,8 +277,8 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
                 self.step_size_ if tau is None else tau)
 
     @abstractmethod
-    def _kernel(self) -> Kernel:
-        """The kernel of the flow, once ``bandwidth_`` is resolved."""
+    def _kernel(self, bandwidth: float | None = None) -> Kernel:
+        """The kernel of the flow, at ``bandwidth`` (by default ``bandwidth_``)."""
 
     def _prepare(self, problem: _Problem, n_particles: int) -> None:
         """Once-per-run work before the first iteration (nothing by default)."""
@@ -310,7 +358,8 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
     # --- the loop ------------------------------------------------------------------------
     def _run_flow(self, problem: _Problem, x, w, desc: str, energy_scale: float = 0.0,
                   step_size: float | None = None, callback=None, max_iter: int | None = None,
-                  verbose: int | None = None):
+                  verbose: int | None = None, tol: float | None = None, warn: bool = True,
+                  progress: tuple[int, int] | None = None):
         """Time-step from ``(x, w)`` until ``tol``, ``max_iter`` or the callback stops it.
 
         With ``step_size="auto"``, a step that raises the energy is rejected and retried
@@ -319,10 +368,13 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         runs that start near their end (``transform`` of points already in place).
         ``step_size`` overrides the initial step (a warm start resumes from its last one);
         ``callback(state)`` is called after every iteration and stops the run by returning
-        ``True``.  ``max_iter`` and ``verbose`` override the estimator's.  Returns
+        ``True``.  ``max_iter``, ``verbose`` and ``tol`` override the estimator's; ``warn=False``
+        raises no ConvergenceWarning (for runs whose cap is deliberate); ``progress`` is
+        ``(iterations done before, total)`` for a phase of a longer run.  Returns
         ``x, w, step_size, n_iter, converged, loss_curve``.
         """
-        capped, max_iter = max_iter, self.max_iter if max_iter is None else max_iter
+        max_iter = self.max_iter if max_iter is None else max_iter
+        tol = self.tol if tol is None else tol
         targets = problem.targets()
         ev = self._evaluate(problem, x, w, targets)
         if not np.isfinite(ev.energy):
@@ -335,7 +387,8 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         losses = [ev.energy]
         converged = False
         guard = adaptive and not problem.stochastic
-        progress = Progress(self.verbose if verbose is None else verbose, max_iter, desc)
+        start, total = progress if progress is not None else (0, max_iter)
+        progress = Progress(self.verbose if verbose is None else verbose, total, desc, start)
         n_iter = 0
         stopped = False
         for n_iter in range(1, max_iter + 1):
@@ -373,16 +426,16 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
             if callback is not None and callback(make_state(n_iter, x, w, ev.energy, tau)):
                 stopped = True
                 break
-            if self.tol > 0 and self._has_converged(losses, energy_scale):
+            if tol > 0 and self._has_converged(losses, energy_scale, tol):
                 converged = True
                 break
         progress.close(n_iter, losses[-1], converged)
         # tol=0 asks for exactly max_iter iterations, a callback that stops the run and a
         # caller that caps the iterations ask for no more: nothing to warn about
-        if not converged and not stopped and self.tol > 0 and capped is None:
+        if not converged and not stopped and tol > 0 and warn:
             warnings.warn(
-                f"{desc} did not converge in max_iter={max_iter} "
-                f"iterations (tol={self.tol}); increase max_iter or tol.",
+                f"{desc} did not converge in max_iter={self.max_iter} "
+                f"iterations (tol={tol}); increase max_iter or tol.",
                 ConvergenceWarning,
                 stacklevel=3,
             )
@@ -396,13 +449,15 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
             )
         return x, w, tau, n_iter, converged, np.asarray(losses)
 
-    def _has_converged(self, losses: list[float], energy_scale: float = 0.0) -> bool:
+    def _has_converged(self, losses: list[float], energy_scale: float = 0.0,
+                       tol: float | None = None) -> bool:
+        tol = self.tol if tol is None else tol
         if len(losses) < 2 * _WINDOW + 1:
             return False
         before = float(np.mean(losses[-2 * _WINDOW : -_WINDOW]))
         last = float(np.mean(losses[-_WINDOW:]))
         progress = losses[0] - last
-        return (before - last) <= self.tol * max(progress, energy_scale)
+        return (before - last) <= tol * max(progress, energy_scale)
 
     # --- public API shared by every flow -------------------------------------------------
     def _fitted_measure(self) -> tuple[np.ndarray, np.ndarray]:
@@ -455,13 +510,31 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
     _parameter_constraints: dict = {
         **_BaseParticleFlow._parameter_constraints,
         "n_particles": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "bandwidth": [
+            Interval(numbers.Real, 0, None, closed="neither"),
+            StrOptions({*BANDWIDTH_RULES, "anneal"}),
+        ],
         "kernel": [StrOptions(set(KERNELS))],
         "conserve_mass": ["boolean"],
         "init": [StrOptions({"gaussian", "subsample"}), "array-like"],
     }
 
-    def _kernel(self) -> Kernel:
-        return Kernel(self.kernel, self.bandwidth_)
+    def _kernel(self, bandwidth: float | None = None) -> Kernel:
+        return Kernel(self.kernel, self.bandwidth_ if bandwidth is None else bandwidth)
+
+    def _bandwidth_schedule(self, X: np.ndarray, b: np.ndarray, rng) -> list[float]:
+        """``"anneal"``: the median rule, wide enough to carry mass across the data, for the
+        first half of the run, then Scott's rule, at the scale of the modes, for the rest.
+
+        Scott's ``n`` is the number of distinct samples of positive weight, as for
+        ``n_particles="auto"``: integer ``sample_weight`` then fits as repeated rows would
+        (the effective sample size ``1/Σb²`` would not)."""
+        if self.bandwidth != "anneal":
+            return super()._bandwidth_schedule(X, b, rng)
+        wide = resolve_bandwidth("median", X, b, random_state=rng)
+        distinct = len(np.unique(X[b > 0], axis=0))
+        fine = resolve_bandwidth("scott", X, b, random_state=rng, n_samples=distinct)
+        return [wide, fine] if fine < wide else [wide]
 
     def _prepare(self, problem: _Problem, n_particles: int) -> None:
         problem.const = self._target_energy(problem, n_particles)
@@ -599,32 +672,42 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         return self._move(Z, f"{type(self).__name__}.transform")
 
     def _move(self, Z: np.ndarray, desc: str, max_iter: int | None = None,
-              verbose: int | None = None) -> np.ndarray:
-        """The points ``Z`` (validated, owned) after the transport flow of ``transform``."""
+              verbose: int | None = None, warn: bool = True, final: bool = False) -> np.ndarray:
+        """The points ``Z`` (validated, owned) after the transport flow of ``transform``,
+        through the bandwidths of the fit's phases in turn (the last only with ``final``),
+        each for a share of ``max_iter``."""
         if self.alpha == 0 or Z.shape[0] == 0:
             return Z
         atoms, b = self._fitted_measure()
         rng = np.random.default_rng(0)
-        # the fitted measure is small: every iteration uses all of it, whatever batch_size
-        problem = self._make_problem(
-            atoms.astype(Z.dtype), b, self._kernel(), Z.shape[0], rng, update_weights=False,
-            minibatches=False,
-        )
-        self._prepare(problem, Z.shape[0])
+        phases = [self.bandwidth_] if final else _phase_bandwidths(self)
+        budget = self.max_iter if max_iter is None else max_iter
+        shares = [budget // len(phases)] * (len(phases) - 1)
+        shares.append(budget - sum(shares))
         w = np.full(Z.shape[0], 1.0 / Z.shape[0])
         # points that start in place make no progress to compare with: the scale of the
         # energies of the fit stands in for it
-        scale = float(self.loss_curve_[0] - self.loss_curve_[-1])
-        z, *_ = self._run_flow(problem, Z, w, desc, scale, max_iter=max_iter, verbose=verbose)
-        return z
+        scale = float(abs(self.loss_curve_[0] - self.loss_curve_[-1]))
+        for h, share in zip(phases, shares, strict=True):
+            # the fitted measure is small: every iteration uses all of it, whatever batch_size
+            problem = self._make_problem(
+                atoms.astype(Z.dtype), b, self._kernel(h), Z.shape[0], rng,
+                update_weights=False, minibatches=False,
+            )
+            self._prepare(problem, Z.shape[0])
+            Z, *_ = self._run_flow(problem, Z, w, desc, scale, max_iter=share, verbose=verbose,
+                                   warn=warn and h == phases[-1])
+        return Z
 
     def sample(self, n_samples: int = 1, random_state: Any = None, *,
                method: str = "transport") -> np.ndarray:
         """Draw new samples of the fitted distribution.
 
         ``method="transport"`` (default) returns new, distinct points: draws of the
-        particles by weight, each moved off its particle by Gaussian noise with a tenth of
-        the fitted measure's standard deviation in every direction, then moved together
+        particles by weight (systematic resampling: each particle ``⌊N w_i⌋`` or
+        ``⌈N w_i⌉`` times in a batch of ``N``), each moved off its particle by Gaussian
+        noise with a tenth of the fitted measure's standard deviation in every direction,
+        then moved together
         for at most 20 iterations by the transport flow of :meth:`transform` onto the
         fitted weighted measure, in batches of ``n_particles`` points (the last batch is
         drawn whole and cut), so that each batch spreads over the fitted measure instead
@@ -670,11 +753,15 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         eigval, eigvec = np.linalg.eigh(cov)
         root = 0.1 * eigvec * np.sqrt(np.clip(eigval, 0.0, None))
         batches = []
+        cumulative = np.cumsum(w)
         for start in range(0, n, N):
-            rows = rng.choice(N, size=N, replace=True, p=w)
+            # systematic resampling: each particle is drawn ⌊N w_i⌋ or ⌈N w_i⌉ times, so a
+            # batch carries the fitted weights without the noise of independent draws
+            u = (rng.uniform() + np.arange(N)) / N
+            rows = np.minimum(np.searchsorted(cumulative, u * cumulative[-1]), N - 1)
             Z = atoms[rows] + (rng.standard_normal((N, d)) @ root.T).astype(atoms.dtype)
             # one progress bar per batch would flood the terminal: the batches run quietly
             moved = self._move(Z, f"{type(self).__name__}.sample", max_iter=_SAMPLE_ITERATIONS,
-                               verbose=0)
+                               verbose=0, warn=False, final=True)
             batches.append(moved[: n - start])
         return np.concatenate(batches)

@@ -14,10 +14,11 @@ class Progress:
     iterations and a final line.
     """
 
-    def __init__(self, verbose: int, total: int, desc: str) -> None:
+    def __init__(self, verbose: int, total: int, desc: str, start: int = 0) -> None:
         self.verbose = int(verbose)
         self.total = total
         self.desc = desc
+        self.start = start  # iterations done before this run (earlier phases of a fit)
         self._bar: Any = None
         self._every = max(1, total // 20)
         if self.verbose <= 0:
@@ -26,11 +27,12 @@ class Progress:
             from tqdm.auto import tqdm
         except ImportError:
             return
-        self._bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
+        self._bar = tqdm(total=total, initial=start, desc=desc, file=sys.stderr, leave=False)
 
     def update(self, iteration: int, energy: float) -> None:
         if self.verbose <= 0:
             return
+        iteration += self.start
         if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix(energy=f"{energy:.4g}", refresh=False)
@@ -41,6 +43,7 @@ class Progress:
     def close(self, iteration: int, energy: float, converged: bool) -> None:
         if self.verbose <= 0:
             return
+        iteration += self.start
         if self._bar is not None:
             self._bar.close()
         state = "converged" if converged else "stopped"

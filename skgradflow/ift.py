@@ -150,7 +150,7 @@ default="gaussian"
         n_particles: int | str = "auto",
         *,
         kernel: str = "gaussian",
-        bandwidth: float | str = "median",
+        bandwidth: float | str = "anneal",
         alpha: float = 1.0,
         beta: float = 1.0,
         step_size: float | str = "auto",

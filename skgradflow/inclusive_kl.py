@@ -164,8 +164,8 @@ default="kmeans++"
         self.callback = callback
         self.warm_start = warm_start
 
-    def _kernel(self) -> Kernel:
-        return Kernel("gaussian", self.bandwidth_)
+    def _kernel(self, bandwidth: float | None = None) -> Kernel:
+        return Kernel("gaussian", self.bandwidth_ if bandwidth is None else bandwidth)
 
     def _auto_step_size(self, problem: _Problem, ev: _Evaluation) -> float:
         h = self.bandwidth_

@@ -175,6 +175,7 @@ def resolve_bandwidth(
     X: np.ndarray,
     weights: np.ndarray | None = None,
     random_state: Any = None,
+    n_samples: float | None = None,
 ) -> float:
     """The bandwidth ``h`` for a float or a rule.
 
@@ -191,6 +192,9 @@ def resolve_bandwidth(
     weights : ndarray of shape (n_samples,), optional
         Non-negative, summing to 1; uniform when omitted.
     random_state : int, RandomState or Generator, optional
+    n_samples : float, optional
+        The sample size ``n`` of the Scott and Silverman rules, instead of the effective
+        sample size ``1 / Σ w²``.
 
     Returns
     -------
@@ -213,7 +217,8 @@ def resolve_bandwidth(
     if bandwidth not in BANDWIDTH_RULES:
         raise ValueError(f"bandwidth must be a positive float or one of {BANDWIDTH_RULES}.")
     Xd = np.asarray(X, dtype=np.float64)
-    n, d = 1.0 / float(np.sum(weights**2)), Xd.shape[1]
+    n = 1.0 / float(np.sum(weights**2)) if n_samples is None else float(n_samples)
+    d = Xd.shape[1]
     mean = weights @ Xd
     sigma = float(np.sqrt(np.mean(weights @ (Xd - mean) ** 2)))
     if sigma <= 0.0:

@@ -48,3 +48,17 @@ def backend_params():
 
 
 BACKENDS = backend_params()
+
+
+def assert_energy_never_increases(est, slack=1e-12):
+    """``loss_curve_`` never goes up within a bandwidth phase (the curve of an annealed fit
+    jumps where the bandwidth, hence the energy being measured, changes)."""
+    curve = np.asarray(est.loss_curve_)
+    schedule = np.asarray(est.bandwidth_schedule_)
+    assert schedule.shape == (est.n_iter_,)
+    # loss_curve_[k] (k >= 1) is measured at bandwidth_schedule_[k - 1], loss_curve_[0] at the
+    # first bandwidth
+    in_force = np.r_[schedule[:1], schedule] if schedule.size else np.ones(1)
+    same = in_force[1:] == in_force[:-1]
+    steps = np.diff(curve)[same]
+    assert np.all(steps <= slack), steps[steps > slack]

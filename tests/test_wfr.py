@@ -4,7 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, three_mode_mixture
+from conftest import BACKENDS, assert_energy_never_increases, three_mode_mixture
 from sklearn.exceptions import ConvergenceWarning
 from test_ift import gauss, witness_grad
 
@@ -72,7 +72,7 @@ def test_auto_step_keeps_the_weights_from_collapsing(rng):
     effective = 1.0 / np.sum(est.weights_**2)
     assert effective > 50  # many particles keep their mass
     assert 1.0 / np.sum(collapsed.weights_**2) < 5  # the transport-safe step collapses
-    assert np.all(np.diff(est.loss_curve_) <= 1e-12)
+    assert_energy_never_increases(est)
 
 
 def test_defaults_fit_a_three_mode_mixture(mixture_split):
@@ -84,7 +84,7 @@ def test_defaults_fit_a_three_mode_mixture(mixture_split):
                                   len(est.particles_))
     from skgradflow.metrics import energy_distance
 
-    assert np.all(np.diff(est.loss_curve_) <= 1e-12)
+    assert_energy_never_increases(est)
     assert -est.score(X_test) < energy_distance(init, X_test) / 3
     assert abs(est.weights_.sum() - 1) < 1e-10 and np.all(est.weights_ >= 0)
 
@@ -97,7 +97,8 @@ def test_far_start_keeps_the_weights_spread_and_beats_the_mmd_flow():
     rng = np.random.default_rng(0)
     y, y_test = three_mode_mixture(2000, rng), three_mode_mixture(2000, rng)
     init = np.array([12.0, 0.0]) + 0.5 * rng.standard_normal((200, 2))
-    kw = dict(n_particles=200, init=init, tol=0, max_iter=300, random_state=0)
+    # one bandwidth (the median's, wide enough to transport from afar): the time scales alone
+    kw = dict(n_particles=200, init=init, tol=0, max_iter=300, random_state=0, bandwidth="median")
     wfr = WFRMMDFlow(**kw).fit(y)
     mmd_flow = IFTSampler(beta=0.0, **kw).fit(y)
     assert wfr.reaction_step_size_ < wfr.step_size_ == pytest.approx(0.5 * wfr.bandwidth_**2)
