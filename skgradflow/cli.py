@@ -290,9 +290,12 @@ def _build_parser() -> _ArgumentParser:
     flow.add_argument("--kernel", choices=KERNELS, help=f"kernel ({_default_text('kernel')})")
     flow.add_argument(
         "--bandwidth",
-        type=_float_or(*BANDWIDTH_RULES),
-        metavar="FLOAT|" + "|".join(BANDWIDTH_RULES),
-        help=f"kernel bandwidth, or a rule for it ({_default_text('bandwidth')})",
+        type=_float_or(*BANDWIDTH_RULES, "anneal"),
+        metavar="FLOAT|" + "|".join(BANDWIDTH_RULES) + "|anneal",
+        help=(
+            "kernel bandwidth, or a rule for it; anneal: the median rule for the first half "
+            f"of the run, then Scott's (ift and wfr only) ({_default_text('bandwidth')})"
+        ),
     )
     flow.add_argument(
         "--alpha",

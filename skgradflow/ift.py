@@ -58,12 +58,17 @@ class IFTSampler(_BaseMMDFlow):
         Number of particles ``N``.  ``"auto"``: as many as the distinct samples of positive
         weight, at most 500; with an ``init`` array, its number of rows.
     kernel : {"gaussian", "laplacian", "imq", "energy"}, default="gaussian"
-    bandwidth : float or {"median", "scott", "silverman"}, default="median"
-        Kernel length scale; ``"median"`` is the median distance between target samples,
+    bandwidth : float or {"anneal", "median", "scott", "silverman"}, default="anneal"
+        Kernel length scale.  ``"median"`` is the median distance between target samples,
         robust in any dimension and good for transport; ``"scott"``/``"silverman"`` are
         the density-estimation rules (see :func:`skgradflow.kernels.resolve_bandwidth`),
-        sharper in low dimension.  For the energy kernel, which has no bandwidth, it is
-        the length scale of the automatic step size.
+        sharper, at the scale of the modes.  ``"anneal"`` runs the first half of
+        ``max_iter`` at the median's bandwidth, which carries mass across the data, and
+        the rest at Scott's (``n`` = the distinct samples), which resolves the modes; the
+        second phase starts from the step size the first ended with, and ``transform``
+        follows the same two phases.  A float or a rule is used for the whole run (what a
+        ``GridSearchCV`` over ``bandwidth`` compares).  For the energy kernel, which has no
+        bandwidth, it is the length scale of the automatic step size.
     alpha : float, default=1.0
         Rate of the Wasserstein (transport) part; 0 moves no particle.
     beta : float, default=1.0
@@ -115,6 +120,10 @@ default="gaussian"
     weights_ : ndarray of shape (n_particles,)
         Fitted weights (float64; on the simplex when ``conserve_mass``).
     bandwidth_ : float
+        The bandwidth at the end of the run (Scott's, for ``"anneal"``).
+    bandwidth_schedule_ : ndarray of shape ``(n_iter_,)``
+        The bandwidth of each iteration.  ``loss_curve_`` measures the energy at the
+        bandwidth in force, so with ``"anneal"`` it jumps where the bandwidth changes.
     step_size_ : float
         The step size at the end of the run.
     n_iter_ : int

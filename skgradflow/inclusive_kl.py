@@ -91,6 +91,8 @@ default="kmeans++"
     weights_ : ndarray of shape (n_components,)
         Mixture weights (float64, on the simplex).
     bandwidth_ : float
+    bandwidth_schedule_ : ndarray of shape ``(n_iter_,)``
+        The bandwidth of each iteration (all ``bandwidth_``).
     step_size_ : float
     n_iter_ : int
     converged_ : bool

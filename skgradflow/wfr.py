@@ -34,7 +34,7 @@ class WFRMMDFlow(_BaseMMDFlow):
     n_particles : int or "auto", default="auto"
         See :class:`IFTSampler`.
     kernel : {"gaussian", "laplacian", "imq", "energy"}, default="gaussian"
-    bandwidth : float or {"median", "scott", "silverman"}, default="median"
+    bandwidth : float or {"anneal", "median", "scott", "silverman"}, default="anneal"
         See :class:`IFTSampler`.
     alpha : float, default=1.0
         Rate of the Wasserstein (transport) part; 0 moves no particle.
@@ -76,8 +76,8 @@ default="gaussian"
     reaction_step_size_ : float
         The reaction's time step at the end of the run (``step_size_`` for an explicit
         step size).
-    bandwidth_, step_size_, n_iter_, converged_, loss_curve_, backend_, n_features_in_, \
-feature_names_in_
+    bandwidth_, bandwidth_schedule_, step_size_, n_iter_, converged_, loss_curve_, \
+backend_, n_features_in_, feature_names_in_
         As in :class:`IFTSampler`.
 
     Examples
