@@ -739,9 +739,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             if args.backend == "auto":
                 metric_backend = "keops" if estimator.backend_.startswith("keops") else "numpy"
             distance = energy_distance(samples, X, backend=metric_backend)
-            # for scale: what n rows drawn at random from the data themselves score
+            # for scale: what n rows drawn at random from the data themselves score (without
+            # replacement when there are enough rows)
             rows = np.random.default_rng(args.random_state).choice(
-                X.shape[0], size=samples.shape[0], replace=True
+                X.shape[0], size=samples.shape[0], replace=samples.shape[0] > X.shape[0]
             )
             reference = energy_distance(X[rows], X, backend=metric_backend)
         except _ESTIMATOR_ERRORS as exc:

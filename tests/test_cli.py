@@ -136,7 +136,7 @@ def test_builtin_to_csv_with_progress_on_stderr(tmp_path, capsys):
     # drawn from the data with the run's seed (0)
     X = load_builtin("gmm2d")[0]
     assert float(m.group(6)) == pytest.approx(energy_distance(S, X), rel=1e-5)
-    rows = np.random.default_rng(0).choice(len(X), size=300, replace=True)
+    rows = np.random.default_rng(0).choice(len(X), size=300, replace=False)
     assert float(m.group(7)) == pytest.approx(energy_distance(X[rows], X), rel=1e-5)
 
 

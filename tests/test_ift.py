@@ -260,3 +260,43 @@ def test_verbose_reports_progress_and_silent_prints_nothing(small_problem, capsy
         loud = capsys.readouterr()
     assert quiet.out == "" and quiet.err == ""
     assert "energy" in loud.err and loud.out == ""
+
+
+def test_defaults_keep_the_science_from_a_far_start():
+    """The IFT paper's setting: 200 particles start as a blob far to one side of a 3-mode
+    target.  With default parameters IFT ends far below the MMD flow in MMD at the transport
+    bandwidth and no worse in energy distance; WFR keeps a quarter of its particles; the
+    stopping rule stops only once 90% of the decrease a run to max_iter reaches is done."""
+    from skgradflow import WFRMMDFlow
+    from skgradflow.metrics import mmd
+
+    rng = np.random.default_rng(0)
+    y, y_test = three_mode_mixture(2000, rng), three_mode_mixture(2000, rng)
+    init = np.array([12.0, 0.0]) + 0.5 * rng.standard_normal((200, 2))
+    kw = dict(n_particles=200, init=init, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mmd_flow = IFTSampler(beta=0.0, **kw).fit(y)
+        ift = IFTSampler(**kw).fit(y)
+        ift_all = IFTSampler(tol=0, **kw).fit(y)
+        wfr = WFRMMDFlow(**kw).fit(y)
+    wide = ift.bandwidth_schedule_[0]  # the median's: the bandwidth that transports
+
+    def half_mmd2(est):
+        return 0.5 * mmd(est.particles_, y, bandwidth=wide, x_weights=est.weights_)
+
+    assert half_mmd2(ift) <= half_mmd2(mmd_flow) / 10
+
+    def ed(est):
+        return energy_distance(est.particles_, y_test, x_weights=est.weights_)
+
+    assert ed(ift) <= ed(mmd_flow)
+    assert 1.0 / np.sum(wfr.weights_**2) >= 200 / 4
+    assert ed(wfr) <= ed(mmd_flow)
+    # the stopping rule, in the last (fine-bandwidth) phase: at least 90% of the decrease
+    # that running to max_iter achieves
+    n_first = int(np.sum(ift.bandwidth_schedule_ == wide))
+    start = ift.loss_curve_[n_first + 1]
+    assert ift.n_iter_ < ift_all.n_iter_ == 500
+    done = start - ift.loss_curve_[-1]
+    assert done >= 0.9 * (start - ift_all.loss_curve_[-1])

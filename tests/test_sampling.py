@@ -123,3 +123,38 @@ def test_sampling_runs_quietly_even_when_the_fit_is_verbose(split, capsys):
     est.sample(200, random_state=0)
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+def test_the_main_job_gives_samples_as_good_as_real_rows(tmp_path):
+    """``skgradflow sample --estimator ift --data gmm2d --n-samples 1000``: the energy distance
+    of the samples to a fresh draw is at most 3x that of 1000 real rows, and every mode has
+    its mass, spread and correlation (the components' parameters, written out here)."""
+    from skgradflow import cli
+    from skgradflow.datasets import load_builtin
+
+    out = tmp_path / "samples.csv"
+    args = ["sample", "--estimator", "ift", "--data", "gmm2d", "--n-samples", "1000",
+            "--out", str(out), "--quiet"]
+    assert cli.main(args) == 0
+    S = np.loadtxt(out, delimiter=",", skiprows=1)
+    X, _ = load_builtin("gmm2d")
+    fresh, _ = load_builtin("gmm2d", random_state=1)
+    rng = np.random.default_rng(0)
+    real = np.mean([energy_distance(X[rng.choice(len(X), 1000, replace=False)], fresh)
+                    for _ in range(5)])
+    assert energy_distance(S, fresh) <= 3 * real
+    weights = np.array([0.5, 0.3, 0.2])
+    means = np.array([[-4.0, 0.0], [4.0, 0.0], [0.0, 6.0]])
+    covs = np.array([[[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.3], [0.3, 0.6]],
+                     [[1.2, -0.4], [-0.4, 0.5]]])
+    d2 = np.stack([np.einsum("ij,jk,ik->i", S - m, np.linalg.inv(c), S - m)
+                   for m, c in zip(means, covs, strict=True)], axis=1)
+    assert np.mean(d2.min(axis=1) > 9.21) <= 0.04  # outside every 99% ellipse (1% expected)
+    label = d2.argmin(axis=1)
+    np.testing.assert_allclose(np.bincount(label, minlength=3) / 1000, weights, atol=0.03)
+    for k in range(3):
+        cov = np.cov(S[label == k].T)
+        np.testing.assert_allclose(np.diag(cov), np.diag(covs[k]), rtol=0.4)
+        corr = cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1])
+        true_corr = covs[k][0, 1] / np.sqrt(covs[k][0, 0] * covs[k][1, 1])
+        assert abs(corr - true_corr) <= 0.15
