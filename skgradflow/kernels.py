@@ -62,15 +62,30 @@ class Kernel:
         return 0.0 if self.name == "energy" else 1.0
 
     # --- NumPy ----------------------------------------------------------------
-    def value(self, r2: np.ndarray) -> np.ndarray:
-        """``κ(r2)``: the kernel as a function of the squared *scaled* distance."""
+    def value(self, r2: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``κ(r2)``: the kernel as a function of the squared *scaled* distance.
+
+        ``out`` (which may be ``r2`` itself) receives the result without a temporary array:
+        on kernel blocks, writing into memory already in use is several times faster than
+        allocating fresh arrays for each intermediate."""
+        if out is None:
+            out = np.empty_like(r2)
         if self.name == "gaussian":
-            return np.exp(-0.5 * r2)
+            np.multiply(r2, -0.5, out=out)
+            return np.exp(out, out=out)
+        np.sqrt(r2, out=out) if self.name != "imq" else np.add(r2, 1.0, out=out)
         if self.name == "laplacian":
-            return np.exp(-np.sqrt(r2))
+            np.negative(out, out=out)
+            return np.exp(out, out=out)
         if self.name == "imq":
-            return 1.0 / np.sqrt(1.0 + r2)
-        return -np.sqrt(r2)
+            np.sqrt(out, out=out)
+            return np.reciprocal(out, out=out)
+        return np.negative(out, out=out)
+
+    @property
+    def grad_needs_r2(self) -> bool:
+        """Whether :meth:`grad_factor` reads ``r2`` (the cusp kernels) or only ``κ``."""
+        return self.name in ("laplacian", "energy")
 
     def grad_factor(self, r2: np.ndarray, k: np.ndarray) -> np.ndarray:
         """``γ(r2)`` with ``∇_u κ(|u - v|²) = γ (u - v)``; ``k`` is ``κ(r2)``, reused.

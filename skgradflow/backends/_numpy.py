@@ -58,7 +58,8 @@ class NumpyBackend(Backend):
         h = kernel.scale
         out = np.zeros((Z.shape[0], V.shape[1]), dtype=Z.dtype)
         for rows, cols, r2 in _sq_dist_blocks(Z / h, S / h):
-            out[rows] += _narrow_matmul(kernel.value(r2), V[cols])
+            # the block is ours: the kernel overwrites it
+            out[rows] += _narrow_matmul(kernel.value(r2, out=r2), V[cols])
         return out
 
     def value_grad(
@@ -70,7 +71,7 @@ class NumpyBackend(Backend):
         val = np.zeros((Z.shape[0], V.shape[1]), dtype=Z.dtype)
         grad = np.zeros_like(Z)
         for rows, cols, r2 in _sq_dist_blocks(Zs, Ss):
-            K = kernel.value(r2)
+            K = kernel.value(r2, out=None if kernel.grad_needs_r2 else r2)
             val[rows] += _narrow_matmul(K, V[cols])
             Ga = kernel.grad_factor(r2, K) * a[cols]
             # Σ_j γ_ij a_j (u_i - v_j) = u_i Σ_j γ_ij a_j - Σ_j γ_ij a_j v_j, with BLAS
