@@ -142,7 +142,7 @@ default="gaussian"
     >>> import numpy as np
     >>> from skgradflow import IFTSampler
     >>> X = np.random.default_rng(0).normal(size=(200, 2))
-    >>> sampler = IFTSampler(n_particles=100, random_state=0).fit(X)
+    >>> sampler = IFTSampler(n_particles=100, max_iter=100, tol=0, random_state=0).fit(X)
     >>> sampler.sample(5, random_state=0).shape
     (5, 2)
     >>> bool(np.isclose(sampler.weights_.sum(), 1.0))

@@ -85,7 +85,7 @@ backend_, n_features_in_, feature_names_in_
     >>> import numpy as np
     >>> from skgradflow import WFRMMDFlow
     >>> X = np.random.default_rng(0).normal(size=(200, 2))
-    >>> flow = WFRMMDFlow(n_particles=100, random_state=0).fit(X)
+    >>> flow = WFRMMDFlow(n_particles=100, max_iter=100, tol=0, random_state=0).fit(X)
     >>> flow.sample(3, random_state=0).shape
     (3, 2)
     >>> bool(flow.loss_curve_[-1] < flow.loss_curve_[0])
