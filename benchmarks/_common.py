@@ -15,3 +15,13 @@ def make_data(n: int, m: int, d: int, dtype) -> tuple[np.ndarray, np.ndarray]:
     Y = centers[labels] + 0.5 * rng.standard_normal((m, d))
     x = rng.standard_normal((n, d))
     return Y.astype(dtype), x.astype(dtype)
+
+
+def write_table(table: str, out: str | None) -> None:
+    """The markdown table to stdout, and to the file ``out`` when given."""
+    import sys
+
+    sys.stdout.write(table)
+    if out:
+        with open(out, "w") as fh:
+            fh.write(table)

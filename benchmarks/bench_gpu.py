@@ -32,7 +32,7 @@ import sys
 import time
 
 import numpy as np
-from _common import make_data  # benchmarks/ is on sys.path when run as a script
+from _common import make_data, write_table  # benchmarks/ is on sys.path when run as a script
 
 BANDWIDTH = 1.0
 STEP_SIZE = 0.1
@@ -178,11 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {fmt(r['floor'])} | {fmt(geo) if geo else r['geomloss_device']} "
             f"| {r['ift'] / r['floor']:.2f} | {vs_geomloss} |"
         )
-    table = "\n".join(lines) + "\n"
-    sys.stdout.write(table)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(table)
+    write_table("\n".join(lines) + "\n", args.out)
     return 0
 
 

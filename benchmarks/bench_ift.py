@@ -50,7 +50,7 @@ import tempfile
 import time
 
 import numpy as np
-from _common import make_data  # benchmarks/ is on sys.path when run as a script
+from _common import make_data, write_table  # benchmarks/ is on sys.path when run as a script
 
 BANDWIDTH = 1.0
 STEP_SIZE = 0.1
@@ -313,11 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             head + f"| {_fmt_s(r['cold'])} | {_fmt_s(r['warm'])} | {r['warm_n']} "
             f"| {r['peak_mb']:.0f} | {r['base_mb']:.0f} | {_fmt_s(floor)} | {ratio} |"
         )
-    table = "\n".join(lines) + "\n"
-    sys.stdout.write(table)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(table)
+    write_table("\n".join(lines) + "\n", args.out)
     return 0
 
 
