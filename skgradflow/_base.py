@@ -54,6 +54,12 @@ def _shifted(callback, offset: int):
     return lambda state: callback(dataclasses.replace(state, n_iter=state.n_iter + offset))
 
 
+def _phase_shares(max_iter: int, n_phases: int) -> list[int]:
+    """Iterations of each phase: equal shares, the remainder to the last."""
+    shares = [max_iter // n_phases] * (n_phases - 1)
+    return [*shares, max_iter - sum(shares)]
+
+
 def _phase_bandwidths(estimator) -> list[float]:
     """The bandwidths of a fitted estimator's phases, in order."""
     schedule = np.asarray(getattr(estimator, "bandwidth_schedule_", []))
@@ -64,10 +70,12 @@ def _phase_bandwidths(estimator) -> list[float]:
 
 
 def _carried_step(estimator, tau: float) -> float | None:
-    """The step a later phase starts from: with step_size="auto", the step the previous
-    phase ended with (the safeguard shrinks it where the finer bandwidth needs it); None
-    (the phase's own automatic step) otherwise."""
-    return tau if isinstance(estimator.step_size, str) else None
+    """The step a later phase starts from: with step_size="auto" and the full batch, the
+    step the previous phase ended with (the safeguard shrinks it where the finer bandwidth
+    needs it); None (the phase's own automatic step) otherwise, minibatch runs included,
+    which have no safeguard."""
+    full_batch = estimator.batch_size is None
+    return tau if isinstance(estimator.step_size, str) and full_batch else None
 
 
 def _flow_diverged(what: str, tau: float) -> FloatingPointError:
@@ -198,6 +206,10 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         n_atoms = self._n_atoms(X, b)
         resume = self._warm_state(X, n_atoms)
         schedule = self._bandwidth_schedule(X, b, rng)
+        if resume is not None:
+            # a warm fit continues where the last ended: at its final bandwidth, without
+            # annealing again
+            schedule = schedule[-1:]
         self.bandwidth_ = schedule[0]
         if resume is None:
             x = self._initial_particles(X, b, rng, n_atoms)
@@ -206,16 +218,15 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         else:
             x, w, tau0 = resume
         # one phase per bandwidth: all but the last run a fixed share of max_iter (the
-        # stopping rule judges the last), and each starts from its own automatic step
-        shares = [self.max_iter // len(schedule)] * (len(schedule) - 1)
-        shares.append(self.max_iter - sum(shares))
+        # stopping rule judges the last)
+        shares = _phase_shares(self.max_iter, len(schedule))
         name, curve, n_done, tau, in_force = type(self).__name__, [], 0, tau0, []
         for phase, (h, budget) in enumerate(zip(schedule, shares, strict=True)):
             last = phase == len(schedule) - 1
             self.bandwidth_ = h
             problem = self._make_problem(X, b, self._kernel(), x.shape[0], rng)
             self._prepare(problem, x.shape[0])
-            x, w, tau, n_iter, converged, losses = self._run_flow(
+            x, w, tau, n_iter, converged, losses, stopped = self._run_flow(
                 problem, x, w, name if len(schedule) == 1 else f"{name} (bandwidth {h:.3g})",
                 step_size=tau if phase == 0 else _carried_step(self, tau),
                 callback=_shifted(self.callback, n_done), max_iter=budget,
@@ -226,7 +237,7 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
             curve.extend(losses if phase == 0 else losses[1:])
             in_force.extend([h] * n_iter)
             n_done += n_iter
-            if not last and n_iter < budget and not converged:  # the callback stopped it
+            if stopped:
                 break
         self.bandwidth_schedule_ = np.asarray(in_force, dtype=np.float64)
         setattr(self, self._atoms_attr, x)
@@ -236,7 +247,11 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         self.converged_ = converged
         self.loss_curve_ = np.asarray(curve)
         self.backend_ = problem.backend.device
+        self._after_fit()
         return self
+
+    def _after_fit(self) -> None:
+        """Fitted attributes a flow adds at the end of ``fit`` (none by default)."""
 
     def _bandwidth_schedule(self, X: np.ndarray, b: np.ndarray, rng) -> list[float]:
         """The bandwidths of the fit's phases: one, for a float or a rule."""
@@ -371,7 +386,8 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         ``True``.  ``max_iter``, ``verbose`` and ``tol`` override the estimator's; ``warn=False``
         raises no ConvergenceWarning (for runs whose cap is deliberate); ``progress`` is
         ``(iterations done before, total)`` for a phase of a longer run.  Returns
-        ``x, w, step_size, n_iter, converged, loss_curve``.
+        ``x, w, step_size, n_iter, converged, loss_curve, stopped`` (``stopped``: by the
+        callback).
         """
         max_iter = self.max_iter if max_iter is None else max_iter
         tol = self.tol if tol is None else tol
@@ -447,7 +463,7 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
                 ConvergenceWarning,
                 stacklevel=3,
             )
-        return x, w, tau, n_iter, converged, np.asarray(losses)
+        return x, w, tau, n_iter, converged, np.asarray(losses), stopped
 
     def _has_converged(self, losses: list[float], energy_scale: float = 0.0,
                        tol: float | None = None) -> bool:
@@ -532,6 +548,8 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         if self.bandwidth != "anneal":
             return super()._bandwidth_schedule(X, b, rng)
         wide = resolve_bandwidth("median", X, b, random_state=rng)
+        if self.kernel == "energy":  # no bandwidth to anneal: the median's length scale
+            return [wide]
         distinct = len(np.unique(X[b > 0], axis=0))
         fine = resolve_bandwidth("scott", X, b, random_state=rng, n_samples=distinct)
         return [wide, fine] if fine < wide else [wide]
@@ -681,9 +699,7 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         atoms, b = self._fitted_measure()
         rng = np.random.default_rng(0)
         phases = [self.bandwidth_] if final else _phase_bandwidths(self)
-        budget = self.max_iter if max_iter is None else max_iter
-        shares = [budget // len(phases)] * (len(phases) - 1)
-        shares.append(budget - sum(shares))
+        shares = _phase_shares(self.max_iter if max_iter is None else max_iter, len(phases))
         w = np.full(Z.shape[0], 1.0 / Z.shape[0])
         # points that start in place make no progress to compare with: the scale of the
         # energies of the fit stands in for it
@@ -759,6 +775,8 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
             # batch carries the fitted weights without the noise of independent draws
             u = (rng.uniform() + np.arange(N)) / N
             rows = np.minimum(np.searchsorted(cumulative, u * cumulative[-1]), N - 1)
+            # in random order, so that a last, cut batch is a random part of a whole one
+            rows = rng.permutation(rows)
             Z = atoms[rows] + (rng.standard_normal((N, d)) @ root.T).astype(atoms.dtype)
             # one progress bar per batch would flood the terminal: the batches run quietly
             moved = self._move(Z, f"{type(self).__name__}.sample", max_iter=_SAMPLE_ITERATIONS,

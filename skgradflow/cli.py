@@ -658,7 +658,13 @@ def _energy_went_up(estimator, caught: list[warnings.WarningMessage]) -> str | N
         if issubclass(w.category, ConvergenceWarning) and "energy went up" in str(w.message):
             return _one_line(w.message).split(" with step_size")[0]
     curve = np.asarray(estimator.loss_curve_, dtype=np.float64)
-    first, last = curve[0], curve[-1]
+    # an annealed fit measures each phase's energy at its own bandwidth: compare within the
+    # last phase (loss_curve_[k] is measured at bandwidth_schedule_[k - 1])
+    schedule = np.asarray(getattr(estimator, "bandwidth_schedule_", []))
+    start = 0
+    if schedule.size and np.any(schedule != schedule[-1]):
+        start = int(np.flatnonzero(schedule != schedule[-1])[-1]) + 2
+    first, last = curve[min(start, len(curve) - 1)], curve[-1]
     # a tolerance for the round-off of an energy that did not move
     if not np.isfinite(last) or last > first + max(1e-12, 1e-6 * abs(first)):
         return f"The energy went up from {first:.4g} to {last:.4g}"

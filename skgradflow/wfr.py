@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.special import logsumexp
-from sklearn.utils.validation import check_is_fitted
 
 from ._base import _BaseMMDFlow, _Evaluation, _Problem
 
@@ -75,7 +74,7 @@ default="gaussian"
         ``Σ weights_`` (1 when mass is conserved).
     reaction_step_size_ : float
         The reaction's time step at the end of the run (``step_size_`` for an explicit
-        step size).
+        step size, 0 when ``beta=0``).
     bandwidth_, bandwidth_schedule_, step_size_, n_iter_, converged_, loss_curve_, \
 backend_, n_features_in_, feature_names_in_
         As in :class:`IFTSampler`.
@@ -129,13 +128,12 @@ backend_, n_features_in_, feature_names_in_
         self.callback = callback
         self.warm_start = warm_start
 
-    @property
-    def reaction_step_size_(self) -> float:
-        """The time step of the reaction (Fisher–Rao) part at the end of the run: with
-        ``step_size="auto"``, its own safe step, at most ``step_size_``."""
-        check_is_fitted(self)
+    def _after_fit(self) -> None:
+        if self.beta == 0:
+            self.reaction_step_size_ = 0.0
+            return
         ratio = self._reaction_ratio if isinstance(self.step_size, str) else 1.0
-        return float(self.step_size_ * ratio)
+        self.reaction_step_size_ = float(self.step_size_ * ratio)
 
     @property
     def total_mass_(self) -> float:
@@ -143,38 +141,48 @@ backend_, n_features_in_, feature_names_in_
         return float(self.weights_.sum())
 
     def _auto_step_size(self, problem: _Problem, ev: _Evaluation) -> float:
-        """The transport step; the reaction gets its own, ``_reaction_ratio`` times it (kept
-        by a warm start)."""
+        """The transport step; the reaction gets its own, ``_reaction_ratio`` times it."""
         transport = super()._auto_step_size(problem, ev) if self.alpha > 0 else np.inf
         if self.beta == 0 or not problem.update_weights:  # no reaction (or a transform)
             return float(transport) if np.isfinite(transport) else 1.0
-        # Reaction: keep τ_R β (max f - min f) ≤ 0.1 over the initial particles, so that one
-        # step changes the ratio of two weights by at most 10%: with a bound of 1 the
-        # weights of particles that start far from the target pile onto the few nearest
-        # it (effective sample size 6 of 200) before transport brings the others.  The
-        # spread is floored at 5% of its bound (2 for the bounded kernels, whose witness
-        # lies in [-1, 1]; four length scales for the energy kernel) in case the flow
-        # starts near a stationary point and the witness grows later.
-        f = ev.cache["f"]
-        bound = 4.0 * problem.kernel.bandwidth if problem.kernel.name == "energy" else 2.0
-        spread = max(float(f.max() - f.min()), 0.05 * bound)
-        reaction = _REACTION_BOUND / (self.beta * spread)
+        reaction = self._reaction_step(problem, ev.cache["f"])
         if not np.isfinite(transport):  # alpha = 0: the reaction alone sets the step
-            self._reaction_ratio = 1.0
+            self._set_reaction_ratio(1.0)
             return float(reaction)
         # transport keeps its own safe step instead of being throttled by the reaction's
-        self._reaction_ratio = min(1.0, reaction / transport)
+        self._set_reaction_ratio(reaction / transport)
         return float(transport)
 
+    def _reaction_step(self, problem: _Problem, f: np.ndarray) -> float:
+        """``τ_R`` with ``τ_R β (max f - min f) ≤ 0.1``: one step changes the ratio of two
+        weights by at most 10%.  With a bound of 1 the weights of particles that start far
+        from the target pile onto the few nearest it (effective sample size 6 of 200) before
+        transport brings the others.  The spread is floored at 5% of its bound (2 for the
+        bounded kernels, whose witness lies in [-1, 1]; four length scales for the energy
+        kernel) in case the flow starts near a stationary point and the witness grows."""
+        bound = 4.0 * problem.kernel.bandwidth if problem.kernel.name == "energy" else 2.0
+        spread = max(float(f.max() - f.min()), 0.05 * bound)
+        return _REACTION_BOUND / (self.beta * spread)
+
+    def _set_reaction_ratio(self, ratio: float) -> None:
+        # kept with the beta it was computed for: a warm fit with the same beta resumes it,
+        # one with another beta computes it again
+        self._reaction_ratio = min(1.0, float(ratio))
+        self._reaction_beta = self.beta
+
     def _weight_step(self, problem: _Problem, x, w, targets, tau: float):
-        # the witness at the new positions: f = K w - c, from one reduction over [x; y]
+        # the witness at the new positions: f = K w - c, from a reduction over the particles
+        # and one over the targets
         out, carry = self._reduce_at_moved(problem, x, w, targets)
-        # in the log domain, so that no weight under- or overflows on its way to the sum
         # the reaction's own time step (the ratio is 1 for an explicit step_size)
-        ratio = self._reaction_ratio if isinstance(self.step_size, str) else 1.0
-        tau_r = tau * ratio
+        ratio = 1.0
+        if isinstance(self.step_size, str):
+            if getattr(self, "_reaction_beta", None) != self.beta:
+                self._set_reaction_ratio(self._reaction_step(problem, out[:, 0]) / tau)
+            ratio = self._reaction_ratio
+        # in the log domain, so that no weight under- or overflows on its way to the sum
         with np.errstate(divide="ignore"):
-            log_w = np.log(w) - (tau_r * self.beta) * out[:, 0]
+            log_w = np.log(w) - (tau * ratio * self.beta) * out[:, 0]
         if not self.conserve_mass:
             return np.exp(log_w), carry
         # normalise twice: a huge exponent τβ f loses the digits of log_w - logsumexp(log_w)

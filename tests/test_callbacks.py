@@ -233,3 +233,45 @@ def test_animate_path_writes_one_frame_per_recorded_state(data, tmp_path):
         assert gif.n_frames == 5
     with pytest.raises(ValueError, match="at least one recorded state"):
         animate_path(PathRecorder(), tmp_path / "empty.gif")
+
+
+# --- the annealed bandwidth's phases --------------------------------------------------------
+def test_a_callback_stop_at_the_end_of_the_first_phase_ends_the_run(data):
+    est = IFTSampler(n_particles=20, max_iter=20, tol=0, random_state=0,
+                     callback=lambda state: state.n_iter == 10).fit(data)
+    assert est.n_iter_ == 10 and est.loss_curve_.shape == (11,)
+    assert np.all(est.bandwidth_schedule_ == est.bandwidth_schedule_[0])
+
+
+def test_a_warm_fit_resumes_at_the_final_bandwidth(data):
+    est = IFTSampler(n_particles=20, max_iter=20, tol=0, random_state=0, warm_start=True)
+    est.fit(data)
+    schedule = est.bandwidth_schedule_
+    assert schedule[0] > schedule[-1]  # annealed
+    fine, particles = est.bandwidth_, est.particles_.copy()
+    est.fit(data)
+    np.testing.assert_array_equal(est.bandwidth_schedule_, np.full(20, fine))
+    assert not np.array_equal(est.particles_, particles)
+
+
+def test_the_energy_kernel_has_no_bandwidth_to_anneal(data):
+    est = IFTSampler(n_particles=20, max_iter=10, tol=0, kernel="energy").fit(data)
+    assert len(np.unique(est.bandwidth_schedule_)) == 1
+
+
+def test_minibatch_phases_start_from_their_own_step(data):
+    est = IFTSampler(n_particles=20, max_iter=10, tol=0, batch_size=50, random_state=0)
+    est.fit(data)
+    # no safeguard with minibatches: the fine phase must not inherit the wide phase's step
+    assert est.step_size_ == pytest.approx(0.5 * est.bandwidth_**2)
+    assert est.bandwidth_schedule_[0] > est.bandwidth_
+
+
+def test_reaction_step_of_every_kind_of_fit(data):
+    no_reaction = WFRMMDFlow(n_particles=20, max_iter=5, tol=0, beta=0.0).fit(data)
+    assert no_reaction.reaction_step_size_ == 0.0
+    # a warm fit that turns the reaction on computes its step (no stale or missing state)
+    no_reaction.set_params(beta=1.0, warm_start=True).fit(data)
+    assert 0.0 < no_reaction.reaction_step_size_ <= no_reaction.step_size_
+    explicit = WFRMMDFlow(n_particles=20, max_iter=5, tol=0, step_size=0.1).fit(data)
+    assert explicit.reaction_step_size_ == explicit.step_size_ == 0.1

@@ -618,19 +618,34 @@ class _Worse(IFTSampler):
     """A fit that returns without a warning but whose recorded energy went up."""
 
     curve = [1.0, 0.5, 2.0]
+    bandwidths = None  # one bandwidth for the whole (faked) run
 
     def fit(self, X, y=None, sample_weight=None):
         super().fit(X, y, sample_weight)
         self.loss_curve_ = np.array(_Worse.curve)
+        n_iter = len(_Worse.curve) - 1
+        self.bandwidth_schedule_ = np.array(_Worse.bandwidths or [self.bandwidth_] * n_iter)
+        self.n_iter_ = n_iter
         self.converged_ = True
         return self
 
 
 @pytest.mark.parametrize(
-    ("curve", "status"), [([1.0, 0.5, 2.0], 1), ([1.0, np.nan], 1), ([1.0, 2.0, 1.0], 0)]
+    ("curve", "bandwidths", "status"),
+    [
+        ([1.0, 0.5, 2.0], None, 1),
+        ([1.0, np.nan], None, 1),
+        ([1.0, 2.0, 1.0], None, 0),
+        # annealed: the energy at the second bandwidth is another function; it fell
+        ([1.0, 0.5, 2.0, 1.9], [3.0, 0.5, 0.5], 0),
+        # ... and here it rose within the last phase
+        ([1.0, 0.5, 2.0, 2.5], [3.0, 0.5, 0.5], 1),
+    ],
 )
-def test_energy_above_the_start_is_a_failure(tmp_path, capsys, monkeypatch, curve, status):
+def test_energy_above_the_start_is_a_failure(tmp_path, capsys, monkeypatch, curve, bandwidths,
+                                             status):
     monkeypatch.setattr(_Worse, "curve", curve)
+    monkeypatch.setattr(_Worse, "bandwidths", bandwidths)
     monkeypatch.setitem(cli.ESTIMATORS, "worse", _Worse)
     out = tmp_path / "out.csv"
     args = sample("gmm2d", out, 10, "--quiet")
@@ -639,7 +654,8 @@ def test_energy_above_the_start_is_a_failure(tmp_path, capsys, monkeypatch, curv
     captured = capsys.readouterr()
     if status:
         (line,) = captured.err.splitlines()
-        assert "The energy went up from 1 to " in line and "with step size " in line
+        first = curve[0] if bandwidths is None else curve[2]  # the last phase's first energy
+        assert f"The energy went up from {first:.4g} to " in line and "with step size " in line
         assert captured.out == "" and not out.exists()
     else:
         assert summary(captured.out).group(5) == "True" and out.exists()

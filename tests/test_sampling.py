@@ -158,3 +158,16 @@ def test_the_main_job_gives_samples_as_good_as_real_rows(tmp_path):
         corr = cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1])
         true_corr = covs[k][0, 1] / np.sqrt(covs[k][0, 0] * covs[k][1, 1])
         assert abs(corr - true_corr) <= 0.15
+
+
+def test_a_short_last_batch_is_not_biased():
+    """Fewer samples than particles: the cut batch is a random part of a whole one, so single
+    draws land in both of two equally weighted clusters."""
+    rng = np.random.default_rng(1)
+    X = np.concatenate([np.full((100, 2), -5.0), np.full((100, 2), 5.0)])
+    X = X + 0.3 * rng.standard_normal((200, 2))
+    est = IFTSampler(n_particles=40, max_iter=50, random_state=0).fit(X)
+    right = sum(est.sample(1, random_state=k)[0, 0] > 0 for k in range(40))
+    assert 10 <= right <= 30
+    five = est.sample(5, random_state=0)
+    assert five.shape == (5, 2)
