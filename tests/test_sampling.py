@@ -166,7 +166,7 @@ def test_a_short_last_batch_is_not_biased():
     rng = np.random.default_rng(1)
     X = np.concatenate([np.full((100, 2), -5.0), np.full((100, 2), 5.0)])
     X = X + 0.3 * rng.standard_normal((200, 2))
-    est = IFTSampler(n_particles=40, max_iter=50, random_state=0).fit(X)
+    est = IFTSampler(n_particles=40, max_iter=50, tol=0, random_state=0).fit(X)
     right = sum(est.sample(1, random_state=k)[0, 0] > 0 for k in range(40))
     assert 10 <= right <= 30
     five = est.sample(5, random_state=0)
