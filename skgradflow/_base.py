@@ -54,6 +54,15 @@ def _shifted(callback, offset: int):
     return lambda state: callback(dataclasses.replace(state, n_iter=state.n_iter + offset))
 
 
+def _moments(X: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The weighted mean of the rows and a square root ``R`` of their covariance
+    (``R Rᵀ = Σ``, zero in directions without spread), in float64."""
+    Xd = X.astype(np.float64)
+    cov = np.atleast_2d(np.cov(Xd, rowvar=False, aweights=w, bias=True))
+    eigval, eigvec = np.linalg.eigh(cov)
+    return w @ Xd / w.sum(), eigvec * np.sqrt(np.clip(eigval, 0.0, None))
+
+
 def _phase_shares(max_iter: int, n_phases: int) -> list[int]:
     """Iterations of each phase: equal shares, the remainder to the last."""
     shares = [max_iter // n_phases] * (n_phases - 1)
@@ -347,12 +356,8 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
             centers, _ = kmeans_plusplus(X, n, sample_weight=b, random_state=seed)
             return centers.astype(X.dtype, copy=False)
         # "gaussian": the normal distribution with the target's (weighted) mean and covariance
-        Xd = X.astype(np.float64)
-        mean = b @ Xd
-        cov = np.atleast_2d(np.cov(Xd, rowvar=False, aweights=b, bias=True))
+        mean, root = _moments(X, b)
         z = rng.standard_normal((n, X.shape[1]))
-        eigval, eigvec = np.linalg.eigh(cov)
-        root = eigvec * np.sqrt(np.clip(eigval, 0.0, None))
         return (mean + z @ root.T).astype(X.dtype)
 
     # kernel reductions per iteration, and whether they sum over the atoms as well as the
@@ -765,9 +770,7 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         N, d = atoms.shape
         # the noise is shaped like the fitted measure, so that a direction in which it does
         # not spread (a constant feature, data on a line) gets none
-        cov = np.atleast_2d(np.cov(atoms.astype(np.float64), rowvar=False, aweights=w, bias=True))
-        eigval, eigvec = np.linalg.eigh(cov)
-        root = 0.1 * eigvec * np.sqrt(np.clip(eigval, 0.0, None))
+        root = 0.1 * _moments(atoms, w)[1]
         batches = []
         cumulative = np.cumsum(w)
         for start in range(0, n, N):

@@ -201,3 +201,22 @@ def test_a_slow_first_compile_says_so_once(monkeypatch, capsys):
     monkeypatch.setattr(_keops_probe, "_noticed", set())
     _keops._run_keops(lambda: np.zeros(1), ("a fast one",))  # a cached formula: silent
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("cause, stored", [
+    ("on the CPU, the process was killed by SIGSEGV", True),
+    ("on the CPU, the probe hung for more than 600 s", False),
+    ("on the CPU, the process was killed by SIGKILL", False),
+])
+def test_only_lasting_answers_are_recorded(monkeypatch, tmp_path, cause, stored):
+    from skgradflow.backends import _keops_probe
+
+    monkeypatch.setenv("SKGRADFLOW_CACHE_DIR", str(tmp_path))
+    answer = _keops_probe.KeOpsStatus(False, False, False, cause)
+    monkeypatch.setattr(_keops_probe, "run_probe", lambda: answer)
+    monkeypatch.setattr(_keops_probe.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(_keops_probe, "environment_key", lambda: "test-key")
+    assert _keops_probe._find_status() == answer
+    records = list(tmp_path.glob("keops-probe-*.json"))
+    assert (len(records) == 1) == stored
+    assert not list(tmp_path.glob("*.tmp"))

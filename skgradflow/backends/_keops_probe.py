@@ -227,11 +227,15 @@ def _store(path: str, status: KeOpsStatus) -> None:
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    except OSError:  # a read-only home: the answer is kept for this process only
+        return
+    try:
         with os.fdopen(fd, "w") as fh:
             json.dump(asdict(status), fh)
         os.replace(tmp, path)
-    except OSError:  # a read-only home: the answer is kept for this process only
-        pass
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
 
 
 @contextlib.contextmanager
@@ -318,7 +322,10 @@ def _find_status() -> KeOpsStatus:
                 with notice_if_slow("probe", "checking that KeOps compiles and runs here "
                                     "(once per environment, in a child process)..."):
                     status = run_probe()
-                _store(path, status)
+                # a hang or a kill from outside (memory, a user) may not happen again: such
+                # an answer holds for this process only
+                if not any(word in status.cause for word in ("hung", "SIGKILL", "SIGTERM")):
+                    _store(path, status)
     return status
 
 
