@@ -64,9 +64,14 @@ def _moments(X: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _phase_shares(max_iter: int, n_phases: int) -> list[int]:
-    """Iterations of each phase: equal shares, the remainder to the last."""
-    shares = [max_iter // n_phases] * (n_phases - 1)
-    return [*shares, max_iter - sum(shares)]
+    """Iterations of each phase: a tenth of max_iter for each wide one, the rest to the last.
+
+    A short wide phase is enough to carry mass across the data (the reweighting of IFT and
+    WFR does the rest), and the fine one, slower, needs the iterations: on a far start, a
+    split of 10/90 leaves IFT's ½MMD² at the fine bandwidth 20x below the MMD flow's, a
+    split of 50/50 only 4x."""
+    shares = [max(1, max_iter // 10)] * (n_phases - 1)
+    return [*shares, max(0, max_iter - sum(shares))]
 
 
 def _phase_bandwidths(estimator) -> list[float]:
@@ -240,6 +245,9 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
                 step_size=tau if phase == 0 else _carried_step(self, tau),
                 callback=_shifted(self.callback, n_done), max_iter=budget,
                 tol=None if last else 0.0, progress=(n_done, self.max_iter),
+                # the rule compares with the decrease since the phase began: a fine phase
+                # that starts with a large drop would stop long before its budget is of use
+                min_iter=budget // 2 if len(schedule) > 1 else 0,
             )
             # the energy of a new bandwidth is another function: the curve keeps the energy
             # in force at each iteration, so it may jump where the bandwidth changes
@@ -379,7 +387,7 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
     def _run_flow(self, problem: _Problem, x, w, desc: str, energy_scale: float = 0.0,
                   step_size: float | None = None, callback=None, max_iter: int | None = None,
                   verbose: int | None = None, tol: float | None = None, warn: bool = True,
-                  progress: tuple[int, int] | None = None):
+                  progress: tuple[int, int] | None = None, min_iter: int = 0):
         """Time-step from ``(x, w)`` until ``tol``, ``max_iter`` or the callback stops it.
 
         With ``step_size="auto"``, a step that raises the energy is rejected and retried
@@ -392,7 +400,7 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         raises no ConvergenceWarning (for runs whose cap is deliberate); ``progress`` is
         ``(iterations done before, total)`` for a phase of a longer run.  Returns
         ``x, w, step_size, n_iter, converged, loss_curve, stopped`` (``stopped``: by the
-        callback).
+        callback).  The stopping rule is not consulted before ``min_iter`` iterations.
         """
         max_iter = self.max_iter if max_iter is None else max_iter
         tol = self.tol if tol is None else tol
@@ -447,7 +455,7 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
             if callback is not None and callback(make_state(n_iter, x, w, ev.energy, tau)):
                 stopped = True
                 break
-            if tol > 0 and self._has_converged(losses, energy_scale, tol):
+            if tol > 0 and n_iter >= min_iter and self._has_converged(losses, energy_scale, tol):
                 converged = True
                 break
         progress.close(n_iter, losses[-1], converged)
@@ -545,7 +553,8 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
 
     def _bandwidth_schedule(self, X: np.ndarray, b: np.ndarray, rng) -> list[float]:
         """``"anneal"``: the median rule, wide enough to carry mass across the data, for the
-        first half of the run, then Scott's rule, at the scale of the modes, for the rest.
+        first tenth of the run, then Scott's rule, at the scale of the modes, for the rest
+        (where the stopping rule waits for half of that phase).
 
         Scott's ``n`` is the number of distinct samples of positive weight, as for
         ``n_particles="auto"``: integer ``sample_weight`` then fits as repeated rows would

@@ -293,7 +293,7 @@ def _build_parser() -> _ArgumentParser:
         type=_float_or(*BANDWIDTH_RULES, "anneal"),
         metavar="FLOAT|" + "|".join(BANDWIDTH_RULES) + "|anneal",
         help=(
-            "kernel bandwidth, or a rule for it; anneal: the median rule for the first half "
+            "kernel bandwidth, or a rule for it; anneal: the median rule for the first tenth "
             f"of the run, then Scott's (ift and wfr only) ({_default_text('bandwidth')})"
         ),
     )

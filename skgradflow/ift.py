@@ -62,12 +62,13 @@ class IFTSampler(_BaseMMDFlow):
         Kernel length scale.  ``"median"`` is the median distance between target samples,
         robust in any dimension and good for transport; ``"scott"``/``"silverman"`` are
         the density-estimation rules (see :func:`skgradflow.kernels.resolve_bandwidth`),
-        sharper, at the scale of the modes.  ``"anneal"`` runs the first half of
+        sharper, at the scale of the modes.  ``"anneal"`` runs the first tenth of
         ``max_iter`` at the median's bandwidth, which carries mass across the data, and
         the rest at Scott's (``n`` = the distinct samples), which resolves the modes; the
-        second phase starts from the step size the first ended with, and ``transform``
-        follows the same two phases.  A float or a rule is used for the whole run (what a
-        ``GridSearchCV`` over ``bandwidth`` compares).  For the energy kernel, which has no
+        second phase starts from the step size the first ended with, ``tol`` is consulted
+        only after half of it, and ``transform`` follows the same two phases.  A float or a
+        rule is used for the whole run (what a ``GridSearchCV`` over ``bandwidth``
+        compares).  For the energy kernel, which has no
         bandwidth, it is the length scale of the automatic step size.
     alpha : float, default=1.0
         Rate of the Wasserstein (transport) part; 0 moves no particle.

@@ -282,17 +282,22 @@ def test_defaults_keep_the_science_from_a_far_start():
         wfr = WFRMMDFlow(**kw).fit(y)
     wide = ift.bandwidth_schedule_[0]  # the median's: the bandwidth that transports
 
-    def half_mmd2(est):
-        return 0.5 * mmd(est.particles_, y, bandwidth=wide, x_weights=est.weights_)
+    def half_mmd2(est, h):
+        return 0.5 * mmd(est.particles_, y, bandwidth=h, x_weights=est.weights_)
 
-    assert half_mmd2(ift) <= half_mmd2(mmd_flow) / 10
+    # at the fitted (final) bandwidth and at the transport bandwidth
+    assert half_mmd2(ift, ift.bandwidth_) <= half_mmd2(mmd_flow, ift.bandwidth_) / 10
+    assert half_mmd2(ift, wide) <= half_mmd2(mmd_flow, wide) / 10
 
     def ed(est):
         return energy_distance(est.particles_, y_test, x_weights=est.weights_)
 
     assert ed(ift) <= ed(mmd_flow)
     assert 1.0 / np.sum(wfr.weights_**2) >= 200 / 4
-    assert ed(wfr) <= ed(mmd_flow)
+    # WFR ends between the two
+    assert ed(ift) <= ed(wfr) <= ed(mmd_flow)
+    h = ift.bandwidth_
+    assert half_mmd2(ift, h) <= half_mmd2(wfr, h) <= half_mmd2(mmd_flow, h)
     # the stopping rule, in the last (fine-bandwidth) phase: at least 90% of the decrease
     # that running to max_iter achieves
     n_first = int(np.sum(ift.bandwidth_schedule_ == wide))
