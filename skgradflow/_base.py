@@ -217,9 +217,18 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         self._check_flow_params()
         rng = np.random.default_rng(_seed_from(check_random_state(self.random_state)))
 
-        n_atoms = self._n_atoms(X, b)
+        # the number of distinct samples of positive weight (a sort of the data), counted once
+        # and only if a rule needs it
+        counted: list[int] = []
+
+        def distinct() -> int:
+            if not counted:
+                counted.append(len(np.unique(X[b > 0], axis=0)))
+            return counted[0]
+
+        n_atoms = self._n_atoms(distinct)
         resume = self._warm_state(X, n_atoms)
-        schedule = self._bandwidth_schedule(X, b, rng)
+        schedule = self._bandwidth_schedule(X, b, rng, distinct)
         if resume is not None:
             # a warm fit continues where the last ended: at its final bandwidth, without
             # annealing again
@@ -270,8 +279,9 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
     def _after_fit(self) -> None:
         """Fitted attributes a flow adds at the end of ``fit`` (none by default)."""
 
-    def _bandwidth_schedule(self, X: np.ndarray, b: np.ndarray, rng) -> list[float]:
-        """The bandwidths of the fit's phases: one, for a float or a rule."""
+    def _bandwidth_schedule(self, X: np.ndarray, b: np.ndarray, rng, distinct) -> list[float]:
+        """The bandwidths of the fit's phases: one, for a float or a rule.  ``distinct()``
+        counts the distinct samples of positive weight."""
         return [resolve_bandwidth(self.bandwidth, X, b, random_state=rng)]
 
     # n_particles="auto" (n_components="auto"): one atom per this many distinct samples of
@@ -281,7 +291,7 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
     _auto_samples_per_atom = 1
     _auto_max_atoms = 500
 
-    def _n_atoms(self, X: np.ndarray, b: np.ndarray) -> int:
+    def _n_atoms(self, distinct) -> int:
         """The number of atoms of this fit: the parameter, or its "auto" value."""
         value = getattr(self, self._n_atoms_param)
         if not isinstance(value, str):
@@ -289,8 +299,7 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         if not isinstance(self.init, str):  # an array: its rows (checked in _check_init)
             init = np.asarray(self.init)
             return init.shape[0] if init.ndim == 2 else 1
-        distinct = len(np.unique(X[b > 0], axis=0))
-        return max(1, min(self._auto_max_atoms, -(-distinct // self._auto_samples_per_atom)))
+        return max(1, min(self._auto_max_atoms, -(-distinct() // self._auto_samples_per_atom)))
 
     def _warm_state(self, X: np.ndarray, n_atoms: int):
         """``(atoms, weights, step size)`` to resume from with ``warm_start=True`` (copies,
@@ -551,7 +560,7 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
     def _kernel(self, bandwidth: float | None = None) -> Kernel:
         return Kernel(self.kernel, self.bandwidth_ if bandwidth is None else bandwidth)
 
-    def _bandwidth_schedule(self, X: np.ndarray, b: np.ndarray, rng) -> list[float]:
+    def _bandwidth_schedule(self, X: np.ndarray, b: np.ndarray, rng, distinct) -> list[float]:
         """``"anneal"``: the median rule, wide enough to carry mass across the data, for the
         first tenth of the run, then Scott's rule, at the scale of the modes, for the rest
         (where the stopping rule waits for half of that phase).
@@ -560,12 +569,11 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         ``n_particles="auto"``: integer ``sample_weight`` then fits as repeated rows would
         (the effective sample size ``1/Σb²`` would not)."""
         if self.bandwidth != "anneal":
-            return super()._bandwidth_schedule(X, b, rng)
+            return super()._bandwidth_schedule(X, b, rng, distinct)
         wide = resolve_bandwidth("median", X, b, random_state=rng)
         if self.kernel == "energy":  # no bandwidth to anneal: the median's length scale
             return [wide]
-        distinct = len(np.unique(X[b > 0], axis=0))
-        fine = resolve_bandwidth("scott", X, b, random_state=rng, n_samples=distinct)
+        fine = resolve_bandwidth("scott", X, b, random_state=rng, n_samples=distinct())
         return [wide, fine] if fine < wide else [wide]
 
     def _prepare(self, problem: _Problem, n_particles: int) -> None:
