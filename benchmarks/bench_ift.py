@@ -4,13 +4,15 @@ Run on demand (never part of the test suite)::
 
     python benchmarks/bench_ift.py --sizes 1000 10000 --dims 2 10
     python benchmarks/bench_ift.py --sizes 100000 --dims 2 --backends keops --out ift_1e5.md
+    python benchmarks/bench_ift.py --sizes 10000 --dims 2 10 --backends auto numba keops
 
 For every ``N = M`` (particles = targets) in ``--sizes``, ``d`` in ``--dims`` and backend in
 ``--backends`` it runs one subprocess (so that ``ru_maxrss`` is that configuration's own
 peak) which:
 
-1. sets a fresh, empty KeOps build folder (``KEOPS_CACHE_FOLDER``) before any KeOps
-   call, so that *cold* includes the compilation of every formula the flow uses;
+1. sets a fresh, empty KeOps build folder (``KEOPS_CACHE_FOLDER``) and Numba cache
+   (``NUMBA_CACHE_DIR``) before any compile, so that *cold* includes the compilation of every
+   formula or loop the flow uses;
 2. fits an ``IFTSampler(weight_steps=1, step_size=0.1, bandwidth=1, tol=0)`` from the
    particles of the benchmark data, with a ``callback`` that timestamps every iteration of
    the library's own loop (nothing is copied or patched) and stops the fit after
@@ -27,8 +29,8 @@ peak) which:
    coordinates divided by the bandwidth, output ``[K a, (K a) (x_i - s_j)]``, ``.sum(1)``
    (with the summation scheme the library uses for the dtype).  Its formula is compiled on
    a tiny input first, so the floor is a warm time.  ``iter / floor`` is the warm
-   iteration time over the floor time (for the NumPy backend: NumPy iteration over the
-   KeOps floor).
+   iteration time over the floor time (for the other backends: their iteration over the
+   KeOps floor).  ``auto`` runs ``backend="auto"`` and reports the engine it chose.
 
 NumPy configurations with ``N (N + M) > --numpy-max-pairs`` are not run; their time is
 extrapolated from the largest smaller size measured in the same invocation (the cost is
@@ -148,7 +150,9 @@ def run_worker(cfg: dict) -> dict:
         )
         t0 = time.perf_counter()
         est.fit(Y)
-        assert est.backend_.split("-")[0] == backend, est.backend_
+        if backend != "auto":
+            assert est.backend_.split("-")[0] == backend, est.backend_
+        result["engine"] = est.backend_
         if not np.all(np.isfinite(est.loss_curve_)) or not np.all(np.isfinite(est.particles_)):
             raise FloatingPointError("the flow produced non-finite values")
         # cold: from the start of fit to the end of the first iteration
@@ -184,7 +188,8 @@ def _run_config(cfg: dict) -> dict:
         out = os.path.join(tmp, "result.json")
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg), out]
         build = os.path.join(tmp, "keops")
-        env = dict(os.environ, KEOPS_CACHE_FOLDER=build)
+        # cold for both compilers: fresh KeOps and Numba caches
+        env = dict(os.environ, KEOPS_CACHE_FOLDER=build, NUMBA_CACHE_DIR=os.path.join(tmp, "nb"))
         # the worker's stdout (KeOps compile messages) goes to our stderr, with the progress
         proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr, env=env)
         if proc.returncode != 0 or not os.path.exists(out):
@@ -226,7 +231,12 @@ def main(argv: list[str] | None = None) -> int:
         help="N = M values (default: 1e3 1e4 1e5)",
     )
     p.add_argument("--dims", type=int, nargs="+", default=[2, 10])
-    p.add_argument("--backends", nargs="+", choices=["numpy", "keops"], default=["numpy", "keops"])
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        choices=["numpy", "keops", "numba", "auto"],
+        default=["numpy", "keops", "numba", "auto"],
+    )
     p.add_argument(
         "--repeats",
         type=int,
@@ -302,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     lines.append("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        head = f"| {r['n']:,} | {r['d']} | {r['backend']} "
+        engine = f" ({r['engine']})" if r["backend"] == "auto" and "engine" in r else ""
+        head = f"| {r['n']:,} | {r['d']} | {r['backend']}{engine} "
         if "skip" in r or "error" in r:
             msg = r.get("skip") or r["error"]
             lines.append(head + f"| — | {msg} | — | — | — | — | — |")

@@ -34,14 +34,24 @@ def keops_usable() -> bool:
 needs_keops = pytest.mark.skipif(not keops_usable(), reason="KeOps cannot compile here")
 
 
+def numba_usable() -> bool:
+    from skgradflow.backends import numba_installed
+
+    return numba_installed()
+
+
+needs_numba = pytest.mark.skipif(not numba_usable(), reason="Numba is not installed")
+
+
 def backend_params():
     """Every registered backend name, as pytest parameters; the unusable ones skipped.
 
     Tests that take ``backend`` from here run the same checks on every engine."""
     from skgradflow.backends import backend_names
 
+    marks = {"keops": [needs_keops], "numba": [needs_numba]}
     return [
-        pytest.param(name, marks=[needs_keops] if name == "keops" else [])
+        pytest.param(name, marks=marks.get(name, []))
         for name in backend_names()
         if name != "auto"
     ]

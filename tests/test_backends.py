@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, needs_keops
+from conftest import BACKENDS, needs_keops, needs_numba
 from scipy.special import logsumexp
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
@@ -22,6 +22,7 @@ from skgradflow.backends import (
     NumpyBackend,
     backend_names,
     check_backend,
+    gpu_possible,
     register_backend,
     resolve_backend,
 )
@@ -274,8 +275,18 @@ def test_auto_uses_numpy_for_small_runs_and_instances_as_given():
     assert resolve_backend(engine, 10**12) is engine
 
 
+@needs_numba
+def test_auto_uses_numba_for_large_runs_on_a_cpu():
+    if gpu_possible():
+        pytest.skip("a GPU may be present: KeOps would be asked first")
+    assert resolve_backend("auto", 10**10).device == "numba-cpu"
+
+
 @needs_keops
-def test_auto_uses_keops_for_large_runs():
+def test_auto_uses_keops_for_large_runs_without_numba(monkeypatch):
+    from skgradflow.backends import _registry
+
+    monkeypatch.setattr(_registry, "numba_installed", lambda: False)
     assert resolve_backend("auto", 10**10).device in ("keops-cpu", "keops-gpu")
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from conftest import needs_keops
+from conftest import keops_usable, needs_keops, needs_numba, numba_usable
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
@@ -541,21 +541,26 @@ def test_keops_grid_is_above_the_auto_threshold(spec):
     assert work >= AUTO_KEOPS_MIN_WORK
 
 
+# what backend="auto" picks for large runs: KeOps, or the Numba backend where it is installed
+COMPILED = ("keops-", "numba-")
+
+
 def _backend_checking_scorer(estimator, X, y=None):
-    # runs inside every fold: the fold's fit must have used KeOps
-    if not estimator.backend_.startswith("keops-"):
+    # runs inside every fold: the fold's fit must have used a compiled backend
+    if not estimator.backend_.startswith(COMPILED):
         raise AssertionError(f"fold fitted with backend {estimator.backend_!r}")
     return estimator.score(X)
 
 
-def _search_keops(spec, n_jobs, scoring):
+def _search_keops(spec, n_jobs, scoring, backend="auto"):
     X = _keops_data()
-    est = spec.cls(**KEOPS_PARAMS[spec.name])
+    est = spec.cls(**KEOPS_PARAMS[spec.name], backend=backend)
     search = GridSearchCV(
         est, spec.grid(), cv=2, n_jobs=n_jobs, scoring=scoring, error_score="raise"
     )
     quiet_fit(search, X)
-    assert search.best_estimator_.backend_.startswith("keops-")
+    expected = COMPILED if backend == "auto" else (f"{backend}-",)
+    assert search.best_estimator_.backend_.startswith(expected)
     assert search.best_estimator_.n_iter_ < KEOPS_PARAMS[spec.name]["max_iter"]
     scores = search.cv_results_["mean_test_score"]
     assert scores.shape == (4,)
@@ -563,7 +568,7 @@ def _search_keops(spec, n_jobs, scoring):
     return scores
 
 
-@needs_keops
+@pytest.mark.skipif(not (keops_usable() or numba_usable()), reason="no compiled backend here")
 @pytest.mark.parametrize(
     "n_jobs, scoring",
     [
@@ -574,6 +579,7 @@ def _search_keops(spec, n_jobs, scoring):
     ids=["n_jobs=1", "n_jobs=1-backend-checking-scorer", "n_jobs=2-mmd-scorer"],
 )
 def test_grid_search_keops(n_jobs, scoring):
+    """backend="auto" on a large run: KeOps or Numba, in one process or two."""
     scores = _search_keops(IFT, n_jobs, scoring)
     assert np.all(scores <= 0.0)
 
@@ -582,7 +588,7 @@ def test_grid_search_keops(n_jobs, scoring):
 @each([WFR, KL])
 def test_grid_search_keops_n_jobs_2(spec):
     """The other two estimators on KeOps in two worker processes, every fold checked."""
-    scores = _search_keops(spec, 2, _backend_checking_scorer)
+    scores = _search_keops(spec, 2, _backend_checking_scorer, backend="keops")
     if spec.is_sampler:
         assert np.all(scores <= 0.0)  # minus an energy distance
 
@@ -608,7 +614,7 @@ _COLD_SEARCH = textwrap.dedent(
 
     X = np.random.default_rng(0).normal(size=(rows, 2))
     search = GridSearchCV(
-        IFTSampler(**params),
+        IFTSampler(**params, backend="keops"),
         grid, cv=2, n_jobs=2, scoring=scorer, error_score="raise",
     ).fit(X)
     print(json.dumps({
@@ -698,3 +704,52 @@ def test_the_mixture_works_on_50_samples_with_its_defaults():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est = InclusiveKLFitter(random_state=0).fit(X)
     assert np.isfinite(est.score(X)) and est.loss_curve_[-1] <= est.loss_curve_[0]
+
+
+_COLD_NUMBA_SEARCH = textwrap.dedent(
+    """
+    import json, os, sys, warnings
+    import numpy as np
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import GridSearchCV
+    from skgradflow import InclusiveKLFitter
+
+    warnings.simplefilter("ignore", ConvergenceWarning)
+    pid_file = sys.argv[1]
+
+    def scorer(estimator, X, y=None):
+        with open(pid_file, "a") as fh:
+            fh.write(f"{os.getpid()} {estimator.backend_}\\n")
+        return estimator.score(X)
+
+    X = np.random.default_rng(0).normal(size=(400, 2))
+    search = GridSearchCV(
+        InclusiveKLFitter(n_components=30, max_iter=5, tol=0, random_state=0, backend="numba"),
+        {"bandwidth": [0.3, 0.6], "beta": [0.0, 1.0]},
+        cv=2, n_jobs=2, scoring=scorer, error_score="raise",
+    ).fit(X)
+    print(json.dumps({"scores": search.cv_results_["mean_test_score"].tolist()}))
+    """
+)
+
+
+@needs_numba
+def test_grid_search_numba_n_jobs_2_cold_cache(tmp_path):
+    """GridSearchCV(n_jobs=2) on an empty Numba cache: both workers compile the same loops
+    and write them to the same cache at the same time."""
+    cache = tmp_path / "numba-cache"
+    pid_file = tmp_path / "pids.txt"
+    proc = subprocess.run(
+        [sys.executable, "-c", _COLD_NUMBA_SEARCH, str(pid_file)],
+        env=dict(os.environ, NUMBA_CACHE_DIR=str(cache)),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    scores = json.loads(proc.stdout.strip().splitlines()[-1])["scores"]
+    assert len(scores) == 4 and np.all(np.isfinite(scores))
+    rows = [line.split() for line in pid_file.read_text().splitlines()]
+    assert len(rows) == 8 and {backend for _, backend in rows} == {"numba-cpu"}
+    assert len({pid for pid, _ in rows}) == 2
+    assert any(cache.rglob("*.nbi"))  # the compiled loops went to the fresh cache

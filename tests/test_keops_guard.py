@@ -58,7 +58,12 @@ USER_PROGRAM = textwrap.dedent(
     import numpy as np
     from skgradflow import IFTSampler
     from skgradflow.backends import KeOpsBackend, KeOpsUnavailableError, resolve_backend
+    from skgradflow.backends import _registry
     from skgradflow.metrics import mmd
+
+    # the KeOps chain of backend="auto" alone, as on a machine with a GPU and without Numba
+    _registry.numba_installed = lambda: False
+    _registry.gpu_possible = lambda: True
 
     report = {}
     X = np.random.default_rng(0).normal(size=(3200, 2))
@@ -168,15 +173,17 @@ def test_signal_names(returncode, expected):
     assert _signal_name(returncode) == expected
 
 
-def test_without_pykeops_auto_uses_numpy_and_keops_says_how_to_install(monkeypatch):
+def test_without_pykeops_or_numba_auto_uses_numpy_and_says_how_to_install(monkeypatch):
     from skgradflow.backends import KeOpsUnavailableError, _keops_probe, _registry
     from skgradflow.backends import resolve_backend as resolve
 
     status = _keops_probe.KeOpsStatus(False, False, False, _keops_probe.NOT_INSTALLED)
     monkeypatch.setattr(_keops_probe, "_status", [status])
     monkeypatch.setattr(_registry, "_warned", set())
-    with pytest.warns(RuntimeWarning, match="pip install pykeops"):
+    monkeypatch.setattr(_registry, "numba_installed", lambda: False)
+    with pytest.warns(RuntimeWarning, match="pip install pykeops") as caught:
         assert resolve("auto", 10**12).device == "numpy"
+    assert "skgradflow[numba]" in str(caught[0].message)
     with pytest.raises(KeOpsUnavailableError, match="pip install pykeops"):
         resolve("keops", 10)
 

@@ -4,19 +4,20 @@ The protocol is :class:`Backend` (four reductions over explicit arrays, and :met
 which hands a run's targets to the engine once) and :class:`Targets` (the reductions over
 those bound targets).  Estimators take ``backend=`` as a registered name
 (:func:`backend_names`) or a ready-made instance, and report where the run went in
-``backend_`` (``"numpy"``, ``"keops-cpu"``, ``"keops-gpu"``).
+``backend_`` (``"numpy"``, ``"numba-cpu"``, ``"keops-cpu"``, ``"keops-gpu"``).
 
 Examples
 --------
 >>> from skgradflow.backends import backend_names, resolve_backend
 >>> backend_names()[:3]
-('auto', 'keops', 'numpy')
+('auto', 'keops', 'numba')
 >>> resolve_backend("auto", n_pairs=10_000).device  # small work: NumPy, no KeOps compile
 'numpy'
 """
 
 from ._keops import KeOpsBackend, KeOpsUnavailableError
 from ._keops_probe import KeOpsStatus, keops_status
+from ._numba import NumbaBackend, NumbaUnavailableError, numba_installed
 from ._numpy import NumpyBackend
 from ._protocol import LOG_TINY, Backend, HostTargets, Targets
 from ._registry import (
@@ -24,6 +25,7 @@ from ._registry import (
     BACKEND_NAMES,
     backend_names,
     check_backend,
+    gpu_possible,
     register_backend,
     resolve_backend,
 )
@@ -37,11 +39,15 @@ __all__ = [
     "KeOpsBackend",
     "KeOpsStatus",
     "KeOpsUnavailableError",
+    "NumbaBackend",
+    "NumbaUnavailableError",
     "NumpyBackend",
     "Targets",
     "backend_names",
     "check_backend",
+    "gpu_possible",
     "keops_status",
+    "numba_installed",
     "register_backend",
     "resolve_backend",
 ]

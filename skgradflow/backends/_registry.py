@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import glob
+import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable
 
 from ._keops import KeOpsBackend, unavailable_message
 from ._keops_probe import keops_status
+from ._numba import NOT_INSTALLED_HINT, NumbaBackend, numba_installed
 from ._numpy import NumpyBackend
 from ._protocol import Backend
 
 # "auto" uses NumPy below this many kernel entries over a whole run: a few seconds of work,
-# which a cold KeOps compile (about 10 s for a flow's formulas, once per machine and
-# dimension) would dominate.  Measured on 2 CPU cores: the blockwise NumPy backend evaluates
-# 1-3·10⁸ Gaussian kernel entries a second, KeOps 1.1-1.7x that in d = 2 and about as many in
-# d = 10; KeOps' gains are its linear memory, and far more on a GPU.
+# which a first compile (Numba about 10 s per reduction, KeOps about 10 s per formula, once
+# per machine) would dominate.  Measured on 2 CPU cores, d = 2, float64: the blockwise NumPy
+# backend evaluates 1-3·10⁸ Gaussian kernel entries a second, KeOps about 3·10⁸, the Numba
+# backend 1.1·10⁹ (value and gradient) to 1.7·10⁹ (value only).
 AUTO_KEOPS_MIN_WORK = 500_000_000
 
 _REGISTRY: dict[str, Callable[[], Backend]] = {
     "numpy": NumpyBackend,
     "keops": KeOpsBackend,
+    "numba": NumbaBackend,
 }
 # the names backend= accepts; a live set, so that parameter validation sees registrations
 BACKEND_NAMES: set[str] = {"auto", *_REGISTRY}
@@ -88,28 +93,44 @@ def _warn_once(what: str, message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
-def _keops_for_auto() -> Backend:
-    """KeOps on the GPU, else on the CPU, else NumPy: never a KeOps that failed the probe."""
-    status = keops_status()
-    if status.gpu:
+def gpu_possible() -> bool:
+    """Whether this machine may have a CUDA GPU, without importing anything: an NVIDIA device
+    node, and devices not hidden by ``CUDA_VISIBLE_DEVICES``.  Only when it may does
+    ``backend="auto"`` ask the KeOps probe (a child process, seconds on first use)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    if sys.platform.startswith("linux"):
+        return bool(glob.glob("/dev/nvidia[0-9]*"))
+    return sys.platform == "win32"
+
+
+def _compiled_for_auto() -> Backend:
+    """KeOps on a GPU; else the Numba backend when installed; else KeOps on the CPU; else
+    NumPy: never a KeOps that failed the probe."""
+    status = keops_status() if gpu_possible() or not numba_installed() else None
+    if status is not None and status.gpu:
         return KeOpsBackend("gpu")
-    if status.cpu:
-        if status.gpu_seen:
-            _warn_once(
-                "keops-gpu",
-                "backend='auto': " + unavailable_message("gpu") + " Using KeOps on the CPU.",
-            )
-        return KeOpsBackend("cpu")
-    _warn_once("keops", "backend='auto': " + unavailable_message() + " Using the NumPy backend.")
-    return NumpyBackend()
+    if numba_installed():
+        fallback, engine = "the Numba backend", NumbaBackend()
+    elif status.cpu:
+        fallback, engine = "KeOps on the CPU", KeOpsBackend("cpu")
+    else:
+        fallback, engine = "the NumPy backend", NumpyBackend()
+    if status is not None and status.gpu_seen:
+        _warn_once("keops-gpu", f"backend='auto': {unavailable_message('gpu')} Using {fallback}.")
+    elif isinstance(engine, NumpyBackend):
+        _warn_once("keops", f"backend='auto': {unavailable_message()} Using {fallback}; "
+                   f"for a faster CPU backend: {NOT_INSTALLED_HINT}.")
+    return engine
 
 
 def resolve_backend(backend: str | Backend, n_pairs: int, n_calls: int = 1) -> Backend:
     """The engine for ``n_calls`` reductions of about ``n_pairs`` kernel entries each.
 
     A :class:`Backend` instance is used as given; a registered name builds its backend;
-    ``"auto"`` picks NumPy for small runs (where a KeOps compile would dominate) and when
-    KeOps fails its probe, else KeOps.  The backend is checked (``ensure_ready``) before
+    ``"auto"`` picks NumPy for small runs (where a first compile would dominate), else KeOps
+    on a GPU where it passes its probe, else the Numba backend where Numba is installed,
+    else KeOps on the CPU, else NumPy.  The backend is checked (``ensure_ready``) before
     it is returned: a KeOps that cannot run raises :class:`KeOpsUnavailableError` here.
 
     Examples
@@ -126,6 +147,6 @@ def resolve_backend(backend: str | Backend, n_pairs: int, n_calls: int = 1) -> B
     elif n_pairs * n_calls < AUTO_KEOPS_MIN_WORK:
         engine = NumpyBackend()
     else:
-        engine = _keops_for_auto()
+        engine = _compiled_for_auto()
     engine.ensure_ready()
     return engine

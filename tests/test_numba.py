@@ -1,0 +1,194 @@
+"""The Numba backend's own parts: its exponential, its blocks, threads, the disk cache and a
+missing or broken Numba.  Its reductions are checked against the dense formulas with every
+other backend in ``test_backends.py``, and its fits in the estimators' tests."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import needs_numba
+
+from skgradflow import IFTSampler, InclusiveKLFitter, WFRMMDFlow
+from skgradflow.backends import NumbaBackend, NumbaUnavailableError, NumpyBackend
+from skgradflow.kernels import KERNELS, Kernel
+
+pytestmark = needs_numba
+
+
+def ulps(actual, expected):
+    """Distance in units in the last place of ``expected``."""
+    spacing = np.spacing(np.abs(expected).astype(expected.dtype))
+    return np.abs(actual.astype(np.float64) - expected.astype(np.float64)) / spacing
+
+
+@pytest.mark.parametrize(
+    "dtype, low, high", [(np.float64, -708.0, 709.0), (np.float32, -87.0, 88.0)]
+)
+def test_the_polynomial_exponential_is_within_a_few_ulp(dtype, low, high):
+    from skgradflow.backends._numba_kernels import exp_array
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(low, high, 200_000), rng.uniform(-1, 1, 100_000),
+                        [0.0, -0.0, 1.0, -1.0, np.log(2.0)]]).astype(dtype)
+    expected = np.exp(x.astype(np.float64)).astype(dtype)  # correctly rounded enough
+    assert np.max(ulps(exp_array(x), expected)) <= 2.0
+    assert exp_array(np.zeros(1, dtype))[0] == 1.0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_exponential_underflows_to_exactly_zero_and_gradually(dtype):
+    from skgradflow.backends._numba_kernels import exp_array
+
+    tiny, floor = (-740.0, -800.0) if dtype == np.float64 else (-100.0, -120.0)
+    x = np.array([-np.inf, floor, tiny], dtype=dtype)
+    out = exp_array(x)
+    assert out[0] == 0.0 and out[1] == 0.0
+    # a subnormal result, within two steps of the subnormal grid of the true value
+    assert 0 < out[2] < np.finfo(dtype).tiny
+    step = np.finfo(dtype).smallest_subnormal
+    assert abs(float(out[2]) - np.exp(np.float64(tiny))) <= 2 * float(step)
+
+
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_blocks_of_every_length_give_the_dense_result(name, dtype):
+    # more sources than one block, and a last block shorter than the others
+    rng = np.random.default_rng(3)
+    Z = rng.normal(size=(37, 4)).astype(dtype)
+    S = np.concatenate([Z[:5], rng.normal(size=(600, 4))]).astype(dtype)
+    V = rng.normal(size=(605, 2)).astype(dtype)
+    a = rng.normal(size=605).astype(dtype)
+    kern = Kernel(name, 0.8)
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    for sources in (S, S[:1], S[:256], S[:257]):
+        m = sources.shape[0]
+        got = NumbaBackend().value_grad(kern, Z, sources, V[:m], a[:m])
+        want = NumpyBackend().value_grad(kern, Z, sources, V[:m], a[:m])
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=tol, atol=tol * np.abs(w).max())
+
+
+def test_float32_long_sums_stay_close_to_float64():
+    rng = np.random.default_rng(1)
+    Z = rng.normal(size=(64, 3))
+    S = rng.normal(size=(100_000, 3))
+    a = rng.uniform(0.5, 1.5, size=100_000) / 100_000
+    kern = Kernel("gaussian", 1.0)
+    v64, g64 = NumbaBackend().value_grad(kern, Z, S, a[:, None], a)
+    v32, g32 = NumbaBackend().value_grad(
+        kern, Z.astype(np.float32), S.astype(np.float32), a[:, None].astype(np.float32),
+        a.astype(np.float32),
+    )
+    np.testing.assert_allclose(v32, v64, rtol=1e-5)
+    np.testing.assert_allclose(g32, g64, rtol=1e-5, atol=1e-5 * np.abs(g64).max())
+
+
+def test_one_thread_gives_the_result_of_all_threads_and_bad_counts_are_refused(rng):
+    Z = rng.normal(size=(50, 2))
+    S = rng.normal(size=(300, 2))
+    kern = Kernel("gaussian", 0.5)
+    one = NumbaBackend(n_threads=1).matvec(kern, Z, S, np.ones((300, 1)))
+    every = NumbaBackend().matvec(kern, Z, S, np.ones((300, 1)))
+    np.testing.assert_allclose(one, every, rtol=1e-13)
+    assert repr(NumbaBackend(n_threads=1)) == "NumbaBackend(n_threads=1)"
+    for bad in (0, -2, 1.5, True, "4"):
+        with pytest.raises(ValueError, match="n_threads must be a positive int"):
+            NumbaBackend(n_threads=bad)
+
+
+@pytest.mark.parametrize("cls", [IFTSampler, WFRMMDFlow, InclusiveKLFitter])
+def test_fits_match_the_numpy_backend(cls, rng):
+    X = rng.normal(size=(300, 2))
+    key = "n_components" if cls is InclusiveKLFitter else "n_particles"
+    params = {key: 40, "max_iter": 15, "tol": 0, "bandwidth": 0.7, "random_state": 0}
+    fast = cls(**params, backend="numba").fit(X)
+    slow = cls(**params, backend="numpy").fit(X)
+    attr = "means_" if cls is InclusiveKLFitter else "particles_"
+    assert fast.backend_ == "numba-cpu"
+    np.testing.assert_allclose(getattr(fast, attr), getattr(slow, attr), atol=1e-9)
+    np.testing.assert_allclose(fast.weights_, slow.weights_, atol=1e-10)
+    np.testing.assert_allclose(fast.loss_curve_, slow.loss_curve_, rtol=1e-9, atol=1e-12)
+
+
+def run(program: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(program)],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_threads_calling_at_once_never_abort_the_process():
+    # Numba's default threading layer aborts a process whose threads enter a parallel
+    # loop at once; the backend must serialise them (in a child: an abort would end pytest)
+    proc = run(
+        """
+        from concurrent.futures import ThreadPoolExecutor
+        import numpy as np
+        from skgradflow.backends import NumbaBackend, NumpyBackend
+        from skgradflow.kernels import Kernel
+        rng = np.random.default_rng(0)
+        Z, S = rng.normal(size=(400, 2)), rng.normal(size=(3000, 2))
+        k = Kernel("gaussian", 0.5)
+        want = NumpyBackend().matvec(k, Z, S, np.ones((3000, 1)))
+        with ThreadPoolExecutor(4) as pool:
+            outs = list(pool.map(lambda _: NumbaBackend().matvec(k, Z, S, np.ones((3000, 1))),
+                                 range(16)))
+        assert all(np.allclose(o, want, rtol=1e-12) for o in outs)
+        print("ok")
+        """
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_compiled_loops_are_cached_on_disk(tmp_path):
+    program = """
+        import numpy as np
+        from skgradflow.backends import NumbaBackend
+        from skgradflow.backends import _numba_kernels as nk
+        from skgradflow.kernels import Kernel
+        x = np.zeros((3, 2))
+        NumbaBackend().matvec(Kernel("gaussian", 1.0), x, x, np.ones((3, 1)))
+        print(sum(nk.matvec.stats.cache_hits.values()), sum(nk.matvec.stats.cache_misses.values()))
+    """
+    first = run(program, NUMBA_CACHE_DIR=str(tmp_path))
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.split() == ["0", "1"]  # compiled, and written to the cache
+    assert any(tmp_path.rglob("*.nbi"))
+    second = run(program, NUMBA_CACHE_DIR=str(tmp_path))
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.stdout.split() == ["1", "0"]  # loaded, not compiled
+
+
+def test_a_broken_numba_gets_a_clear_error_and_auto_does_without_it(tmp_path):
+    standin = tmp_path / "numba"
+    standin.mkdir()
+    (standin / "__init__.py").write_text(
+        'raise ImportError("Numba needs NumPy 2.3 or less (a stand-in)")\n'
+    )
+    proc = run(
+        """
+        import warnings
+        from skgradflow.backends import NumbaUnavailableError, numba_installed, resolve_backend
+        assert not numba_installed()
+        try:
+            resolve_backend("numba", 10)
+        except NumbaUnavailableError as exc:
+            print(exc)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # KeOps' own fallback may warn here
+            print("auto:", resolve_backend("auto", 10**12).device)
+        """,
+        PYTHONPATH=str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "backend='numba' needs Numba" in proc.stdout
+    assert "NumPy 2.3 or less" in proc.stdout  # the cause
+    assert 'skgradflow[numba]' in proc.stdout  # the fix
+    assert "auto: keops" in proc.stdout or "auto: numpy" in proc.stdout
+
+
+def test_the_unavailable_error_is_an_import_error():
+    assert issubclass(NumbaUnavailableError, ImportError)
