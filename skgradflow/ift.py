@@ -93,12 +93,14 @@ default="gaussian"
     batch_size : int or None, default=None
         Targets per iteration: all, or a fresh minibatch drawn with ``sample_weight`` as
         probabilities.
-    backend : {"auto", "keops", "numpy"}, a registered name or a Backend, default="auto"
+    backend : {"auto", "numba", "keops", "numpy"}, a registered name or a Backend, default="auto"
         The engine of the kernel reductions (see :mod:`skgradflow.backends`).  ``"auto"``
         uses NumPy when the run evaluates fewer than 5·10⁸ kernel entries in all (where a
-        KeOps compile would dominate) and KeOps above, on the GPU when KeOps runs there;
-        a KeOps that fails its one-time check (run in a child process) is never used, with
-        one warning.  An instance, e.g. ``KeOpsBackend(device="cpu")``, is used as given.
+        first compile would dominate); above, KeOps on a GPU when KeOps runs there, else the
+        Numba backend when Numba is installed (``pip install "skgradflow[numba]"``), else
+        KeOps on the CPU; a KeOps that fails its one-time check (run in a child process) is
+        never used, with one warning.  An instance, e.g. ``KeOpsBackend(device="cpu")``, is
+        used as given.
     random_state : int, RandomState instance or None, default=None
     verbose : int, default=0
         Progress with the energy on stderr when positive.
@@ -132,8 +134,8 @@ default="gaussian"
     loss_curve_ : ndarray of shape ``(n_iter_ + 1,)``
         The energy ``½ MMD²(μ, π̂)`` before the first and after each iteration.
     backend_ : str
-        Where the reductions ran: ``"numpy"``, ``"keops-cpu"``, ``"keops-gpu"``, or the
-        name of another registered backend.
+        Where the reductions ran: ``"numpy"``, ``"numba-cpu"``, ``"keops-cpu"``,
+        ``"keops-gpu"``, or the name of another registered backend.
     n_features_in_ : int
     feature_names_in_ : ndarray of shape ``(n_features_in_,)``
         Defined when ``X`` has string column names.

@@ -71,7 +71,7 @@ default="kmeans++"
     batch_size : int or None, default=None
         Samples per iteration: all, or a fresh minibatch drawn with ``sample_weight`` as
         probabilities.
-    backend : {"auto", "keops", "numpy"}, a registered name or a Backend, default="auto"
+    backend : {"auto", "numba", "keops", "numpy"}, a registered name or a Backend, default="auto"
         See :class:`IFTSampler`.
     random_state : int, RandomState instance or None, default=None
     verbose : int, default=0
@@ -100,7 +100,8 @@ default="kmeans++"
         Negative mean log-likelihood of the samples, before the first and after each
         iteration.
     backend_ : str
-        Where the reductions ran: ``"numpy"``, ``"keops-cpu"`` or ``"keops-gpu"``.
+        Where the reductions ran: ``"numpy"``, ``"numba-cpu"``, ``"keops-cpu"`` or
+        ``"keops-gpu"``.
     n_features_in_ : int
     feature_names_in_ : ndarray of shape ``(n_features_in_,)``
 

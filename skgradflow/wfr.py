@@ -55,7 +55,7 @@ class WFRMMDFlow(_BaseMMDFlow):
     init : {"gaussian", "subsample"} or array of shape (n_particles, n_features), \
 default="gaussian"
     batch_size : int or None, default=None
-    backend : {"auto", "keops", "numpy"}, a registered name or a Backend, default="auto"
+    backend : {"auto", "numba", "keops", "numpy"}, a registered name or a Backend, default="auto"
         See :class:`IFTSampler`.
     random_state : int, RandomState instance or None, default=None
     verbose : int, default=0

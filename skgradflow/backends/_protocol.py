@@ -69,7 +69,7 @@ class Backend(ABC):
     @property
     def device(self) -> str:
         """Where the reductions run, as the estimators report it in ``backend_``
-        (``"numpy"``, ``"keops-cpu"``, ``"keops-gpu"``, ...)."""
+        (``"numpy"``, ``"numba-cpu"``, ``"keops-cpu"``, ``"keops-gpu"``, ...)."""
         return self.name
 
     def __repr__(self) -> str:
