@@ -132,13 +132,19 @@ def exp_array(x):
 
 # --- one block of sources against one row ----------------------------------------------------
 @njit(inline="always", fastmath=_FAST)
-def _sq_dist(z, ST, j0, nb, r2):
+def _sq_dist(z, ST, j0, nb, r2, dims=-1):
+    """``r2[j] = Σ_k (s_kj - z_k)²`` over the first ``dims`` coordinates (all by default;
+    ``dims = 0`` gives zeros)."""
+    dims = ST.shape[0] if dims < 0 else dims
+    if dims == 0:
+        r2[:nb] = 0.0
+        return
     zk = z[0]
     s = ST[0, j0:j0 + nb]
     for j in range(nb):
         t = s[j] - zk
         r2[j] = t * t
-    for k in range(1, ST.shape[0]):
+    for k in range(1, dims):
         zk = z[k]
         s = ST[k, j0:j0 + nb]
         for j in range(nb):
@@ -237,6 +243,30 @@ def value_grad(Z, ST, VT, a, kind, c, n_threads):
             z = Z[i]
             for j0 in range(0, m, BLOCK):
                 nb = min(BLOCK, m - j0)
+                if kind == GAUSSIAN and p == 1:
+                    # the witness of the MMD flows: the last coordinate, the exponential, the
+                    # value and the gradient factor in one pass (γ a = -κ a: the sign is
+                    # folded into the differences below)
+                    _sq_dist(z, ST, j0, nb, r2, d - 1)
+                    last = ST[d - 1, j0:j0 + nb]
+                    zl = z[d - 1]
+                    v = VT[0, j0:j0 + nb]
+                    aj = a[j0:j0 + nb]
+                    s = c[2]
+                    for j in range(nb):
+                        t = last[j] - zl
+                        e = fast_exp(-c[0] * (r2[j] + t * t))
+                        s += e * v[j]
+                        ga[j] = e * aj[j]
+                    acc[0] += s
+                    for k in range(d):
+                        zk = z[k]
+                        src = ST[k, j0:j0 + nb]
+                        s = c[2]
+                        for j in range(nb):
+                            s += ga[j] * (src[j] - zk)
+                        g[k] += s
+                    continue
                 _sq_dist(z, ST, j0, nb, r2)
                 _kernel(kind, r2, kv, nb, c)
                 for q in range(p):
