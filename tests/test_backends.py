@@ -357,16 +357,20 @@ def test_numpy_blocks_give_the_unblocked_result(rng, monkeypatch):
     close(NumpyBackend().logsumexp(kern, Z, S, a), lse, np.float64)
 
 
-# --- KeOps specifics ------------------------------------------------------------------------
-@needs_keops
-def test_keops_float32_long_sums_stay_close_to_float64():
+# --- compiled engines ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "engine_name",
+    [pytest.param("keops", marks=needs_keops), pytest.param("numba", marks=needs_numba)],
+)
+def test_compiled_float32_long_sums_stay_close_to_float64(engine_name):
     rng = np.random.default_rng(1)
     Z = rng.normal(size=(64, 3))
     S = rng.normal(size=(100_000, 3))
     a = rng.uniform(0.5, 1.5, size=100_000) / 100_000
     kern = Kernel("gaussian", 1.0)
-    v64, g64 = KeOpsBackend().value_grad(kern, Z, S, a[:, None], a)
-    v32, g32 = KeOpsBackend().value_grad(
+    engine = resolve_backend(engine_name, 10**12)
+    v64, g64 = engine.value_grad(kern, Z, S, a[:, None], a)
+    v32, g32 = engine.value_grad(
         kern, Z.astype(np.float32), S.astype(np.float32), a[:, None].astype(np.float32),
         a.astype(np.float32),
     )

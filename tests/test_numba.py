@@ -65,25 +65,11 @@ def test_blocks_of_every_length_give_the_dense_result(name, dtype):
     tol = 1e-10 if dtype == np.float64 else 1e-4
     for sources in (S, S[:1], S[:256], S[:257]):
         m = sources.shape[0]
-        got = NumbaBackend().value_grad(kern, Z, sources, V[:m], a[:m])
-        want = NumpyBackend().value_grad(kern, Z, sources, V[:m], a[:m])
-        for g, w in zip(got, want, strict=True):
-            np.testing.assert_allclose(g, w, rtol=tol, atol=tol * np.abs(w).max())
-
-
-def test_float32_long_sums_stay_close_to_float64():
-    rng = np.random.default_rng(1)
-    Z = rng.normal(size=(64, 3))
-    S = rng.normal(size=(100_000, 3))
-    a = rng.uniform(0.5, 1.5, size=100_000) / 100_000
-    kern = Kernel("gaussian", 1.0)
-    v64, g64 = NumbaBackend().value_grad(kern, Z, S, a[:, None], a)
-    v32, g32 = NumbaBackend().value_grad(
-        kern, Z.astype(np.float32), S.astype(np.float32), a[:, None].astype(np.float32),
-        a.astype(np.float32),
-    )
-    np.testing.assert_allclose(v32, v64, rtol=1e-5)
-    np.testing.assert_allclose(g32, g64, rtol=1e-5, atol=1e-5 * np.abs(g64).max())
+        for channels in (1, 2):  # one channel takes the fused Gaussian pass
+            got = NumbaBackend().value_grad(kern, Z, sources, V[:m, :channels], a[:m])
+            want = NumpyBackend().value_grad(kern, Z, sources, V[:m, :channels], a[:m])
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_allclose(g, w, rtol=tol, atol=tol * np.abs(w).max())
 
 
 def test_one_thread_gives_the_result_of_all_threads_and_bad_counts_are_refused(rng):

@@ -132,7 +132,7 @@ class NumbaBackend(Backend):
                 if key in _compiled:
                     return fn(*args, n_threads)
                 with notice_if_slow("numba-compile", "compiling the Numba backend's loops, once "
-                                    "per machine (about 10 s each)..."):
+                                    "per machine (a few seconds each)..."):
                     out = fn(*args, n_threads)
                 with _compiled_lock:
                     _compiled.add(key)

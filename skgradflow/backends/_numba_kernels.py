@@ -40,24 +40,22 @@ _LN2_HI_F32 = 0.693145751953125  # low 12 bits zero
 _LN2_LO_F32 = 1.428606765330187045e-06
 
 
-@intrinsic
-def _bits_as_float64(typingctx, bits):
-    sig = types.float64(types.int64)
+def _bitcast(int_type, float_type, ir_type):
+    """An intrinsic that reinterprets the bits of an integer as a float of the same width
+    (``2ⁿ`` from its exponent field, with no conversion and no memory round trip)."""
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
+    @intrinsic
+    def bits_as_float(typingctx, bits):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir_type)
 
-    return sig, codegen
+        return float_type(int_type), codegen
+
+    return bits_as_float
 
 
-@intrinsic
-def _bits_as_float32(typingctx, bits):
-    sig = types.float32(types.int32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return sig, codegen
+_bits_as_float64 = _bitcast(types.int64, types.float64, ir.DoubleType())
+_bits_as_float32 = _bitcast(types.int32, types.float32, ir.FloatType())
 
 
 def fast_exp(x):
