@@ -18,23 +18,23 @@ from skgradflow.kernels import KERNELS, Kernel
 pytestmark = needs_numba
 
 
-def ulps(actual, expected):
-    """Distance in units in the last place of ``expected``."""
-    spacing = np.spacing(np.abs(expected).astype(expected.dtype))
-    return np.abs(actual.astype(np.float64) - expected.astype(np.float64)) / spacing
-
-
 @pytest.mark.parametrize(
     "dtype, low, high", [(np.float64, -708.0, 709.0), (np.float32, -87.0, 88.0)]
 )
-def test_the_polynomial_exponential_is_within_a_few_ulp(dtype, low, high):
+def test_the_polynomial_exponential_is_within_an_ulp(dtype, low, high):
     from skgradflow.backends._numba_kernels import exp_array
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.uniform(low, high, 200_000), rng.uniform(-1, 1, 100_000),
                         [0.0, -0.0, 1.0, -1.0, np.log(2.0)]]).astype(dtype)
-    expected = np.exp(x.astype(np.float64)).astype(dtype)  # correctly rounded enough
-    assert np.max(ulps(exp_array(x), expected)) <= 2.0
+    # the exact value, to well below an ulp: in a wider type
+    wide = np.longdouble if dtype == np.float64 else np.float64
+    if np.finfo(wide).eps > np.finfo(dtype).eps / 100:
+        pytest.skip("long double is no wider than double here")
+    exact = np.exp(x.astype(wide))
+    got = exp_array(x)
+    error = np.abs(got.astype(wide) - exact) / np.spacing(np.abs(got)).astype(wide)
+    assert float(np.max(error)) <= 1.05
     assert exp_array(np.zeros(1, dtype))[0] == 1.0
 
 

@@ -79,7 +79,7 @@ class NumbaBackend(Backend):
     Notes
     -----
     Distances come from differences, as in the other backends, so nothing is lost near
-    ``r = 0``.  The exponential is a range-reduced polynomial accurate to about 2 ulp in
+    ``r = 0``.  The exponential is a range-reduced polynomial accurate to about 1 ulp in
     float64 and float32.  Results agree with the NumPy backend to 1e-10 (float64) and 1e-4
     (float32), relative.  Compiled loops are cached on disk by Numba (next to the package, or
     in Numba's user cache directory, or ``NUMBA_CACHE_DIR``).
