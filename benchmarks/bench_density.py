@@ -51,7 +51,8 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer, load_digits, load_wine
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_iris, load_wine
+from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import GridSearchCV, KFold, train_test_split
@@ -60,7 +61,14 @@ from sklearn.preprocessing import StandardScaler
 
 from skgradflow import InclusiveKLFitter
 
-LOADERS = {"wine": load_wine, "breast_cancer": load_breast_cancer, "digits": load_digits}
+LOADERS = {"wine": load_wine, "breast_cancer": load_breast_cancer, "digits": load_digits,
+           "digits_pca16": load_digits, "iris": load_iris, "diabetes": load_diabetes}
+# data sets reduced by a PCA fitted on the train split, and their number of components
+PCA_COMPONENTS = {"digits_pca16": 16}
+# covariance="full": a few atoms (each covariance has d(d+1)/2 parameters), initial shapes
+# h² Σ̂ with h a fraction of the data's spread
+FULL_COMPONENTS = [1, 2, 4, 8]
+FULL_BANDWIDTHS = [0.5, 1.0]
 GRID = np.geomspace(0.25, 2.0, 7)  # multiples of Scott's rule
 GMM_COMPONENTS = range(1, 11)
 
@@ -85,6 +93,9 @@ class Row:
 def prepare(name: str, seed: int, test_size: float):
     X = LOADERS[name]().data.astype(np.float64)
     X_train, X_test = train_test_split(X, test_size=test_size, random_state=seed)
+    if name in PCA_COMPONENTS:
+        pca = PCA(PCA_COMPONENTS[name], random_state=seed).fit(X_train)
+        X_train, X_test = pca.transform(X_train), pca.transform(X_test)
     keep = X_train.std(axis=0) > 0  # constant on the train split: cannot be standardised
     scaler = StandardScaler().fit(X_train[:, keep])
     return scaler.transform(X_train[:, keep]), scaler.transform(X_test[:, keep]), int((~keep).sum())
@@ -98,11 +109,18 @@ def fit_inclusive_kl(X_train, X_test, seed, args):
     n, d = X_train.shape
     cv = KFold(args.cv, shuffle=True, random_state=seed)
     smallest_fold = min(len(train) for train, _ in cv.split(X_train))
-    n_components = min(args.n_components, smallest_fold)
+    # as n_components="auto": one atom per three samples of a CV training fold
+    n_components = min(args.n_components, -(-smallest_fold // 3))
     h0 = scott(n, d)
+    grid = [
+        {"bandwidth": list(GRID * h0), "covariance": ["isotropic", "data"]},
+        # a covariance per atom is estimable with few atoms: the regime of GaussianMixture
+        {"covariance": ["full"], "n_components": FULL_COMPONENTS,
+         "bandwidth": FULL_BANDWIDTHS},
+    ]
     search = GridSearchCV(
         InclusiveKLFitter(n_components, backend=args.backend, random_state=seed),
-        {"bandwidth": list(GRID * h0)},
+        grid,
         cv=cv,
         n_jobs=args.n_jobs,
         error_score="raise",
@@ -114,10 +132,11 @@ def fit_inclusive_kl(X_train, X_test, seed, args):
         seconds = time.perf_counter() - t0
     best = search.best_estimator_
     n_warn = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
-    c = search.best_params_["bandwidth"] / h0
-    chosen = f"{c:.3g}×scott (h={best.bandwidth_:.3g})"
+    c = best.bandwidth_ / h0
+    chosen = (f"full, N={best.n_components}, h={best.bandwidth_:.2g}"
+              if best.covariance == "full" else f"{best.covariance}, {c:.3g}×scott")
     note = (
-        f"N={n_components}, {best.n_iter_} it{'' if best.converged_ else ' (not conv.)'}"
+        f"N={best.n_components}, {best.n_iter_} it{'' if best.converged_ else ' (not conv.)'}"
         f", {best.backend_}" + (f", {n_warn} ConvergenceWarning" if n_warn else "")
     )
     return chosen, best.score_samples(X_test), seconds, note
@@ -126,9 +145,11 @@ def fit_inclusive_kl(X_train, X_test, seed, args):
 def fit_gmm(X_train, X_test, seed, covariance_type, reg_covar):
     t0 = time.perf_counter()
     best, best_bic = None, np.inf
+    types = ["full", "tied", "diag", "spherical"] if covariance_type == "bic" else [
+        covariance_type]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        for k in GMM_COMPONENTS:
+        for k, covariance_type in ((k, t) for t in types for k in GMM_COMPONENTS):
             if k > X_train.shape[0]:
                 break
             gmm = GaussianMixture(
@@ -139,7 +160,8 @@ def fit_gmm(X_train, X_test, seed, covariance_type, reg_covar):
                 best, best_bic = gmm, bic
     seconds = time.perf_counter() - t0
     n_params = best._n_parameters()
-    return f"k={best.n_components}", best.score_samples(X_test), seconds, f"{n_params} params"
+    chosen = f"{best.covariance_type}, k={best.n_components}"
+    return chosen, best.score_samples(X_test), seconds, f"{n_params} params"
 
 
 def fit_kde(X_train, X_test, seed, args):
@@ -167,8 +189,13 @@ def fit_gmm_diag(X_train, X_test, seed, args):
     return fit_gmm(X_train, X_test, seed, "diag", args.reg_covar)
 
 
+def fit_gmm_bic(X_train, X_test, seed, args):
+    return fit_gmm(X_train, X_test, seed, "bic", args.reg_covar)
+
+
 METHODS = {
     "InclusiveKLFitter": fit_inclusive_kl,
+    "GaussianMixture (BIC: k and type)": fit_gmm_bic,
     "GaussianMixture full (BIC)": fit_gmm_full,
     "GaussianMixture diag (BIC)": fit_gmm_diag,
     "KernelDensity": fit_kde,
@@ -220,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--n-components",
         type=int,
-        default=200,
+        default=100,
         help="InclusiveKLFitter atoms (capped at the smallest CV fold)",
     )
     parser.add_argument(

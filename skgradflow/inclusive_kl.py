@@ -209,16 +209,22 @@ default="kmeans++"
         d = P_inv.shape[0]
         return (x[:, :d].astype(np.float64) @ P_inv + mean).astype(x.dtype)
 
-    def _pack(self, x: np.ndarray, C: np.ndarray) -> np.ndarray:
-        """The state of ``"full"``: each atom's position and covariance (whitened), in a row."""
+    @staticmethod
+    def _pack(x: np.ndarray, C: np.ndarray) -> np.ndarray:
+        """The state of ``"full"``: each atom's position and the Cholesky factor of its
+        covariance (whitened), in a row.  The factor, not the covariance: rounded to float32,
+        ``L Lᵀ`` stays positive definite where ``C`` itself need not."""
         n, d = x.shape
-        return np.concatenate([x, C.reshape(n, d * d).astype(x.dtype)], axis=1)
+        L = np.linalg.cholesky(C)
+        return np.concatenate([x, L.reshape(n, d * d).astype(x.dtype)], axis=1)
 
     @staticmethod
     def _unpack(state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions and covariances ``L Lᵀ`` (float64) of the state of ``"full"``."""
         n, width = state.shape
         d = int(round((np.sqrt(1 + 4 * width) - 1) / 2))  # width = d + d²
-        return state[:, :d], state[:, d:].astype(np.float64).reshape(n, d, d)
+        L = state[:, d:].astype(np.float64).reshape(n, d, d)
+        return state[:, :d], L @ np.swapaxes(L, -1, -2)
 
     def _initial_particles(self, X: np.ndarray, b: np.ndarray, rng, n: int) -> np.ndarray:
         x = super()._initial_particles(X, b, rng, n)
