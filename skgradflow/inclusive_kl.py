@@ -1,5 +1,8 @@
 """The Wasserstein–Fisher–Rao flow of the inclusive KL over a Gaussian kernel mixture.
 
+``covariance="data"`` and ``"full"`` run the flow below in whitened coordinates, and
+``"full"`` moves a covariance per atom too (design page, "Shaped kernels").
+
 Model density ``μ(z) = Σ_i w_i φ_h(z - x_i)``, ``φ_h`` the ``N(0, h² I)`` density, whose
 mixing measure ``ν = Σ_i w_i δ_{x_i}`` is the particle system.  The flow minimises
 ``KL(π̂ | μ) = -Σ_m b_m log μ(y_m) + const`` over ``ν``; its first variation is
@@ -51,7 +54,21 @@ class InclusiveKLFitter(_BaseParticleFlow):
         Standard deviation ``h`` of every component (see
         :func:`skgradflow.kernels.resolve_bandwidth`).  The rules assume a unimodal,
         roughly Gaussian shape and are too wide for thin or multimodal data: choose it by
-        ``GridSearchCV`` (``score`` is the held-out log-likelihood).
+        ``GridSearchCV`` (``score`` is the held-out log-likelihood).  With
+        ``covariance="data"`` or ``"full"`` it is the factor ``h`` of ``h² Σ̂`` (the rules
+        see whitened data: ``"scott"`` is ``scipy.stats.gaussian_kde``'s factor).
+    covariance : {"isotropic", "data", "full"}, default="isotropic"
+        Shape of the components.  ``"isotropic"``: ``N(x_i, h² I)``.  ``"data"``: one shared
+        shape ``N(x_i, h² Σ̂)``, ``Σ̂`` the weighted sample covariance (as
+        ``scipy.stats.gaussian_kde``), the flow running in whitened coordinates.
+        ``"full"``: ``N(x_i, Σ_i)`` with ``Σ_i`` learnt by the flow (Bures–Wasserstein
+        transport of each component), starting at ``h² Σ̂``; meant for few components, each
+        having ``d(d+1)/2`` parameters, and ``d²`` times the cost per pair.  Choose it with
+        ``bandwidth`` by ``GridSearchCV``.
+    reg_covar : float, default=1e-6
+        Added to the diagonal of ``Σ̂``, times its mean variance, so that rank-deficient data
+        and ``d > n`` get a positive definite ``Σ̂``; with ``"full"``, also the floor of the
+        eigenvalues of every ``Σ_i`` relative to ``Σ̂``.  Unused by ``"isotropic"``.
     alpha : float, default=1.0
         Rate of the transport of the atoms.
     beta : float, default=1.0
@@ -88,7 +105,14 @@ default="kmeans++"
     Attributes
     ----------
     means_ : ndarray of shape (n_components, n_features)
-        The atoms, in the dtype of ``X``.
+        The atoms, in the units and dtype of ``X``.
+    covariances_ : ndarray
+        Covariance of the components, in the units of ``X`` (float64), as
+        ``GaussianMixture``'s: shape ``(n_components,)`` (the variance ``h²`` of each
+        component) for ``"isotropic"``, ``(n_features, n_features)`` for ``"data"`` (shared)
+        and ``(n_components, n_features, n_features)`` for ``"full"``.
+    precisions_cholesky_ : ndarray
+        Same shape: ``1/h``, or upper triangular ``P`` with ``P Pᵀ`` the precision.
     weights_ : ndarray of shape (n_components,)
         Mixture weights (float64, on the simplex).
     bandwidth_ : float
@@ -115,6 +139,9 @@ default="kmeans++"
     (2,)
     >>> bool(kl.loss_curve_[-1] <= kl.loss_curve_[0])
     True
+    >>> shaped = InclusiveKLFitter(n_components=3, covariance="full", random_state=0).fit(X)
+    >>> shaped.covariances_.shape
+    (3, 2, 2)
     """
 
     _parameter_constraints: dict = {

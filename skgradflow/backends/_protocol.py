@@ -146,10 +146,11 @@ class Backend(ABC):
         step = max(1, _SHAPED_BLOCK // max(1, n * d))
         for c0 in range(0, S.shape[0], step):
             cols = slice(c0, c0 + step)
-            # (z_i - s_j)ᵀ P_j = z_iᵀ P_j - s_jᵀ P_j: one product per source, then a broadcast
-            ZP = np.matmul(Z[None], P[cols])  # (block, n, d)
-            SP = np.matmul(S[cols][:, None, :], P[cols])  # (block, 1, d)
-            A = logv[cols][None, :] - 0.5 * ((ZP - SP) ** 2).sum(-1).T
+            Pc = P[cols]
+            # (z_i - s_j)ᵀ P_j = z_iᵀ P_j - s_jᵀ P_j: one matrix product for every source
+            ZP = np.tensordot(Z, Pc, axes=(1, 1))  # (n, block, d)
+            SP = np.einsum("md,mde->me", S[cols], Pc)
+            A = logv[cols][None, :] - 0.5 * ((ZP - SP[None]) ** 2).sum(-1)
             new_top = np.maximum(top, A.max(axis=1))
             total = total * np.exp(top - new_top) + np.exp(A - new_top[:, None]).sum(axis=1)
             top = new_top
@@ -170,20 +171,33 @@ class Backend(ABC):
         :meth:`shaped_logsumexp`.
         """
         n, d = Z.shape
+        ZP = np.einsum("nd,nde->ne", Z, P)
         mass = np.zeros(n, dtype=Z.dtype)
         first = np.zeros((n, d), dtype=Z.dtype)
-        moment2 = np.zeros((n, d, d), dtype=Z.dtype) if second else None
+        # the second moment about the origin, in float64: Σ E (s - z)(s - z)ᵀ is formed from
+        # it below, and the expansion cancels where z is far from the sources it weighs
+        raw2 = np.zeros((n, d * d)) if second else None
         step = max(1, _SHAPED_BLOCK // max(1, n * d))
         for c0 in range(0, S.shape[0], step):
-            D = S[c0:c0 + step][None, :, :] - Z[:, None, :]  # (n, block, d)
-            q = (np.matmul(D, P) ** 2).sum(-1)
+            Sc = S[c0:c0 + step]
+            SP = np.tensordot(Sc, P, axes=(1, 1))  # (block, n, d): s_jᵀ P_i, one product
+            q = ((SP - ZP[None]) ** 2).sum(-1).T
             E = np.exp(a[:, None] + c[c0:c0 + step][None, :] - 0.5 * q)
             mass += E.sum(axis=1)
-            ED = E[:, :, None] * D
-            first += ED.sum(axis=1)
+            first += E @ Sc
             if second:
-                moment2 += np.matmul(np.swapaxes(ED, 1, 2), D)
-        return mass, first, moment2
+                Sd = Sc.astype(np.float64)
+                raw2 += E.astype(np.float64) @ (Sd[:, :, None] * Sd[:, None, :]).reshape(-1, d * d)
+        first -= mass[:, None] * Z  # Σ E (s - z) = Σ E s - z Σ E
+        if not second:
+            return mass, first, None
+        Zd, m0, m1 = Z.astype(np.float64), mass.astype(np.float64), first.astype(np.float64)
+        # Σ E (s-z)(s-z)ᵀ = Σ E s sᵀ - z (Σ E s)ᵀ - (Σ E s) zᵀ + (Σ E) z zᵀ, Σ E s = m1 + m0 z
+        s1 = m1 + m0[:, None] * Zd
+        outer = Zd[:, :, None] * s1[:, None, :]
+        moment2 = (raw2.reshape(n, d, d) - outer - np.swapaxes(outer, 1, 2)
+                   + m0[:, None, None] * Zd[:, :, None] * Zd[:, None, :])
+        return mass, first, moment2.astype(Z.dtype)
 
     # --- targets bound once per run ------------------------------------------------------
     def bind(self, Y: np.ndarray, b: np.ndarray) -> Targets:
