@@ -168,7 +168,8 @@ def fit_gmm(X_train, X_test, seed, covariance_type, reg_covar):
                         reg_covar=reg_covar, random_state=seed).fit(X_train)
     one_fit = time.perf_counter() - t0
     chosen = f"{best.covariance_type}, k={best.n_components}"
-    return chosen, best.score_samples(X_test), seconds, f"{n_params} params, one fit {one_fit:.2f} s"
+    note = f"{n_params} params, one fit {one_fit:.2f} s"
+    return chosen, best.score_samples(X_test), seconds, note
 
 
 def fit_kde(X_train, X_test, seed, args):
