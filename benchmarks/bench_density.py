@@ -5,8 +5,16 @@ Run on demand (never part of the test suite)::
     python benchmarks/bench_density.py
     python benchmarks/bench_density.py --datasets wine breast_cancer --seeds 0 1 2 --out density.md
 
-For every data set (scikit-learn's bundled ``load_wine``, ``load_breast_cancer``,
-``load_digits``: no download) and every seed:
+The data sets are scikit-learn's bundled ``load_wine``, ``load_breast_cancer``,
+``load_digits`` (raw, 64 pixels, or ``digits_pca16``: a PCA to 16 components fitted on the
+train split), ``load_iris`` and the features of ``load_diabetes``: no download.  The issue's
+comparison is::
+
+    python benchmarks/bench_density.py --datasets wine breast_cancer digits_pca16 iris \
+        diabetes --methods InclusiveKLFitter "GaussianMixture (BIC: k and type)" \
+        KernelDensity --cv 3
+
+For every data set and every seed:
 
 1. a seeded 70/30 train/test split (``train_test_split``, ``--test-size``);
 2. the columns that are constant on the *train* split are dropped (their standard deviation
@@ -17,17 +25,18 @@ For every data set (scikit-learn's bundled ``load_wine``, ``load_breast_cancer``
 4. each method is fitted on the train split, hyper-parameters chosen there only, and scored
    by its mean log-likelihood per test sample (natural log, higher is better):
 
-   - ``InclusiveKLFitter``: ``GridSearchCV`` (``--cv`` folds, default 5) over
-     ``bandwidth = c × scott``, ``c`` in ``np.geomspace(0.25, 2, 7)``, ``scott =
-     n_train^(-1/(d+4))`` (Scott's rule on standardised data, the value
-     ``bandwidth="scott"`` resolves to on the train split), ``n_components = min(200, the
-     smallest CV training fold)`` (``init="kmeans++"`` needs at most one component per
-     sample), default ``alpha``, ``beta``, ``step_size``, ``max_iter``, ``tol``; scored by
-     its own ``score`` (mean log-likelihood);
+   - ``InclusiveKLFitter``: ``GridSearchCV`` (``--cv`` folds, default 5) over two grids:
+     ``covariance`` in ``"isotropic"``, ``"data"`` with ``bandwidth = c × scott``, ``c`` in
+     ``np.geomspace(0.25, 2, 7)``, ``scott = n_train^(-1/(d+4))`` (Scott's rule on
+     standardised data), ``n_components`` one per three samples of the smallest CV training
+     fold, at most ``--n-components`` (100), as ``n_components="auto"``; and
+     ``covariance="full"`` with ``n_components`` in 1, 2, 4, 8 and ``bandwidth`` (the factor
+     of the initial ``h² Σ̂``) 0.5 or 1.  Default ``alpha``, ``beta``, ``step_size``,
+     ``max_iter``, ``tol``; scored by its own ``score`` (mean log-likelihood);
    - ``GaussianMixture``: ``n_components`` in 1..10 chosen by the lowest BIC on the train
-     split, for ``covariance_type="full"`` and ``"diag"`` (both reported: in high
-     dimension "full" has d(d+1)/2 parameters per component and is close to degenerate),
-     ``reg_covar`` 1e-6 (scikit-learn's default; ``--reg-covar``);
+     split, over the four covariance types ("GaussianMixture (BIC: k and type)"), or for
+     ``covariance_type="full"`` or ``"diag"`` alone, ``reg_covar`` 1e-6 (scikit-learn's
+     default; ``--reg-covar``);
    - ``KernelDensity(kernel="gaussian")``: ``GridSearchCV`` over the same bandwidth grid
      (scored by its ``score``, the total log-likelihood of a fold).
 
@@ -37,7 +46,9 @@ split (rare digits pixels) gives a test point that is non-zero there a log densi
 about ``-z² / (2 reg_covar)``, which can dominate the mean of a whole split.
 
 "fit s" is the whole procedure on the train split: the grid search with its refit, or the
-ten GMM fits of the BIC path.  Several seeds give "mean ± std" over seeds; the chosen
+GMM fits of the BIC path; "one fit" (in the notes) is the chosen model fitted once on the
+train split (the grid search's ``refit_time_``, or one more ``GaussianMixture`` fit).
+Several seeds give "mean ± std" over seeds; the chosen
 hyper-parameters are listed per seed.  Progress goes to stderr, the markdown table to
 stdout (and to ``--out``).
 """
