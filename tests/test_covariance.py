@@ -291,3 +291,18 @@ def test_grid_search_chooses_covariance_and_bandwidth(rng):
 def test_bad_covariance_parameters_name_the_argument(data, params, match):
     with pytest.raises(InvalidParameterError, match=match):
         InclusiveKLFitter(**params).fit(data[0])
+
+
+@pytest.mark.parametrize("covariance", ["data", "full"])
+def test_minibatches_keep_the_likelihood_of_the_full_batch_fit_close(data, covariance):
+    X = data[0]
+    full_batch = InclusiveKLFitter(n_components=4, covariance=covariance, max_iter=40, tol=0,
+                                   random_state=0, backend="numpy").fit(X)
+    mini = InclusiveKLFitter(n_components=4, covariance=covariance, max_iter=40, tol=0,
+                             batch_size=40, random_state=0, backend="numpy").fit(X)
+    assert np.isfinite(mini.score(X))
+    # the minibatch flow improves on its start, and ends near the full-batch likelihood
+    start = InclusiveKLFitter(n_components=4, covariance=covariance, max_iter=1, tol=0,
+                              alpha=0.0, beta=0.0, random_state=0, backend="numpy").fit(X)
+    assert mini.score(X) > start.score(X)
+    assert mini.score(X) > full_batch.score(X) - 0.2
