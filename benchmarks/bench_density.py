@@ -5,8 +5,16 @@ Run on demand (never part of the test suite)::
     python benchmarks/bench_density.py
     python benchmarks/bench_density.py --datasets wine breast_cancer --seeds 0 1 2 --out density.md
 
-For every data set (scikit-learn's bundled ``load_wine``, ``load_breast_cancer``,
-``load_digits``: no download) and every seed:
+The data sets are scikit-learn's bundled ``load_wine``, ``load_breast_cancer``,
+``load_digits`` (raw, 64 pixels, or ``digits_pca16``: a PCA to 16 components fitted on the
+train split), ``load_iris`` and the features of ``load_diabetes``: no download.  The issue's
+comparison is::
+
+    python benchmarks/bench_density.py --datasets wine breast_cancer digits_pca16 iris \
+        diabetes --methods InclusiveKLFitter "GaussianMixture (BIC: k and type)" \
+        KernelDensity --cv 3
+
+For every data set and every seed:
 
 1. a seeded 70/30 train/test split (``train_test_split``, ``--test-size``);
 2. the columns that are constant on the *train* split are dropped (their standard deviation
@@ -17,17 +25,18 @@ For every data set (scikit-learn's bundled ``load_wine``, ``load_breast_cancer``
 4. each method is fitted on the train split, hyper-parameters chosen there only, and scored
    by its mean log-likelihood per test sample (natural log, higher is better):
 
-   - ``InclusiveKLFitter``: ``GridSearchCV`` (``--cv`` folds, default 5) over
-     ``bandwidth = c × scott``, ``c`` in ``np.geomspace(0.25, 2, 7)``, ``scott =
-     n_train^(-1/(d+4))`` (Scott's rule on standardised data, the value
-     ``bandwidth="scott"`` resolves to on the train split), ``n_components = min(200, the
-     smallest CV training fold)`` (``init="kmeans++"`` needs at most one component per
-     sample), default ``alpha``, ``beta``, ``step_size``, ``max_iter``, ``tol``; scored by
-     its own ``score`` (mean log-likelihood);
+   - ``InclusiveKLFitter``: ``GridSearchCV`` (``--cv`` folds, default 5) over two grids:
+     ``covariance`` in ``"isotropic"``, ``"data"`` with ``bandwidth = c × scott``, ``c`` in
+     ``np.geomspace(0.25, 2, 7)``, ``scott = n_train^(-1/(d+4))`` (Scott's rule on
+     standardised data), ``n_components`` one per three samples of the smallest CV training
+     fold, at most ``--n-components`` (100), as ``n_components="auto"``; and
+     ``covariance="full"`` with ``n_components`` in 1, 2, 4, 8 and ``bandwidth`` (the factor
+     of the initial ``h² Σ̂``) 0.5 or 1.  Default ``alpha``, ``beta``, ``step_size``,
+     ``max_iter``, ``tol``; scored by its own ``score`` (mean log-likelihood);
    - ``GaussianMixture``: ``n_components`` in 1..10 chosen by the lowest BIC on the train
-     split, for ``covariance_type="full"`` and ``"diag"`` (both reported: in high
-     dimension "full" has d(d+1)/2 parameters per component and is close to degenerate),
-     ``reg_covar`` 1e-6 (scikit-learn's default; ``--reg-covar``);
+     split, over the four covariance types ("GaussianMixture (BIC: k and type)"), or for
+     ``covariance_type="full"`` or ``"diag"`` alone, ``reg_covar`` 1e-6 (scikit-learn's
+     default; ``--reg-covar``);
    - ``KernelDensity(kernel="gaussian")``: ``GridSearchCV`` over the same bandwidth grid
      (scored by its ``score``, the total log-likelihood of a fold).
 
@@ -37,7 +46,9 @@ split (rare digits pixels) gives a test point that is non-zero there a log densi
 about ``-z² / (2 reg_covar)``, which can dominate the mean of a whole split.
 
 "fit s" is the whole procedure on the train split: the grid search with its refit, or the
-ten GMM fits of the BIC path.  Several seeds give "mean ± std" over seeds; the chosen
+GMM fits of the BIC path; "one fit" (in the notes) is the chosen model fitted once on the
+train split (the grid search's ``refit_time_``, or one more ``GaussianMixture`` fit).
+Several seeds give "mean ± std" over seeds; the chosen
 hyper-parameters are listed per seed.  Progress goes to stderr, the markdown table to
 stdout (and to ``--out``).
 """
@@ -51,7 +62,8 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer, load_digits, load_wine
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_iris, load_wine
+from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import GridSearchCV, KFold, train_test_split
@@ -60,7 +72,14 @@ from sklearn.preprocessing import StandardScaler
 
 from skgradflow import InclusiveKLFitter
 
-LOADERS = {"wine": load_wine, "breast_cancer": load_breast_cancer, "digits": load_digits}
+LOADERS = {"wine": load_wine, "breast_cancer": load_breast_cancer, "digits": load_digits,
+           "digits_pca16": load_digits, "iris": load_iris, "diabetes": load_diabetes}
+# data sets reduced by a PCA fitted on the train split, and their number of components
+PCA_COMPONENTS = {"digits_pca16": 16}
+# covariance="full": a few atoms (each covariance has d(d+1)/2 parameters), initial shapes
+# h² Σ̂ with h a fraction of the data's spread
+FULL_COMPONENTS = [1, 2, 4, 8]
+FULL_BANDWIDTHS = [0.5, 1.0]
 GRID = np.geomspace(0.25, 2.0, 7)  # multiples of Scott's rule
 GMM_COMPONENTS = range(1, 11)
 
@@ -85,6 +104,9 @@ class Row:
 def prepare(name: str, seed: int, test_size: float):
     X = LOADERS[name]().data.astype(np.float64)
     X_train, X_test = train_test_split(X, test_size=test_size, random_state=seed)
+    if name in PCA_COMPONENTS:
+        pca = PCA(PCA_COMPONENTS[name], random_state=seed).fit(X_train)
+        X_train, X_test = pca.transform(X_train), pca.transform(X_test)
     keep = X_train.std(axis=0) > 0  # constant on the train split: cannot be standardised
     scaler = StandardScaler().fit(X_train[:, keep])
     return scaler.transform(X_train[:, keep]), scaler.transform(X_test[:, keep]), int((~keep).sum())
@@ -98,11 +120,18 @@ def fit_inclusive_kl(X_train, X_test, seed, args):
     n, d = X_train.shape
     cv = KFold(args.cv, shuffle=True, random_state=seed)
     smallest_fold = min(len(train) for train, _ in cv.split(X_train))
-    n_components = min(args.n_components, smallest_fold)
+    # as n_components="auto": one atom per three samples of a CV training fold
+    n_components = min(args.n_components, -(-smallest_fold // 3))
     h0 = scott(n, d)
+    grid = [
+        {"bandwidth": list(GRID * h0), "covariance": ["isotropic", "data"]},
+        # a covariance per atom is estimable with few atoms: the regime of GaussianMixture
+        {"covariance": ["full"], "n_components": FULL_COMPONENTS,
+         "bandwidth": FULL_BANDWIDTHS},
+    ]
     search = GridSearchCV(
         InclusiveKLFitter(n_components, backend=args.backend, random_state=seed),
-        {"bandwidth": list(GRID * h0)},
+        grid,
         cv=cv,
         n_jobs=args.n_jobs,
         error_score="raise",
@@ -114,11 +143,13 @@ def fit_inclusive_kl(X_train, X_test, seed, args):
         seconds = time.perf_counter() - t0
     best = search.best_estimator_
     n_warn = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
-    c = search.best_params_["bandwidth"] / h0
-    chosen = f"{c:.3g}×scott (h={best.bandwidth_:.3g})"
+    c = best.bandwidth_ / h0
+    chosen = (f"full, N={best.n_components}, h={best.bandwidth_:.2g}"
+              if best.covariance == "full" else f"{best.covariance}, {c:.3g}×scott")
     note = (
-        f"N={n_components}, {best.n_iter_} it{'' if best.converged_ else ' (not conv.)'}"
-        f", {best.backend_}" + (f", {n_warn} ConvergenceWarning" if n_warn else "")
+        f"N={best.n_components}, {best.n_iter_} it{'' if best.converged_ else ' (not conv.)'}"
+        f", {best.backend_}, one fit {search.refit_time_:.2f} s"
+        + (f", {n_warn} ConvergenceWarning" if n_warn else "")
     )
     return chosen, best.score_samples(X_test), seconds, note
 
@@ -126,9 +157,11 @@ def fit_inclusive_kl(X_train, X_test, seed, args):
 def fit_gmm(X_train, X_test, seed, covariance_type, reg_covar):
     t0 = time.perf_counter()
     best, best_bic = None, np.inf
+    types = ["full", "tied", "diag", "spherical"] if covariance_type == "bic" else [
+        covariance_type]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        for k in GMM_COMPONENTS:
+        for k, covariance_type in ((k, t) for t in types for k in GMM_COMPONENTS):
             if k > X_train.shape[0]:
                 break
             gmm = GaussianMixture(
@@ -139,7 +172,15 @@ def fit_gmm(X_train, X_test, seed, covariance_type, reg_covar):
                 best, best_bic = gmm, bic
     seconds = time.perf_counter() - t0
     n_params = best._n_parameters()
-    return f"k={best.n_components}", best.score_samples(X_test), seconds, f"{n_params} params"
+    t0 = time.perf_counter()  # the chosen model once, as the refit of a grid search
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        GaussianMixture(best.n_components, covariance_type=best.covariance_type,
+                        reg_covar=reg_covar, random_state=seed).fit(X_train)
+    one_fit = time.perf_counter() - t0
+    chosen = f"{best.covariance_type}, k={best.n_components}"
+    note = f"{n_params} params, one fit {one_fit:.2f} s"
+    return chosen, best.score_samples(X_test), seconds, note
 
 
 def fit_kde(X_train, X_test, seed, args):
@@ -167,8 +208,13 @@ def fit_gmm_diag(X_train, X_test, seed, args):
     return fit_gmm(X_train, X_test, seed, "diag", args.reg_covar)
 
 
+def fit_gmm_bic(X_train, X_test, seed, args):
+    return fit_gmm(X_train, X_test, seed, "bic", args.reg_covar)
+
+
 METHODS = {
     "InclusiveKLFitter": fit_inclusive_kl,
+    "GaussianMixture (BIC: k and type)": fit_gmm_bic,
     "GaussianMixture full (BIC)": fit_gmm_full,
     "GaussianMixture diag (BIC)": fit_gmm_diag,
     "KernelDensity": fit_kde,
@@ -220,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--n-components",
         type=int,
-        default=200,
+        default=100,
         help="InclusiveKLFitter atoms (capped at the smallest CV fold)",
     )
     parser.add_argument(

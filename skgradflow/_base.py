@@ -215,6 +215,7 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         X = _validate_X(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
         b = self._check_sample_weight(sample_weight, X)
         self._check_flow_params()
+        X = self._working_coordinates(X, b)
         rng = np.random.default_rng(_seed_from(check_random_state(self.random_state)))
 
         # the number of distinct samples of positive weight (a sort of the data), counted once
@@ -275,6 +276,15 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         self.backend_ = problem.backend.device
         self._after_fit()
         return self
+
+    def _working_coordinates(self, X: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """The samples in the coordinates the flow runs in (``X`` itself by default; a flow
+        that changes them maps its atoms back in ``_after_fit`` and ``_public_atoms``)."""
+        return X
+
+    def _public_atoms(self, x: np.ndarray) -> np.ndarray:
+        """The atoms of the state ``x`` as callbacks see them (``x`` itself by default)."""
+        return x
 
     def _after_fit(self) -> None:
         """Fitted attributes a flow adds at the end of ``fit`` (none by default)."""
@@ -461,7 +471,9 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
             x, w, ev, targets = x_new, w_new, ev_new, next_targets
             losses.append(ev.energy)
             progress.update(n_iter, ev.energy)
-            if callback is not None and callback(make_state(n_iter, x, w, ev.energy, tau)):
+            if callback is not None and callback(
+                make_state(n_iter, self._public_atoms(x), w, ev.energy, tau)
+            ):
                 stopped = True
                 break
             if tol > 0 and n_iter >= min_iter and self._has_converged(losses, energy_scale, tol):

@@ -1,5 +1,8 @@
 """The Wasserstein–Fisher–Rao flow of the inclusive KL over a Gaussian kernel mixture.
 
+``covariance="data"`` and ``"full"`` run the flow below in whitened coordinates, and
+``"full"`` moves a covariance per atom too (design page, "Shaped kernels").
+
 Model density ``μ(z) = Σ_i w_i φ_h(z - x_i)``, ``φ_h`` the ``N(0, h² I)`` density, whose
 mixing measure ``ν = Σ_i w_i δ_{x_i}`` is the particle system.  The flow minimises
 ``KL(π̂ | μ) = -Σ_m b_m log μ(y_m) + const`` over ``ν``; its first variation is
@@ -22,12 +25,13 @@ import numbers
 
 import numpy as np
 from scipy.special import logsumexp
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import _BaseParticleFlow, _Evaluation, _Problem, _validate_X
 from .backends import LOG_TINY, Targets, resolve_backend
-from .kernels import Kernel
+from .kernels import Kernel, _seed_from
 
 
 class InclusiveKLFitter(_BaseParticleFlow):
@@ -50,7 +54,21 @@ class InclusiveKLFitter(_BaseParticleFlow):
         Standard deviation ``h`` of every component (see
         :func:`skgradflow.kernels.resolve_bandwidth`).  The rules assume a unimodal,
         roughly Gaussian shape and are too wide for thin or multimodal data: choose it by
-        ``GridSearchCV`` (``score`` is the held-out log-likelihood).
+        ``GridSearchCV`` (``score`` is the held-out log-likelihood).  With
+        ``covariance="data"`` or ``"full"`` it is the factor ``h`` of ``h² Σ̂`` (the rules
+        see whitened data: ``"scott"`` is ``scipy.stats.gaussian_kde``'s factor).
+    covariance : {"isotropic", "data", "full"}, default="isotropic"
+        Shape of the components.  ``"isotropic"``: ``N(x_i, h² I)``.  ``"data"``: one shared
+        shape ``N(x_i, h² Σ̂)``, ``Σ̂`` the weighted sample covariance (as
+        ``scipy.stats.gaussian_kde``), the flow running in whitened coordinates.
+        ``"full"``: ``N(x_i, Σ_i)`` with ``Σ_i`` learnt by the flow (Bures–Wasserstein
+        transport of each component), starting at ``h² Σ̂``; meant for few components, each
+        having ``d(d+1)/2`` parameters, and ``d²`` times the cost per pair.  Choose it with
+        ``bandwidth`` by ``GridSearchCV``.
+    reg_covar : float, default=1e-6
+        Added to the diagonal of ``Σ̂``, times its mean variance, so that rank-deficient data
+        and ``d > n`` get a positive definite ``Σ̂``; with ``"full"``, also the floor of the
+        eigenvalues of every ``Σ_i`` relative to ``Σ̂``.  Unused by ``"isotropic"``.
     alpha : float, default=1.0
         Rate of the transport of the atoms.
     beta : float, default=1.0
@@ -87,7 +105,14 @@ default="kmeans++"
     Attributes
     ----------
     means_ : ndarray of shape (n_components, n_features)
-        The atoms, in the dtype of ``X``.
+        The atoms, in the units and dtype of ``X``.
+    covariances_ : ndarray
+        Covariance of the components, in the units of ``X`` (float64), as
+        ``GaussianMixture``'s: shape ``(n_components,)`` (the variance ``h²`` of each
+        component) for ``"isotropic"``, ``(n_features, n_features)`` for ``"data"`` (shared)
+        and ``(n_components, n_features, n_features)`` for ``"full"``.
+    precisions_cholesky_ : ndarray
+        Same shape: ``1/h``, or upper triangular ``P`` with ``P Pᵀ`` the precision.
     weights_ : ndarray of shape (n_components,)
         Mixture weights (float64, on the simplex).
     bandwidth_ : float
@@ -115,6 +140,9 @@ default="kmeans++"
     (2,)
     >>> bool(kl.loss_curve_[-1] <= kl.loss_curve_[0])
     True
+    >>> shaped = InclusiveKLFitter(n_components=3, covariance="full", random_state=0).fit(X)
+    >>> shaped.covariances_.shape
+    (3, 2, 2)
     """
 
     _parameter_constraints: dict = {
@@ -122,6 +150,8 @@ default="kmeans++"
         "n_components": [Interval(numbers.Integral, 1, None, closed="left"),
                          StrOptions({"auto"})],
         "init": [StrOptions({"kmeans++", "subsample"}), "array-like"],
+        "covariance": [StrOptions({"isotropic", "data", "full"})],
+        "reg_covar": [Interval(numbers.Real, 0, None, closed="neither")],
     }
     _atoms_attr = "means_"
     _n_atoms_param = "n_components"
@@ -139,6 +169,8 @@ default="kmeans++"
         n_components: int | str = "auto",
         *,
         bandwidth: float | str = "scott",
+        covariance: str = "isotropic",
+        reg_covar: float = 1e-6,
         alpha: float = 1.0,
         beta: float = 1.0,
         step_size: float | str = "auto",
@@ -154,6 +186,8 @@ default="kmeans++"
     ) -> None:
         self.n_components = n_components
         self.bandwidth = bandwidth
+        self.covariance = covariance
+        self.reg_covar = reg_covar
         self.alpha = alpha
         self.beta = beta
         self.step_size = step_size
@@ -171,15 +205,107 @@ default="kmeans++"
         return Kernel("gaussian", self.bandwidth_ if bandwidth is None else bandwidth)
 
     def _auto_step_size(self, problem: _Problem, ev: _Evaluation) -> float:
+        # in the whitened coordinates of "data" and "full", h is the kernel's scale there
         h = self.bandwidth_
         steps = [0.5 * h * h / self.alpha] if self.alpha > 0 else []
         steps += [1.0 / self.beta] if self.beta > 0 else []
         return min(steps, default=1.0)
 
+    # --- coordinates: whitened for "data" and "full" ------------------------------------
+    def _working_coordinates(self, X: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``"isotropic"``: ``X``.  ``"data"`` and ``"full"``: ``(X - m) P``, with ``m`` the
+        weighted mean and ``P`` the upper triangular square root of the inverse of the
+        regularised weighted covariance (``P Pᵀ = Σ̂⁻¹``): there ``Σ̂`` is the identity, the
+        kernel ``N(0, h² Σ̂)`` is ``N(0, h² I)``, and the bandwidth rules give the factor
+        of ``scipy.stats.gaussian_kde``."""
+        self._whiten = None
+        if self.covariance == "isotropic":
+            return X
+        mean, cov = _data_covariance(X, b, self.reg_covar)
+        P = _precision_cholesky(cov[None])[0]
+        self._whiten = (mean, P, np.linalg.inv(P), float(np.log(np.diag(P)).sum()))
+        return ((X.astype(np.float64) - mean) @ P).astype(X.dtype)
+
+    def _to_working(self, atoms: np.ndarray) -> np.ndarray:
+        mean, P, _, _ = self._whiten
+        return ((atoms.astype(np.float64) - mean) @ P).astype(atoms.dtype)
+
+    def _public_atoms(self, x: np.ndarray) -> np.ndarray:
+        if self._whiten is None:
+            return x
+        mean, _, P_inv, _ = self._whiten
+        d = P_inv.shape[0]
+        return (x[:, :d].astype(np.float64) @ P_inv + mean).astype(x.dtype)
+
+    @staticmethod
+    def _pack(x: np.ndarray, C: np.ndarray) -> np.ndarray:
+        """The state of ``"full"``: each atom's position and the Cholesky factor of its
+        covariance (whitened), in a row.  The factor, not the covariance: rounded to float32,
+        ``L Lᵀ`` stays positive definite where ``C`` itself need not."""
+        n, d = x.shape
+        L = np.linalg.cholesky(C)
+        return np.concatenate([x, L.reshape(n, d * d).astype(x.dtype)], axis=1)
+
+    @staticmethod
+    def _unpack(state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions and covariances ``L Lᵀ`` (float64) of the state of ``"full"``."""
+        n, width = state.shape
+        d = int(round((np.sqrt(1 + 4 * width) - 1) / 2))  # width = d + d²
+        L = state[:, d:].astype(np.float64).reshape(n, d, d)
+        return state[:, :d], L @ np.swapaxes(L, -1, -2)
+
+    def _initial_particles(self, X: np.ndarray, b: np.ndarray, rng, n: int) -> np.ndarray:
+        x = super()._initial_particles(X, b, rng, n)
+        if self._whiten is not None and not isinstance(self.init, str):
+            x = self._to_working(x)  # given in the units of X
+        if self.covariance != "full":
+            return x
+        h = self.bandwidth_
+        return self._pack(x, np.broadcast_to(h * h * np.eye(X.shape[1]), (n, X.shape[1],
+                                                                             X.shape[1])))
+
+    def _warm_state(self, X: np.ndarray, n_atoms: int):
+        resume = super()._warm_state(X, n_atoms)
+        if resume is None or self.covariance == "isotropic":
+            return resume
+        fitted = np.ndim(self.covariances_)
+        wanted = {"data": 2, "full": 3}[self.covariance]
+        if fitted != wanted:
+            raise ValueError(
+                f"warm_start=True resumes from a fit with covariance of {fitted} dimensions; "
+                f"covariance={self.covariance!r} needs {wanted}. Set warm_start=False to "
+                "start afresh."
+            )
+        atoms, w, tau = resume
+        x = self._to_working(atoms)
+        if self.covariance == "data":
+            return x, w, tau
+        _, P, _, _ = self._whiten
+        C = np.einsum("de,nef,fg->ndg", P.T, self.covariances_, P)  # Pᵀ Σ_i P
+        return self._pack(x, C), w, tau
+
+    def _after_fit(self) -> None:
+        state, h, n = self.means_, self.bandwidth_, self.weights_.shape[0]
+        if self.covariance == "isotropic":
+            self.covariances_ = np.full(n, h * h)
+            self.precisions_cholesky_ = np.full(n, 1.0 / h)
+            return
+        mean, P, P_inv, _ = self._whiten
+        self.means_ = self._public_atoms(state)
+        if self.covariance == "data":
+            self.covariances_ = h * h * (P_inv.T @ P_inv)  # h² Σ̂ in the units of X
+            self.precisions_cholesky_ = P / h
+            return
+        _, C = self._unpack(state)
+        self.covariances_ = np.einsum("ed,nef,fg->ndg", P_inv, C, P_inv)  # P⁻ᵀ C_i P⁻¹
+        self.precisions_cholesky_ = _precision_cholesky(self.covariances_)
+
     # --- the flow --------------------------------------------------------------------------
     def _log_norm(self, d: int) -> float:
-        """``log`` of the normalising constant ``(2π h²)^(d/2)`` of ``φ_h``."""
-        return 0.5 * d * np.log(2.0 * np.pi * self.bandwidth_**2)
+        """``log`` of the normalising constant of ``φ_h`` in the units of ``X``:
+        ``(2π h²)^(d/2)``, times ``det Σ̂^(1/2)`` in the whitened coordinates."""
+        log_norm = 0.5 * d * np.log(2.0 * np.pi * self.bandwidth_**2)
+        return log_norm if self._whiten is None else log_norm - self._whiten[3]
 
     @staticmethod
     def _log_weights(w: np.ndarray, dtype) -> np.ndarray:
@@ -187,12 +313,16 @@ default="kmeans++"
             return np.maximum(np.log(w), LOG_TINY).astype(dtype)
 
     def _evaluate(self, problem: _Problem, x, w, targets: Targets, carry=None) -> _Evaluation:
+        if self.covariance == "full":
+            return self._evaluate_full(x, w, targets)
         # L_m = log Σ_i w_i exp(-|y_m - x_i|²/(2h²)), so log μ(y_m) = L_m - log norm
         L = targets.log_mixture(problem.kernel, x, self._log_weights(w, x.dtype))
         mean, magnitude = targets.average(L, self._log_norm(x.shape[1]))
         return _Evaluation(-mean, magnitude, {"L": L})
 
     def _step(self, problem: _Problem, x, w, ev: _Evaluation, targets: Targets, tau: float):
+        if self.covariance == "full":
+            return self._step_full(x, w, ev, targets, tau)
         kernel, h = problem.kernel, self.bandwidth_
         L = ev.cache["L"]
         if self.alpha > 0:
@@ -202,15 +332,57 @@ default="kmeans++"
                 L = targets.log_mixture(kernel, x, self._log_weights(w, x.dtype))
         if self.beta > 0:
             R, _ = targets.responsibility_moments(kernel, x, L)
-            with np.errstate(divide="ignore"):
-                log_w = np.log(w) + (tau * self.beta) * (R.astype(np.float64) - 1.0)
-            w = np.exp(log_w - logsumexp(log_w))
+            w = self._reweight(w, R, tau)
         # the weights changed after the last LogSumExp: the evaluation starts afresh
         return x, w, None
 
+    def _reweight(self, w: np.ndarray, R: np.ndarray, tau: float) -> np.ndarray:
+        """Fisher–Rao: ``w_i ← w_i exp(τβ (R_i - 1))``, normalised."""
+        with np.errstate(divide="ignore"):
+            log_w = np.log(w) + (tau * self.beta) * (R.astype(np.float64) - 1.0)
+        return np.exp(log_w - logsumexp(log_w))
+
+    # --- "full": a covariance per atom -------------------------------------------------
+    def _shapes(self, C: np.ndarray):
+        """``P_i`` (``P_i P_iᵀ = C_i⁻¹``, float64) and ``log det P_i``, minus the ``N(0, C_i)``
+        normaliser's ``(2π)^(d/2)``, which ``_evaluate_full`` subtracts once."""
+        P = _precision_cholesky(C)
+        return P, np.log(np.diagonal(P, axis1=1, axis2=2)).sum(axis=1)
+
+    def _evaluate_full(self, state, w, targets: Targets) -> _Evaluation:
+        x, C = self._unpack(state)
+        P, log_det = self._shapes(C)
+        # L_m = log Σ_i w_i det(P_i) exp(-|P_iᵀ(y_m - x_i)|²/2) = log μ(y_m) + (d/2) log 2π
+        L = targets.log_mixture_shaped(x, P, self._log_weights(w, np.float64) + log_det)
+        d = x.shape[1]
+        shift = 0.5 * d * np.log(2.0 * np.pi) - self._whiten[3]
+        mean, magnitude = targets.average(L, shift)
+        return _Evaluation(-mean, magnitude, {"L": L, "P": P, "log_det": log_det})
+
+    def _step_full(self, state, w, ev: _Evaluation, targets: Targets, tau: float):
+        """One step of design page section "Shaped kernels": the Bures–Wasserstein step
+        of each atom's mean and covariance, then the Fisher–Rao reweighting."""
+        x, C = self._unpack(state)
+        L, P, log_det = ev.cache["L"], ev.cache["P"], ev.cache["log_det"]
+        if self.alpha > 0:
+            R, first, second = targets.responsibility_moments_shaped(x, P, log_det, L)
+            step = _bures_wasserstein_step(
+                C, P, R.astype(np.float64), first.astype(np.float64),
+                second.astype(np.float64), tau * self.alpha,
+            )
+            x = x + step[0].astype(x.dtype)
+            C = _floor_eigenvalues(step[1], self.reg_covar)
+            if self.beta > 0:
+                P, log_det = self._shapes(C)
+                L = targets.log_mixture_shaped(x, P, self._log_weights(w, np.float64) + log_det)
+        if self.beta > 0:
+            R = targets.responsibility_moments_shaped(x, P, log_det, L, second=False)[0]
+            w = self._reweight(w, R, tau)
+        return self._pack(x, C), w, None
+
     # --- the fitted density ----------------------------------------------------------------
     def score_samples(self, X) -> np.ndarray:
-        """Log density of the fitted mixture at the rows of ``X``.
+        """Log density of the fitted mixture at the rows of ``X``, in the units of ``X``.
 
         Parameters
         ----------
@@ -223,10 +395,27 @@ default="kmeans++"
         check_is_fitted(self)
         X = _validate_X(self, X, dtype=self.means_.dtype, reset=False)
         backend = resolve_backend(self.backend, X.shape[0] * self.means_.shape[0])
+        logw = self._log_weights(self.weights_, np.float64)
+        d = X.shape[1]
+        if np.ndim(self.covariances_) == 3:  # "full"
+            P = self.precisions_cholesky_
+            log_det = np.log(np.diagonal(P, axis1=1, axis2=2)).sum(axis=1)
+            L = backend.shaped_logsumexp(X, self.means_, P.astype(X.dtype),
+                                         (logw + log_det).astype(X.dtype))
+            return L - np.asarray(0.5 * d * np.log(2.0 * np.pi), dtype=X.dtype)
+        if np.ndim(self.covariances_) == 2:  # "data": the isotropic kernel, whitened
+            h = self.bandwidth_
+            P = self.precisions_cholesky_ * h  # P Pᵀ = Σ̂⁻¹
+            L = backend.logsumexp(self._kernel(), (X.astype(np.float64) @ P).astype(X.dtype),
+                                  (self.means_.astype(np.float64) @ P).astype(X.dtype),
+                                  logw.astype(X.dtype))
+            log_norm = 0.5 * d * np.log(2.0 * np.pi * h * h) - np.log(np.diag(P)).sum()
+            return L - np.asarray(log_norm, dtype=X.dtype)
         L = backend.logsumexp(
             self._kernel(), X, self.means_, self._log_weights(self.weights_, X.dtype)
         )
-        return L - np.asarray(self._log_norm(X.shape[1]), dtype=X.dtype)
+        return L - np.asarray(0.5 * d * np.log(2.0 * np.pi * self.bandwidth_**2),
+                              dtype=X.dtype)
 
     def score(self, X, y=None, sample_weight=None) -> float:
         """Mean log-likelihood of ``X`` under the fitted mixture (weighted by
@@ -252,7 +441,8 @@ default="kmeans++"
         return noise.astype(self.means_.dtype)
 
     def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
-        """Draw samples from the fitted mixture: an atom by weight, plus ``N(0, h² I)``.
+        """Draw samples from the fitted mixture: an atom by weight, plus a draw of its
+        component, ``N(0, covariances_)`` of that atom.
 
         Parameters
         ----------
@@ -263,4 +453,66 @@ default="kmeans++"
         -------
         ndarray of shape (n_samples, n_features)
         """
-        return super().sample(n_samples, random_state)
+        if np.ndim(getattr(self, "covariances_", np.zeros(1))) == 1:
+            return super().sample(n_samples, random_state)
+        n = self._check_n_samples(n_samples)
+        atoms, w = self._fitted_measure()
+        rng = np.random.default_rng(_seed_from(check_random_state(random_state)))
+        rows = rng.choice(atoms.shape[0], size=n, replace=True, p=w)
+        z = rng.standard_normal((n, atoms.shape[1]))
+        cov = self.covariances_
+        if cov.ndim == 2:
+            noise = z @ np.linalg.cholesky(cov).T
+        else:
+            noise = np.einsum("nde,ne->nd", np.linalg.cholesky(cov)[rows], z)
+        return atoms[rows] + noise.astype(atoms.dtype)
+
+
+def _data_covariance(X: np.ndarray, b: np.ndarray, reg_covar: float):
+    """The weighted mean and covariance of the rows, the latter as ``scipy.stats.gaussian_kde``
+    computes it (``np.cov`` with ``aweights``, unbiased), plus ``reg_covar`` times the mean
+    variance on the diagonal: positive definite for rank-deficient data and ``d > n``.  Data
+    without any spread get the identity."""
+    Xd = X.astype(np.float64)
+    mean = b @ Xd
+    centred = Xd - mean
+    cov = np.atleast_2d((centred * b[:, None]).T @ centred)
+    n_eff = 1.0 / float(np.sum(b * b))
+    if n_eff > 1.0:
+        cov *= n_eff / (n_eff - 1.0)
+    scale = float(np.trace(cov)) / X.shape[1]
+    scale = scale if scale > 0 else 1.0
+    cov += (reg_covar * scale) * np.eye(X.shape[1])
+    return mean, cov
+
+
+def _precision_cholesky(C: np.ndarray) -> np.ndarray:
+    """Upper triangular ``P_i`` with ``P_i P_iᵀ = C_i⁻¹`` (scikit-learn's
+    ``precisions_cholesky_`` of the "full" type), for a stack of covariances."""
+    L = np.linalg.cholesky(C)
+    eye = np.broadcast_to(np.eye(C.shape[-1]), C.shape)
+    return np.swapaxes(np.linalg.solve(L, eye), -1, -2)
+
+
+def _bures_wasserstein_step(C, P, R, first, second, t):
+    """The Bures–Wasserstein ascent step of length ``t = τα`` of every atom ``(x_i, C_i)``
+    on the first variation ``R(x, C) = Σ_m b_m N(y_m; x, C) / μ(y_m)``:
+
+    ``Δx_i = t C_i⁻¹ F_i`` and ``C_i ← (I + t G_i) C_i (I + t G_i)``, with
+    ``G_i = 2 ∂R/∂C_i = C_i⁻¹ M_i C_i⁻¹ - R_i C_i⁻¹``, ``F_i = Σ_m E_mi (y_m - x_i)`` and
+    ``M_i = Σ_m E_mi (y_m - x_i)(y_m - x_i)ᵀ`` (the moments of the responsibilities)."""
+    C_inv = P @ np.swapaxes(P, -1, -2)
+    dx = t * np.einsum("nde,ne->nd", C_inv, first)
+    G = C_inv @ second @ C_inv - R[:, None, None] * C_inv
+    A = np.eye(C.shape[-1]) + t * 0.5 * (G + np.swapaxes(G, -1, -2))
+    C_new = A @ C @ A
+    return dx, 0.5 * (C_new + np.swapaxes(C_new, -1, -2))
+
+
+def _floor_eigenvalues(C: np.ndarray, floor: float) -> np.ndarray:
+    """``C`` with its eigenvalues raised to ``floor`` at least (the variance of the
+    whitened data is 1: ``floor`` is relative to it, as ``reg_covar`` is)."""
+    eigval, eigvec = np.linalg.eigh(C)
+    if np.all(eigval >= floor):
+        return C
+    return (eigvec * np.maximum(eigval, floor)[:, None, :]) @ np.swapaxes(eigvec, -1, -2)

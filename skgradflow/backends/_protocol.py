@@ -28,6 +28,8 @@ from ..kernels import Kernel
 # log of the smallest weight passed to a log-domain reduction: a zero weight stays (almost)
 # zero without -inf entering a compiled formula.
 LOG_TINY = -690.0
+# entries of the (points, sources, features) block of the default shaped reductions
+_SHAPED_BLOCK = 1 << 22
 
 
 def check_log_domain_kernel(kernel: Kernel) -> None:
@@ -125,6 +127,78 @@ class Backend(ABC):
         ``(n, d)``.  ``c`` has shape ``(m,)``; ``-inf`` entries contribute exactly 0.
         """
 
+    # --- per-source Gaussian shapes (concrete: dense, blocked NumPy) -------------------
+    def shaped_logsumexp(
+        self, Z: np.ndarray, S: np.ndarray, P: np.ndarray, logv: np.ndarray
+    ) -> np.ndarray:
+        """``log Σ_j exp(logv_j - |P_jᵀ (z_i - s_j)|² / 2)``: a log-sum-exp over Gaussians
+        of their own shape, ``P_j`` a square root of source ``j``'s precision
+        (``P_j P_jᵀ = Σ_j⁻¹``).
+
+        ``P`` has shape ``(m, d, d)``, ``logv`` shape ``(m,)`` (finite); returns ``(n,)``.
+        This default is dense NumPy over blocks of at most ``_SHAPED_BLOCK`` entries of
+        ``(n, m, d)``, so every engine inherits a correct version; an engine overrides it
+        where it has a faster one.
+        """
+        n, d = Z.shape
+        top = np.full(n, -np.inf, dtype=Z.dtype)
+        total = np.zeros(n, dtype=Z.dtype)
+        step = max(1, _SHAPED_BLOCK // max(1, n * d))
+        for c0 in range(0, S.shape[0], step):
+            cols = slice(c0, c0 + step)
+            Pc = P[cols]
+            # (z_i - s_j)ᵀ P_j = z_iᵀ P_j - s_jᵀ P_j: one matrix product for every source
+            ZP = np.tensordot(Z, Pc, axes=(1, 1))  # (n, block, d)
+            SP = np.einsum("md,mde->me", S[cols], Pc)
+            A = logv[cols][None, :] - 0.5 * ((ZP - SP[None]) ** 2).sum(-1)
+            new_top = np.maximum(top, A.max(axis=1))
+            total = total * np.exp(top - new_top) + np.exp(A - new_top[:, None]).sum(axis=1)
+            top = new_top
+        return top + np.log(total)
+
+    def shaped_moments(
+        self, Z: np.ndarray, P: np.ndarray, a: np.ndarray, S: np.ndarray, c: np.ndarray,
+        second: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """With ``E_ij = exp(a_i + c_j - |P_iᵀ (s_j - z_i)|² / 2)``, ``P_i`` a square root of
+        point ``i``'s precision: the mass ``Σ_j E_ij`` (shape ``(n,)``), the first moment
+        ``Σ_j E_ij (s_j - z_i)`` (shape ``(n, d)``) and the second moment
+        ``Σ_j E_ij (s_j - z_i)(s_j - z_i)ᵀ`` (shape ``(n, d, d)``).
+
+        ``P`` has shape ``(n, d, d)``, ``a`` shape ``(n,)`` (finite), ``c`` shape ``(m,)``;
+        ``-inf`` entries of ``c`` contribute exactly 0.  With ``second=False`` the second
+        moment is not formed (``None``).  Dense NumPy over blocks, as
+        :meth:`shaped_logsumexp`.
+        """
+        n, d = Z.shape
+        ZP = np.einsum("nd,nde->ne", Z, P)
+        mass = np.zeros(n, dtype=Z.dtype)
+        first = np.zeros((n, d), dtype=Z.dtype)
+        # the second moment about the origin, in float64: Σ E (s - z)(s - z)ᵀ is formed from
+        # it below, and the expansion cancels where z is far from the sources it weighs
+        raw2 = np.zeros((n, d * d)) if second else None
+        step = max(1, _SHAPED_BLOCK // max(1, n * d))
+        for c0 in range(0, S.shape[0], step):
+            Sc = S[c0:c0 + step]
+            SP = np.tensordot(Sc, P, axes=(1, 1))  # (block, n, d): s_jᵀ P_i, one product
+            q = ((SP - ZP[None]) ** 2).sum(-1).T
+            E = np.exp(a[:, None] + c[c0:c0 + step][None, :] - 0.5 * q)
+            mass += E.sum(axis=1)
+            first += E @ Sc
+            if second:
+                Sd = Sc.astype(np.float64)
+                raw2 += E.astype(np.float64) @ (Sd[:, :, None] * Sd[:, None, :]).reshape(-1, d * d)
+        first -= mass[:, None] * Z  # Σ E (s - z) = Σ E s - z Σ E
+        if not second:
+            return mass, first, None
+        Zd, m0, m1 = Z.astype(np.float64), mass.astype(np.float64), first.astype(np.float64)
+        # Σ E (s-z)(s-z)ᵀ = Σ E s sᵀ - z (Σ E s)ᵀ - (Σ E s) zᵀ + (Σ E) z zᵀ, Σ E s = m1 + m0 z
+        s1 = m1 + m0[:, None] * Zd
+        outer = Zd[:, :, None] * s1[:, None, :]
+        moment2 = (raw2.reshape(n, d, d) - outer - np.swapaxes(outer, 1, 2)
+                   + m0[:, None, None] * Zd[:, :, None] * Zd[:, None, :])
+        return mass, first, moment2.astype(Z.dtype)
+
     # --- targets bound once per run ------------------------------------------------------
     def bind(self, Y: np.ndarray, b: np.ndarray) -> Targets:
         """Hold the targets ``Y`` (shape ``(m, d)``) with weights ``b`` (float64, shape
@@ -187,6 +261,30 @@ class Targets(ABC):
         and ``Σ_m E_mi (y_m - x_i)`` (shape ``(n, d)``), in the dtype of ``X``."""
 
 
+    # --- inclusive KL with a Gaussian shape per atom -------------------------------------
+    def log_mixture_shaped(self, X: np.ndarray, P: np.ndarray, logw: np.ndarray) -> Any:
+        """``L_m = log Σ_i exp(logw_i - |P_iᵀ (y_m - x_i)|² / 2)`` at every target, in the
+        targets' own form, as :meth:`log_mixture`; ``P`` of shape ``(n, d, d)``.
+
+        Targets that do not hold their rows in host memory must override this method and
+        :meth:`responsibility_moments_shaped`; host targets inherit
+        :class:`HostTargets`' versions."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no shaped reductions (covariance='full')."
+        )
+
+    def responsibility_moments_shaped(
+        self, X: np.ndarray, P: np.ndarray, log_norm: np.ndarray, L: Any, second: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """With ``E_mi = b_m exp(log_norm_i - |P_iᵀ (y_m - x_i)|² / 2 - L_m)``: ``R_i = Σ_m
+        E_mi`` (shape ``(n,)``), ``Σ_m E_mi (y_m - x_i)`` (shape ``(n, d)``) and ``Σ_m E_mi
+        (y_m - x_i)(y_m - x_i)ᵀ`` (shape ``(n, d, d)``; ``None`` with ``second=False``), in
+        the dtype of ``X``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no shaped reductions (covariance='full')."
+        )
+
+
 class HostTargets(Targets):
     """Targets as an in-memory array; every reduction calls the backend's own.
 
@@ -233,3 +331,19 @@ class HostTargets(Targets):
         with np.errstate(divide="ignore"):  # a zero weight: exp(-inf) = 0 exactly
             c = np.log(self.b) - L
         return self.backend.softmax_moments(kernel, X, self.Y, c.astype(X.dtype))
+
+    def log_mixture_shaped(self, X: np.ndarray, P: np.ndarray, logw: np.ndarray) -> np.ndarray:
+        dt = X.dtype
+        return self.backend.shaped_logsumexp(
+            self.Y, X, P.astype(dt), logw.astype(dt)
+        ).astype(np.float64)
+
+    def responsibility_moments_shaped(
+        self, X: np.ndarray, P: np.ndarray, log_norm: np.ndarray, L: np.ndarray,
+        second: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        with np.errstate(divide="ignore"):
+            c = np.log(self.b) - L
+        dt = X.dtype
+        return self.backend.shaped_moments(X, P.astype(dt), log_norm.astype(dt), self.Y,
+                                           c.astype(dt), second)

@@ -1,0 +1,308 @@
+"""InclusiveKLFitter(covariance="data" | "full") against independent computations: the
+isotropic flow on whitened data, scipy's gaussian_kde, dense Gaussian densities and finite
+differences of the log-likelihood."""
+
+import pickle
+
+import numpy as np
+import pytest
+from conftest import BACKENDS
+from scipy.stats import gaussian_kde, multivariate_normal
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV
+from sklearn.utils._param_validation import InvalidParameterError
+
+from skgradflow import InclusiveKLFitter
+from skgradflow.backends import NumpyBackend
+from skgradflow.backends._protocol import HostTargets
+
+
+def correlated(n, rng, rho=0.95, scale=(3.0, 0.5)):
+    """A thin, tilted 2-D Gaussian cloud in two clusters."""
+    cov = np.array([[1.0, rho], [rho, 1.0]]) * np.outer(scale, scale)
+    centres = rng.choice([-1.0, 1.0], size=n)[:, None] * np.array([2.0, 0.0])
+    return centres + rng.multivariate_normal(np.zeros(2), cov, size=n)
+
+
+def whitener(X, b, reg):
+    """Mean and upper triangular ``P`` (``P Pᵀ = Σ̂⁻¹``) of the regularised weighted
+    covariance, computed as scipy.stats.gaussian_kde defines Σ̂."""
+    cov = np.atleast_2d(np.cov(X.T, aweights=b, bias=False))
+    cov = cov + reg * np.trace(cov) / X.shape[1] * np.eye(X.shape[1])
+    return b @ X / b.sum(), np.linalg.inv(np.linalg.cholesky(cov)).T, cov
+
+
+def dense_log_likelihood(y, b, x, C, w):
+    dens = np.stack([multivariate_normal(x[i], C[i]).pdf(y) for i in range(len(w))], axis=1)
+    return float(b @ np.log(dens @ w))
+
+
+@pytest.fixture
+def data(rng):
+    X = correlated(80, rng)
+    raw = rng.uniform(0.5, 1.5, size=80)
+    x0 = X[rng.choice(80, 6, replace=False)] + 0.1
+    return X, raw / raw.sum(), raw, x0
+
+
+def test_data_mode_is_the_isotropic_flow_on_whitened_data(data, rng):
+    X, b, raw, x0 = data
+    mean, P, cov = whitener(X, b, 1e-6)
+    params = dict(n_components=6, bandwidth=0.4, step_size=0.05, max_iter=4, tol=0,
+                  backend="numpy")
+    shaped = InclusiveKLFitter(covariance="data", init=x0, **params).fit(X, sample_weight=raw)
+    iso = InclusiveKLFitter(init=(x0 - mean) @ P, **params).fit((X - mean) @ P,
+                                                                sample_weight=raw)
+    half_log_det = 0.5 * np.linalg.slogdet(cov)[1]
+    np.testing.assert_allclose(shaped.means_, iso.means_ @ np.linalg.inv(P) + mean, rtol=1e-10)
+    np.testing.assert_allclose(shaped.weights_, iso.weights_, rtol=1e-10)
+    np.testing.assert_allclose(shaped.loss_curve_, iso.loss_curve_ + half_log_det, rtol=1e-10)
+    X_test = correlated(30, rng)
+    np.testing.assert_allclose(shaped.score_samples(X_test),
+                               iso.score_samples((X_test - mean) @ P) - half_log_det,
+                               rtol=1e-10)
+    np.testing.assert_allclose(shaped.covariances_, 0.16 * cov, rtol=1e-12)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_data_mode_without_flow_is_scipy_gaussian_kde(data, rng, weighted):
+    X, _, raw, _ = data
+    sw = raw if weighted else None
+    kde = gaussian_kde(X.T, weights=sw)
+    kl = InclusiveKLFitter(n_components=len(X), covariance="data", bandwidth=kde.factor,
+                           reg_covar=1e-15, alpha=0.0, beta=0.0, init=X, max_iter=1, tol=0,
+                           backend="numpy").fit(X, sample_weight=sw)
+    if weighted:  # the weights of the atoms are the initial uniform ones: reweight them
+        kl.weights_ = raw / raw.sum()
+    X_test = correlated(40, rng)
+    np.testing.assert_allclose(kl.score_samples(X_test), kde.logpdf(X_test.T), rtol=1e-9)
+    np.testing.assert_allclose(kl.covariances_, kde.covariance, rtol=1e-9)
+
+
+def test_shaped_reductions_match_dense_densities(rng):
+    d, n, m = 3, 5, 40
+    x, y = rng.normal(size=(n, d)), rng.normal(size=(m, d))
+    A = rng.normal(size=(n, d, d))
+    C = A @ np.swapaxes(A, 1, 2) + 0.5 * np.eye(d)
+    w = rng.dirichlet(np.ones(n))
+    b = rng.dirichlet(np.ones(m))
+    P = np.linalg.inv(np.linalg.cholesky(C)).swapaxes(1, 2)
+    log_det = np.log(np.diagonal(P, axis1=1, axis2=2)).sum(1)
+    targets = HostTargets(NumpyBackend(), y, b)
+    L = targets.log_mixture_shaped(x, P, np.log(w) + log_det)
+    dens = np.stack([multivariate_normal(x[i], C[i]).pdf(y) for i in range(n)], axis=1)
+    np.testing.assert_allclose(L - 0.5 * d * np.log(2 * np.pi), np.log(dens @ w), rtol=1e-12)
+    R, F, M = targets.responsibility_moments_shaped(x, P, log_det, L)
+    E = b[:, None] * dens / (dens @ w)[:, None]  # b_m N(y_m; x_i, C_i) / μ(y_m)
+    r = y[:, None, :] - x[None, :, :]
+    np.testing.assert_allclose(R, E.sum(0), rtol=1e-12)
+    np.testing.assert_allclose(w @ R, 1.0, rtol=1e-12)  # Σ_i w_i R_i = Σ_m b_m
+    np.testing.assert_allclose(F, np.einsum("mi,mid->id", E, r), rtol=1e-11, atol=1e-14)
+    np.testing.assert_allclose(M, np.einsum("mi,mid,mie->ide", E, r, r), rtol=1e-11,
+                               atol=1e-14)
+
+
+def test_full_gradients_match_finite_differences_of_the_log_likelihood(rng):
+    """∂ℓ/∂x_i = w_i C_i⁻¹ F_i and ∂ℓ/∂C_i = ½ w_i G_i, the two halves of the step."""
+    d, n, m = 2, 3, 30
+    x, y = rng.normal(size=(n, d)), rng.normal(size=(m, d))
+    C = np.stack([np.array([[1.0, 0.3], [0.3, 0.5]]) * s for s in (0.5, 1.0, 2.0)])
+    w, b = rng.dirichlet(np.ones(n)), rng.dirichlet(np.ones(m))
+    P = np.linalg.inv(np.linalg.cholesky(C)).swapaxes(1, 2)
+    log_det = np.log(np.diagonal(P, axis1=1, axis2=2)).sum(1)
+    targets = HostTargets(NumpyBackend(), y, b)
+    L = targets.log_mixture_shaped(x, P, np.log(w) + log_det)
+    R, F, M = targets.responsibility_moments_shaped(x, P, log_det, L)
+    C_inv = np.linalg.inv(C)
+    eps = 1e-6
+    for i in range(n):
+        grad_x = w[i] * C_inv[i] @ F[i]
+        G = C_inv[i] @ M[i] @ C_inv[i] - R[i] * C_inv[i]
+        for k in range(d):
+            xp, xm = x.copy(), x.copy()
+            xp[i, k] += eps
+            xm[i, k] -= eps
+            fd = (dense_log_likelihood(y, b, xp, C, w) - dense_log_likelihood(y, b, xm, C, w))
+            assert grad_x[k] == pytest.approx(fd / (2 * eps), rel=1e-6, abs=1e-9)
+        # a symmetric perturbation E of C_i: dℓ = tr(∂ℓ/∂C_i E) = ½ w_i tr(G E)
+        Sym = np.array([[0.7, -0.2], [-0.2, 0.4]])
+        Cp, Cm = C.copy(), C.copy()
+        Cp[i] += eps * Sym
+        Cm[i] -= eps * Sym
+        fd = (dense_log_likelihood(y, b, x, Cp, w) - dense_log_likelihood(y, b, x, Cm, w))
+        assert 0.5 * w[i] * np.trace(G @ Sym) == pytest.approx(fd / (2 * eps), rel=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_full_iterations_match_a_dense_bures_wasserstein_step(data, backend):
+    X, b, raw, x0 = data
+    h, tau, alpha, beta = 0.5, 0.04, 1.0, 0.8
+    est = InclusiveKLFitter(n_components=6, covariance="full", bandwidth=h, step_size=tau,
+                            alpha=alpha, beta=beta, init=x0, max_iter=2, tol=0,
+                            backend=backend).fit(X, sample_weight=raw)
+    mean, P, cov = whitener(X, b, 1e-6)
+    y, x = (X - mean) @ P, (x0 - mean) @ P
+    C, w = np.repeat(h * h * np.eye(2)[None], 6, axis=0), np.full(6, 1 / 6)
+    losses = [-dense_log_likelihood(y, b, x, C, w)]
+    for _ in range(2):
+        dens = np.stack([multivariate_normal(x[i], C[i]).pdf(y) for i in range(6)], axis=1)
+        E = b[:, None] * dens / (dens @ w)[:, None]
+        r = y[:, None, :] - x[None, :, :]
+        R, F, M = E.sum(0), np.einsum("mi,mid->id", E, r), np.einsum("mi,mid,mie->ide", E, r, r)
+        C_inv = np.linalg.inv(C)
+        x = x + tau * alpha * np.einsum("ide,ie->id", C_inv, F)
+        A = np.eye(2) + tau * alpha * (C_inv @ M @ C_inv - R[:, None, None] * C_inv)
+        C = A @ C @ A
+        dens = np.stack([multivariate_normal(x[i], C[i]).pdf(y) for i in range(6)], axis=1)
+        R = (b[:, None] * dens / (dens @ w)[:, None]).sum(0)
+        w = w * np.exp(tau * beta * (R - 1))
+        w /= w.sum()
+        losses.append(-dense_log_likelihood(y, b, x, C, w))
+    P_inv = np.linalg.inv(P)
+    np.testing.assert_allclose(est.means_, x @ P_inv + mean, rtol=1e-10)
+    np.testing.assert_allclose(est.covariances_, P_inv.T @ C @ P_inv, rtol=1e-9)
+    np.testing.assert_allclose(est.weights_, w, rtol=1e-10)
+    np.testing.assert_allclose(est.loss_curve_, np.array(losses) + 0.5 * np.linalg.slogdet(
+        cov)[1], rtol=1e-10)
+
+
+def test_full_mean_step_at_the_initial_shape_is_the_data_mode_step(data):
+    """At C_i = h² I (whitened) the mean step of "full" is that of "data"."""
+    X, b, raw, x0 = data
+    params = dict(n_components=6, bandwidth=0.5, step_size=0.05, beta=0.0, init=x0,
+                  max_iter=1, tol=0, backend="numpy")
+    full = InclusiveKLFitter(covariance="full", **params).fit(X, sample_weight=raw)
+    shared = InclusiveKLFitter(covariance="data", **params).fit(X, sample_weight=raw)
+    np.testing.assert_allclose(full.means_, shared.means_, rtol=1e-10)
+    np.testing.assert_allclose(full.loss_curve_[0], shared.loss_curve_[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("covariance", ["data", "full"])
+def test_weight_step_is_em_to_first_order(data, covariance):
+    X, b, raw, x0 = data
+    tau = 1e-5
+    est = InclusiveKLFitter(n_components=6, covariance=covariance, bandwidth=0.5, alpha=0.0,
+                            step_size=tau, init=x0, max_iter=1, tol=0,
+                            backend="numpy").fit(X, sample_weight=raw)
+    _, _, cov = whitener(X, b, 1e-6)
+    w = np.full(6, 1 / 6)
+    dens = np.stack([multivariate_normal(x0[i], 0.25 * cov).pdf(X) for i in range(6)], axis=1)
+    em = (b[:, None] * dens * w / (dens @ w)[:, None]).sum(0)  # Σ_m b_m γ_mi
+    np.testing.assert_allclose((est.weights_ - w) / tau, em - w, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("covariance", ["data", "full"])
+def test_likelihood_never_decreases_and_weights_stay_on_the_simplex(data, covariance):
+    X, _, raw, _ = data
+    est = InclusiveKLFitter(n_components=10, covariance=covariance, max_iter=60,
+                            random_state=0, backend="numpy").fit(X, sample_weight=raw)
+    assert np.all(np.diff(est.loss_curve_) <= 1e-12)
+    assert est.loss_curve_[-1] < est.loss_curve_[0]
+    assert est.weights_.min() >= 0 and est.weights_.sum() == pytest.approx(1.0)
+    cov = est.covariances_
+    assert np.all(np.linalg.eigvalsh(cov) > 0)
+    assert est.score(X, sample_weight=raw) == pytest.approx(-est.loss_curve_[-1], rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("covariance", ["data", "full"])
+def test_finite_in_dimension_64(rng, dtype, covariance):
+    X = (rng.normal(size=(150, 64)) @ rng.normal(size=(64, 64))).astype(dtype)
+    est = InclusiveKLFitter(n_components=5, covariance=covariance, max_iter=4, tol=0,
+                            random_state=0, backend="numpy").fit(X)
+    assert est.means_.dtype == dtype
+    assert np.all(np.isfinite(est.loss_curve_))
+    assert np.all(np.isfinite(est.score_samples(X[:10])))
+    assert np.all(np.diff(est.loss_curve_) <= 1e-4 * abs(est.loss_curve_[0]))
+
+
+@pytest.mark.parametrize("covariance", ["data", "full"])
+def test_rank_deficient_data_and_more_features_than_samples(rng, covariance):
+    base = rng.normal(size=(30, 3))
+    flat = np.hstack([base, base[:, :1] * 2.0, np.zeros((30, 1))])  # rank 3 of 5
+    wide = rng.normal(size=(12, 40))  # d > n
+    for X in (flat, wide):
+        est = InclusiveKLFitter(n_components=3, covariance=covariance, max_iter=5,
+                                random_state=0, backend="numpy").fit(X)
+        assert np.all(np.isfinite(est.score_samples(X)))
+        assert np.all(np.isfinite(est.covariances_))
+        assert np.all(np.isfinite(est.sample(5, random_state=0)))
+
+
+@pytest.mark.parametrize("covariance", ["data", "full"])
+def test_sample_draws_from_the_shaped_components(data, covariance):
+    X = data[0]
+    est = InclusiveKLFitter(n_components=1, covariance=covariance, max_iter=3,
+                            random_state=0, backend="numpy").fit(X)
+    draws = est.sample(20000, random_state=0)
+    cov = est.covariances_ if covariance == "data" else est.covariances_[0]
+    np.testing.assert_allclose(draws.mean(0), est.means_[0], atol=0.05 * np.sqrt(cov.max()))
+    np.testing.assert_allclose(np.cov(draws.T), cov, rtol=0.05, atol=0.03 * cov.max())
+
+
+def test_fitted_attributes_follow_gaussian_mixture_conventions(data):
+    X = data[0]
+    for covariance, shape in [("isotropic", (4,)), ("data", (2, 2)), ("full", (4, 2, 2))]:
+        est = InclusiveKLFitter(n_components=4, covariance=covariance, max_iter=5,
+                                random_state=0, backend="numpy").fit(X)
+        assert est.covariances_.shape == shape == est.precisions_cholesky_.shape
+        if covariance == "isotropic":
+            np.testing.assert_allclose(est.covariances_ * est.precisions_cholesky_**2, 1.0)
+        else:
+            prec = est.precisions_cholesky_ @ np.swapaxes(est.precisions_cholesky_, -1, -2)
+            np.testing.assert_allclose(prec @ est.covariances_, np.broadcast_to(np.eye(2),
+                                       prec.shape), atol=1e-8)
+
+
+def test_warm_start_clone_pickle_and_callback_units(data):
+    X = data[0]
+    seen = []
+    est = InclusiveKLFitter(n_components=4, covariance="full", max_iter=5, tol=0,
+                            random_state=0, backend="numpy",
+                            callback=lambda s: seen.append(s.means.copy())).fit(X)
+    np.testing.assert_allclose(seen[-1], est.means_, rtol=1e-12)  # original units
+    est.set_params(callback=None)
+    restored = pickle.loads(pickle.dumps(est))
+    np.testing.assert_allclose(restored.score_samples(X), est.score_samples(X), rtol=1e-13)
+    assert clone(est).get_params()["covariance"] == "full"
+    last = est.loss_curve_[-1]
+    est.set_params(warm_start=True, callback=None).fit(X)
+    assert est.loss_curve_[0] == pytest.approx(last, rel=1e-9)  # resumed, not restarted
+    with pytest.raises(ValueError, match="warm_start"):
+        est.set_params(covariance="data").fit(X)
+
+
+def test_grid_search_chooses_covariance_and_bandwidth(rng):
+    X = correlated(200, rng, rho=0.98)
+    search = GridSearchCV(
+        InclusiveKLFitter(n_components=20, max_iter=40, random_state=0, backend="numpy"),
+        {"covariance": ["isotropic", "data", "full"], "bandwidth": [0.2, 0.5]}, cv=3,
+    ).fit(X)
+    assert search.best_params_["covariance"] in ("data", "full")  # the shape matters here
+    scores = search.cv_results_["mean_test_score"]
+    assert np.all(np.isfinite(scores))
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"covariance": "diag"}, "covariance"),
+    ({"reg_covar": 0.0}, "reg_covar"),
+    ({"reg_covar": -1.0}, "reg_covar"),
+])
+def test_bad_covariance_parameters_name_the_argument(data, params, match):
+    with pytest.raises(InvalidParameterError, match=match):
+        InclusiveKLFitter(**params).fit(data[0])
+
+
+@pytest.mark.parametrize("covariance", ["data", "full"])
+def test_minibatches_keep_the_likelihood_of_the_full_batch_fit_close(data, covariance):
+    X = data[0]
+    full_batch = InclusiveKLFitter(n_components=4, covariance=covariance, max_iter=40, tol=0,
+                                   random_state=0, backend="numpy").fit(X)
+    mini = InclusiveKLFitter(n_components=4, covariance=covariance, max_iter=40, tol=0,
+                             batch_size=40, random_state=0, backend="numpy").fit(X)
+    assert np.isfinite(mini.score(X))
+    # the minibatch flow improves on its start, and ends near the full-batch likelihood
+    start = InclusiveKLFitter(n_components=4, covariance=covariance, max_iter=1, tol=0,
+                              alpha=0.0, beta=0.0, random_state=0, backend="numpy").fit(X)
+    assert mini.score(X) > start.score(X)
+    assert mini.score(X) > full_batch.score(X) - 0.2
