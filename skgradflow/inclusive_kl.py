@@ -27,6 +27,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import _BaseParticleFlow, _Evaluation, _Problem, _validate_X
 from .backends import LOG_TINY, Targets, resolve_backend
+from .backends._dask import as_dask_engine, dask_session, is_dask_array
+from .backends._dask import log_density as dask_log_density
 from .kernels import Kernel
 
 
@@ -219,8 +221,15 @@ default="kmeans++"
         Returns
         -------
         ndarray of shape (n_samples,)
+            A lazy dask array for a dask array ``X``.
         """
         check_is_fitted(self)
+        if is_dask_array(X):  # a lazy dask array with the row chunks of X
+            with dask_session(self.backend, X):
+                X = _validate_X(self, X, dtype=self.means_.dtype, reset=False)
+            return dask_log_density(X, self.means_, self._log_weights(self.weights_, X.dtype),
+                                    self._kernel(), as_dask_engine(self.backend).inner,
+                                    self._log_norm(X.shape[1]))
         X = _validate_X(self, X, dtype=self.means_.dtype, reset=False)
         backend = resolve_backend(self.backend, X.shape[0] * self.means_.shape[0])
         L = backend.logsumexp(
@@ -242,6 +251,13 @@ default="kmeans++"
         -------
         float
         """
+        if is_dask_array(X):
+            with dask_session(self.backend, X, sample_weight):
+                log_density = self.score_samples(X).astype(np.float64)
+                if sample_weight is None:
+                    return float(log_density.mean().compute())
+                b = self._check_sample_weight(sample_weight, X.rechunk({1: -1}))
+                return float((b * log_density).sum().compute())
         log_density = self.score_samples(X).astype(np.float64)
         if sample_weight is None:
             return float(log_density.mean())
