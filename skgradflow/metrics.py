@@ -68,6 +68,12 @@ def mmd(
     -------
     float
 
+    Notes
+    -----
+    ``X``, ``Y`` and the weights may be dask arrays: the sum then runs as one task per pair
+    of row chunks of the pooled sample on the Dask cluster (``backend`` names the engine of
+    each task), and ``"median"`` uses 2000 rows drawn by weight.
+
     Examples
     --------
     >>> import numpy as np
