@@ -246,6 +246,9 @@ def test_client_resolution(client, data):
     spec = DaskBackend(client="tcp://127.0.0.1:1", inner="numpy")
     assert pickle.loads(pickle.dumps(spec)) == spec
     assert clone(IFTSampler(backend=spec)).backend == spec
+    # with a client: copies share it, a pickle carries the scheduler's address
+    assert clone(IFTSampler(backend=engine)).backend.client is client
+    assert pickle.loads(pickle.dumps(engine)).client == client.scheduler.address
 
 
 def test_without_a_client_a_fit_starts_and_closes_its_own_cluster(data):
@@ -314,6 +317,16 @@ def test_without_dask_the_error_names_the_extra(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("DaskUnavailableError")
     assert 'pip install "skgradflow[dask]"' in out.stdout
+
+
+def test_a_reduction_missing_rows_raises_instead_of_summing_less(client):
+    Y = np.random.default_rng(0).normal(size=(90, 2))
+    bound = DaskBackend(client=client, inner="numpy", chunk_rows=30).bind(Y, np.full(90, 1 / 90))
+    # the same chunks, claimed to hold more rows (or fewer chunks) than they do
+    for chunks, rows in [(bound.chunks, 100), (bound.chunks[:2], 90)]:
+        short = DaskTargets(bound.backend, client, chunks, rows, 2, Y.dtype)
+        with pytest.raises(RuntimeError, match="refusing a partial sum"):
+            short.kernel_mean(Kernel("gaussian", 1.0), Y[:3])
 
 
 def test_the_engine_checks_its_settings():

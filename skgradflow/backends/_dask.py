@@ -15,6 +15,7 @@ Dask is an optional dependency: ``pip install "skgradflow[dask]"`` installs
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import math
 import sys
@@ -286,6 +287,17 @@ class DaskBackend(Backend):
 
     def __hash__(self) -> int:
         return hash((type(self), self.inner if isinstance(self.inner, str) else None))
+
+    def __deepcopy__(self, memo: dict) -> DaskBackend:
+        # a client is a connection, not data: copies (clone, GridSearchCV) share it
+        return type(self)(self.client, copy.deepcopy(self.inner, memo), self.chunk_rows)
+
+    def __getstate__(self) -> dict:
+        # a client cannot be pickled: another process reconnects by the scheduler's address
+        state = dict(vars(self))
+        if self.client is not None and not isinstance(self.client, str):
+            state["client"] = self.client.scheduler.address
+        return state
 
     def ensure_ready(self) -> None:
         _require_dask()
