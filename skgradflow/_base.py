@@ -25,7 +25,14 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from ._progress import Progress
-from .backends import BACKEND_NAMES, Backend, Targets, resolve_backend
+from .backends import (
+    BACKEND_NAMES,
+    Backend,
+    DaskBackend,
+    HostTargets,
+    Targets,
+    resolve_backend,
+)
 from .backends._dask import dask_session, is_dask_array
 from .callbacks import make_state
 from .kernels import BANDWIDTH_RULES, KERNELS, Kernel, _seed_from, resolve_bandwidth
@@ -420,7 +427,8 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
     _sources_include_atoms = True
 
     def _make_problem(
-        self, Y, b, kernel, n_points, rng, update_weights=True, minibatches=True
+        self, Y, b, kernel, n_points, rng, update_weights=True, minibatches=True,
+        on_client=False,
     ) -> _Problem:
         batch = int(self.batch_size) if minibatches and self.batch_size is not None else None
         n_src = (batch or Y.shape[0]) + (n_points if self._sources_include_atoms else 0)
@@ -433,7 +441,13 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         backend = resolve_backend(
             backend, n_points * n_src, n_calls=self._reductions_per_iteration * self.max_iter
         )
-        return _Problem(backend, kernel, backend.bind(Y, b), batch, rng, update_weights)
+        if on_client and isinstance(backend, DaskBackend):
+            # targets as small as a fitted measure stay here, where the Dask engine runs its
+            # reductions over explicit arrays: no cluster needed after the fit
+            bound = HostTargets(backend, Y, b)
+        else:
+            bound = backend.bind(Y, b)
+        return _Problem(backend, kernel, bound, batch, rng, update_weights)
 
     # --- the loop ------------------------------------------------------------------------
     def _run_flow(self, problem: _Problem, x, w, desc: str, energy_scale: float = 0.0,
@@ -782,7 +796,7 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
             # the fitted measure is small: every iteration uses all of it, whatever batch_size
             problem = self._make_problem(
                 atoms.astype(Z.dtype), b, self._kernel(h), Z.shape[0], rng,
-                update_weights=False, minibatches=False,
+                update_weights=False, minibatches=False, on_client=True,
             )
             self._prepare(problem, Z.shape[0])
             Z, *_ = self._run_flow(problem, Z, w, desc, scale, max_iter=share, verbose=verbose,
