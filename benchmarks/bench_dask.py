@@ -11,8 +11,8 @@ and the numbers of a scaling model.
   ``½ bᵀK_yy b`` from 5000 draws, the initial evaluation).
 * **client memory**: a fresh client process connects to the cluster by its address and fits
   on ``--memory-rows`` × 2 float32 targets (one iteration, ``--memory-particles``
-  particles: the client's share does not grow with the targets); its ``ru_maxrss`` before
-  and after the fit.
+  particles: the client's share does not grow with the targets); its peak resident memory
+  (``VmHWM``) before and after the fit.
 * **scaling model**: the time of one chunk's reduction (value and gradient of the kernel
   mean of 10⁶ rows at N particles, one thread), the pickled size of its partial result,
   and the scheduler's cost per task (many tiny chunks).
@@ -76,7 +76,17 @@ def time_fit(X, backend, n: int, iterations: int) -> dict:
             "iterations": len(stamps), "loss": float(est.loss_curve_[-1])}
 
 
-def rss_mb() -> float:
+def peak_rss_mb() -> float:
+    """This process's peak resident memory.  ``VmHWM`` where Linux has it: ``ru_maxrss``
+    survives ``exec`` there, so a child started by a large parent would report the
+    parent's peak."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -88,10 +98,10 @@ def memory_child(address: str, rows: int, chunk: int, n: int) -> None:
 
     client = distributed.Client(address)
     X = lazy_targets(rows, chunk, "float32")
-    before = rss_mb()
+    before = peak_rss_mb()
     backend = DaskBackend(client=client, inner=NumbaBackend(n_threads=1))
     result = time_fit(X, backend, n, 1)
-    print(json.dumps({"rss_before_mb": before, "rss_peak_mb": rss_mb(),
+    print(json.dumps({"rss_before_mb": before, "rss_peak_mb": peak_rss_mb(),
                       "target_mb": rows * D * 4 / 2**20, **result}))
     client.close()
 
@@ -138,7 +148,8 @@ def task_overhead(client) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=float, nargs="+", default=[1e6, 1e7, 1e8])
+    parser.add_argument("--sizes", type=float, nargs="*", default=[1e6, 1e7, 1e8],
+                        help="target counts M to time (none: only the scaling and memory runs)")
     parser.add_argument("--iterations", type=int, nargs="+", default=[4, 3, 2],
                         help="iterations per size (one value, or one per size)")
     parser.add_argument("--particles", type=int, default=1000)
@@ -161,6 +172,7 @@ def main(argv=None) -> None:
     from skgradflow.backends import DaskBackend, NumbaBackend
 
     iters = args.iterations * len(args.sizes) if len(args.iterations) == 1 else args.iterations
+    iters = iters[: len(args.sizes)]
     results: dict = {"particles": args.particles, "workers": args.workers, "rows": []}
     with distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                                   dashboard_address=":0") as cluster, \

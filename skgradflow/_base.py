@@ -738,7 +738,7 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         from .metrics import energy_distance
 
         check_is_fitted(self)
-        with dask_session(self.backend, X, sample_weight):
+        with dask_session(self.backend, X, sample_weight, arrays_only=True):
             X = _validate_X(self, X, dtype=self.particles_.dtype, reset=False)
             if sample_weight is not None:
                 sample_weight = self._check_sample_weight(sample_weight, X)

@@ -225,7 +225,7 @@ default="kmeans++"
         """
         check_is_fitted(self)
         if is_dask_array(X):  # a lazy dask array with the row chunks of X
-            with dask_session(self.backend, X):
+            with dask_session(self.backend, X, arrays_only=True):
                 X = _validate_X(self, X, dtype=self.means_.dtype, reset=False)
             return dask_log_density(X, self.means_, self._log_weights(self.weights_, X.dtype),
                                     self._kernel(), as_dask_engine(self.backend).inner,
@@ -252,7 +252,7 @@ default="kmeans++"
         float
         """
         if is_dask_array(X):
-            with dask_session(self.backend, X, sample_weight):
+            with dask_session(self.backend, X, sample_weight, arrays_only=True):
                 log_density = self.score_samples(X).astype(np.float64)
                 if sample_weight is None:
                     return float(log_density.mean().compute())

@@ -88,7 +88,7 @@ def mmd(
         raise ValueError(f"kernel must be one of {KERNELS}; got {kernel!r}.")
     check_backend(backend)
     if is_dask_array(X) or is_dask_array(Y):
-        with dask_session(backend, X, Y):
+        with dask_session(backend, X, Y, x_weights, y_weights, arrays_only=True):
             return _mmd_dask(X, Y, kernel, bandwidth, x_weights, y_weights, backend)
     X = check_array(X, dtype=[np.float64, np.float32], input_name="X")
     Y = check_array(Y, dtype=[np.float64, np.float32], input_name="Y")

@@ -238,6 +238,18 @@ def test_client_resolution(client, data):
                          step_size=0.2, backend=backend).fit(X)
         assert est.backend_ == "dask"
     assert repr(engine).startswith("DaskBackend(client=<Client")
+    # a client that is not the default one serves the Dask reductions of the whole fit
+    with distributed.Client(client.scheduler.address, set_as_default=False) as other:
+        seen = []
+
+        def note(state):
+            seen.append(distributed.get_client() is other)
+
+        est = IFTSampler(n_particles=N_ATOMS, init="gaussian", bandwidth="scott", max_iter=2,
+                         tol=0, backend=DaskBackend(client=other), callback=note)
+        est.fit(da.from_array(X, chunks=(150, 2)))
+        assert seen == [True, True]
+        assert distributed.get_client() is client
     # an instance survives clone and pickle with an address
     import pickle
 

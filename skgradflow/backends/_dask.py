@@ -87,20 +87,22 @@ _session_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def dask_session(backend: Any, *arrays: Any) -> Iterator[None]:
-    """Make sure a Dask client exists for the body when ``backend`` is the Dask engine or
-    any of ``arrays`` is a dask array: the backend's own client, else the current default
-    client, else a ``LocalCluster`` of processes started here and closed on exit.  Does
-    nothing for other backends and in-memory arrays."""
-    uses_dask = backend == "dask" or isinstance(backend, DaskBackend) or any(
-        is_dask_array(a) for a in arrays
-    )
-    if not uses_dask:
+def dask_session(backend: Any, *arrays: Any, arrays_only: bool = False) -> Iterator[None]:
+    """A Dask client for the body, when ``backend`` is the Dask engine or any of ``arrays`` is
+    a dask array: the backend's own client (made the current one, so that the Dask
+    reductions of validation and initialisation run on its cluster too), else the current
+    default client, else a ``LocalCluster`` of processes started here and closed on exit.
+    Does nothing for other backends and in-memory arrays, nor, with ``arrays_only``, for
+    in-memory arrays whatever the backend (their sums run on the client)."""
+    any_dask = any(is_dask_array(a) for a in arrays)
+    dask_backend = backend == "dask" or isinstance(backend, DaskBackend)
+    if not (any_dask or (dask_backend and not arrays_only)):
         yield
         return
     _, distributed = _require_dask()
     if isinstance(backend, DaskBackend) and backend.client is not None:
-        yield
+        with _client(backend.client).as_current():
+            yield
         return
     try:
         distributed.default_client()
