@@ -14,7 +14,7 @@ import pytest
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
-from conftest import three_mode_mixture  # noqa: E402
+from conftest import needs_numba, three_mode_mixture  # noqa: E402
 from test_backends import test_bound_targets_match_dense_formulas as bound_oracle  # noqa: E402
 
 from skgradflow import IFTSampler, InclusiveKLFitter, WFRMMDFlow  # noqa: E402
@@ -86,6 +86,20 @@ def test_all_estimators_on_a_dask_array_match_numpy(client, data, weighted):
         assert ours.backend_ == "dask"
         assert_same_fit(ours, oracle)
     np.testing.assert_array_equal(X, X_before)
+
+
+def _worker_engine(n_pairs):
+    from skgradflow.backends._dask import _engine
+
+    engine = _engine("auto", n_pairs)
+    return engine.device, getattr(engine, "n_threads", None)
+
+
+@needs_numba
+def test_auto_is_resolved_on_each_worker_for_its_threads(client):
+    # small chunks: NumPy; large ones: the Numba backend, one thread per worker thread
+    assert client.submit(_worker_engine, 1000, pure=False).result() == ("numpy", None)
+    assert client.submit(_worker_engine, 10**12, pure=False).result() == ("numba-cpu", 1)
 
 
 def test_numpy_input_with_the_dask_backend_is_split_over_the_workers(client, data):

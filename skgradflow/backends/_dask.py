@@ -167,8 +167,27 @@ def _engine(inner: Any, n_pairs: int) -> Backend:
     key = (inner, inner == "auto" and n_pairs * _WORKER_CALLS >= AUTO_KEOPS_MIN_WORK)
     engine = _engines.get(key)
     if engine is None:
-        engine = _engines[key] = resolve_backend(inner, n_pairs, n_calls=_WORKER_CALLS)
+        engine = _engines[key] = _fit_to_worker(
+            resolve_backend(inner, n_pairs, n_calls=_WORKER_CALLS)
+        )
     return engine
+
+
+def _fit_to_worker(engine: Backend) -> Backend:
+    """A Numba backend left to use every core gets the worker's threads instead: several
+    worker processes on one machine would otherwise each start a thread per core."""
+    from ._numba import NumbaBackend
+
+    if not isinstance(engine, NumbaBackend) or engine.n_threads is not None:
+        return engine
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):  # not on a worker
+        return engine
+    threads = getattr(getattr(worker, "state", None), "nthreads", None) or worker.nthreads
+    return NumbaBackend(n_threads=int(threads))
 
 
 def _identity(array: np.ndarray) -> np.ndarray:
