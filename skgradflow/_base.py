@@ -25,7 +25,15 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from ._progress import Progress
-from .backends import BACKEND_NAMES, Backend, Targets, resolve_backend
+from .backends import (
+    BACKEND_NAMES,
+    Backend,
+    DaskBackend,
+    HostTargets,
+    Targets,
+    resolve_backend,
+)
+from .backends._dask import dask_session, is_dask_array
 from .callbacks import make_state
 from .kernels import BANDWIDTH_RULES, KERNELS, Kernel, _seed_from, resolve_bandwidth
 
@@ -102,6 +110,14 @@ def _flow_diverged(what: str, tau: float) -> FloatingPointError:
 def _validate_X(estimator, X, **kwargs) -> np.ndarray:
     """``validate_data``, with messages that name the argument ``X`` (some of
     scikit-learn's say only "array") and that say sparse input is not supported."""
+    if is_dask_array(X):
+        from sklearn.utils import check_array
+
+        from .backends._dask import validate_X
+
+        # a defect found by the Dask reductions raises what NumPy input with it would
+        return validate_X(estimator, X, check=lambda probe: check_array(
+            probe, input_name="X", estimator=estimator), **kwargs)
     if sp.issparse(X):
         raise TypeError(
             f"{type(estimator).__name__} does not support sparse input: X must be a dense "
@@ -210,8 +226,18 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         Returns
         -------
         self
+
+        Notes
+        -----
+        ``X`` (and ``sample_weight``) may be dask arrays: the run then goes to the Dask
+        engine (:class:`skgradflow.backends.DaskBackend`, whose workers use ``backend``
+        as their inner engine), and the rows stay on the workers.
         """
         self._validate_params()
+        with dask_session(self.backend, X, sample_weight):
+            return self._fit(X, sample_weight)
+
+    def _fit(self, X, sample_weight):
         X = _validate_X(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
         b = self._check_sample_weight(sample_weight, X)
         self._check_flow_params()
@@ -223,6 +249,11 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         counted: list[int] = []
 
         def distinct() -> int:
+            if not counted and is_dask_array(X):
+                from .backends._dask import count_positive
+
+                # continuous data has no repeats; counting them would sort the whole array
+                counted.append(count_positive(b))
             if not counted:
                 counted.append(len(np.unique(X[b > 0], axis=0)))
             return counted[0]
@@ -339,6 +370,15 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
 
     # --- validation ----------------------------------------------------------------------
     def _check_sample_weight(self, sample_weight, X) -> np.ndarray:
+        if is_dask_array(sample_weight) and not is_dask_array(X):
+            raise ValueError(
+                "sample_weight is a dask array but X is not: pass X as a dask array too, or "
+                "sample_weight as a NumPy array."
+            )
+        if is_dask_array(X):
+            from .backends._dask import check_sample_weight
+
+            return check_sample_weight(sample_weight, X, self._check_sample_weight)
         try:
             b = _check_sample_weight(
                 sample_weight, X, dtype=np.float64, ensure_non_negative=True
@@ -370,6 +410,10 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         given = self._check_init(X, n)
         if given is not None:
             return given
+        if is_dask_array(X):
+            from .backends._dask import initial_particles
+
+            return initial_particles(self.init, X, b, rng, n, self._n_atoms_param)
         if self.init == "subsample":
             rows = rng.choice(X.shape[0], size=n, replace=n > np.count_nonzero(b), p=b)
             return X[rows].copy()
@@ -393,14 +437,27 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
     _sources_include_atoms = True
 
     def _make_problem(
-        self, Y, b, kernel, n_points, rng, update_weights=True, minibatches=True
+        self, Y, b, kernel, n_points, rng, update_weights=True, minibatches=True,
+        on_client=False,
     ) -> _Problem:
         batch = int(self.batch_size) if minibatches and self.batch_size is not None else None
         n_src = (batch or Y.shape[0]) + (n_points if self._sources_include_atoms else 0)
+        backend = self.backend
+        if is_dask_array(Y):
+            from .backends._dask import as_dask_engine
+
+            # rows on the workers: the named backend is the engine of each chunk
+            backend = as_dask_engine(backend)
         backend = resolve_backend(
-            self.backend, n_points * n_src, n_calls=self._reductions_per_iteration * self.max_iter
+            backend, n_points * n_src, n_calls=self._reductions_per_iteration * self.max_iter
         )
-        return _Problem(backend, kernel, backend.bind(Y, b), batch, rng, update_weights)
+        if on_client and isinstance(backend, DaskBackend):
+            # targets as small as a fitted measure stay here, where the Dask engine runs its
+            # reductions over explicit arrays: no cluster needed after the fit
+            bound = HostTargets(backend, Y, b)
+        else:
+            bound = backend.bind(Y, b)
+        return _Problem(backend, kernel, bound, batch, rng, update_weights)
 
     # --- the loop ------------------------------------------------------------------------
     def _run_flow(self, problem: _Problem, x, w, desc: str, energy_scale: float = 0.0,
@@ -693,13 +750,14 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         from .metrics import energy_distance
 
         check_is_fitted(self)
-        X = _validate_X(self, X, dtype=self.particles_.dtype, reset=False)
-        if sample_weight is not None:
-            sample_weight = self._check_sample_weight(sample_weight, X)
-        atoms, w = self._fitted_measure()
-        return -energy_distance(
-            atoms, X, x_weights=w, y_weights=sample_weight, backend=self.backend
-        )
+        with dask_session(self.backend, X, sample_weight, arrays_only=True):
+            X = _validate_X(self, X, dtype=self.particles_.dtype, reset=False)
+            if sample_weight is not None:
+                sample_weight = self._check_sample_weight(sample_weight, X)
+            atoms, w = self._fitted_measure()
+            return -energy_distance(
+                atoms, X, x_weights=w, y_weights=sample_weight, backend=self.backend
+            )
 
     def transform(self, X):
         """Move the points of ``X`` toward the fitted distribution and return them.
@@ -717,9 +775,17 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
         Returns
         -------
         ndarray of shape (n_samples, n_features)
-            New array; ``X`` is not modified.
+            New array; ``X`` is not modified.  For a dask array, a dask array with its
+            row chunks: the points interact, so they are gathered and moved together.
         """
         check_is_fitted(self)
+        if is_dask_array(X):
+            import dask.array as da
+
+            with dask_session(self.backend, X):
+                Z = _validate_X(self, X, dtype=[np.float64, np.float32], reset=False)
+                moved = self._move(np.array(Z.compute()), f"{type(self).__name__}.transform")
+            return da.from_array(moved, chunks=(Z.chunks[0], -1))
         Z = _validate_X(self, X, dtype=[np.float64, np.float32], reset=False, copy=True)
         return self._move(Z, f"{type(self).__name__}.transform")
 
@@ -742,7 +808,7 @@ class _BaseMMDFlow(OneToOneFeatureMixin, TransformerMixin, _BaseParticleFlow):
             # the fitted measure is small: every iteration uses all of it, whatever batch_size
             problem = self._make_problem(
                 atoms.astype(Z.dtype), b, self._kernel(h), Z.shape[0], rng,
-                update_weights=False, minibatches=False,
+                update_weights=False, minibatches=False, on_client=True,
             )
             self._prepare(problem, Z.shape[0])
             Z, *_ = self._run_flow(problem, Z, w, desc, scale, max_iter=share, verbose=verbose,

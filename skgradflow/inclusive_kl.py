@@ -31,6 +31,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import _BaseParticleFlow, _Evaluation, _Problem, _validate_X
 from .backends import LOG_TINY, Targets, resolve_backend
+from .backends._dask import DaskBackend, as_dask_engine, dask_session, is_dask_array
+from .backends._dask import _engine as dask_engine
 from .kernels import Kernel, _seed_from
 
 
@@ -221,6 +223,14 @@ default="kmeans++"
         self._whiten = None
         if self.covariance == "isotropic":
             return X
+        if self.covariance == "full" and (
+            is_dask_array(X) or self.backend == "dask" or isinstance(self.backend, DaskBackend)
+        ):
+            raise ValueError(
+                "covariance='full' needs its targets in memory: the Dask engine has no "
+                "per-atom shaped reductions. Use covariance='data' (whitened, any engine) or "
+                "an in-memory X with another backend."
+            )
         mean, cov = _data_covariance(X, b, self.reg_covar)
         P = _precision_cholesky(cov[None])[0]
         self._whiten = (mean, P, np.linalg.inv(P), float(np.log(np.diag(P)).sum()))
@@ -391,10 +401,23 @@ default="kmeans++"
         Returns
         -------
         ndarray of shape (n_samples,)
+            A lazy dask array for a dask array ``X``.
         """
         check_is_fitted(self)
+        if is_dask_array(X):  # a lazy dask array with the row chunks of X
+            with dask_session(self.backend, X, arrays_only=True):
+                X = _validate_X(self, X, dtype=self.means_.dtype, reset=False)
+            inner = as_dask_engine(self.backend).inner
+            # every chunk on its worker, by the in-memory formula of the fitted mode
+            return X.rechunk({1: -1}).map_blocks(
+                _log_density_block, self, inner, drop_axis=1, dtype=X.dtype
+            )
         X = _validate_X(self, X, dtype=self.means_.dtype, reset=False)
-        backend = resolve_backend(self.backend, X.shape[0] * self.means_.shape[0])
+        engine = resolve_backend(self.backend, X.shape[0] * self.means_.shape[0])
+        return self._log_density(X, engine)
+
+    def _log_density(self, X: np.ndarray, backend) -> np.ndarray:
+        """``score_samples`` on validated in-memory rows, with the given engine."""
         logw = self._log_weights(self.weights_, np.float64)
         d = X.shape[1]
         if np.ndim(self.covariances_) == 3:  # "full"
@@ -431,6 +454,13 @@ default="kmeans++"
         -------
         float
         """
+        if is_dask_array(X):
+            with dask_session(self.backend, X, sample_weight, arrays_only=True):
+                log_density = self.score_samples(X).astype(np.float64)
+                if sample_weight is None:
+                    return float(log_density.mean().compute())
+                b = self._check_sample_weight(sample_weight, X.rechunk({1: -1}))
+                return float((b * log_density).sum().compute())
         log_density = self.score_samples(X).astype(np.float64)
         if sample_weight is None:
             return float(log_density.mean())
@@ -482,8 +512,12 @@ def _data_covariance(X: np.ndarray, b: np.ndarray, reg_covar: float):
         cov *= n_eff / (n_eff - 1.0)
     scale = float(np.trace(cov)) / X.shape[1]
     scale = scale if scale > 0 else 1.0
-    cov += (reg_covar * scale) * np.eye(X.shape[1])
-    return mean, cov
+    cov = cov + (reg_covar * scale) * np.eye(X.shape[1])
+    if is_dask_array(cov):  # d-sized results of Dask reductions: bring them here
+        import dask
+
+        mean, cov = dask.compute(mean, cov)
+    return np.asarray(mean), np.asarray(cov)
 
 
 def _precision_cholesky(C: np.ndarray) -> np.ndarray:
@@ -516,3 +550,12 @@ def _floor_eigenvalues(C: np.ndarray, floor: float) -> np.ndarray:
     if np.all(eigval >= floor):
         return C
     return (eigvec * np.maximum(eigval, floor)[:, None, :]) @ np.swapaxes(eigvec, -1, -2)
+
+
+def _log_density_block(X, estimator: InclusiveKLFitter, inner) -> np.ndarray:
+    """``score_samples`` of one chunk of a dask array, on its worker."""
+    X = np.asarray(X)
+    if X.shape[0] == 0:
+        return np.zeros(0, dtype=X.dtype)
+    # the worker's own engine, sized to its threads
+    return estimator._log_density(X, dask_engine(inner, X.shape[0] * estimator.means_.shape[0]))

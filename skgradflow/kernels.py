@@ -225,6 +225,13 @@ def resolve_bandwidth(
     """
     if not isinstance(bandwidth, str):
         return float(bandwidth)
+    from .backends._dask import is_dask_array
+
+    if is_dask_array(X) and bandwidth in BANDWIDTH_RULES:
+        from .backends._dask import resolve_bandwidth as dask_rule
+
+        return dask_rule(bandwidth, X, weights, np.random.default_rng(_seed_from(random_state)),
+                         n_samples)
     if weights is None:
         weights = np.full(X.shape[0], 1.0 / X.shape[0])
     if bandwidth == "median":

@@ -44,16 +44,19 @@ needs_numba = pytest.mark.skipif(not numba_usable(), reason="Numba is not instal
 
 
 def backend_params():
-    """Every registered backend name, as pytest parameters; the unusable ones skipped.
+    """Every registered in-memory backend name, as pytest parameters; the unusable ones
+    skipped.
 
-    Tests that take ``backend`` from here run the same checks on every engine."""
+    Tests that take ``backend`` from here run the same checks on every engine.  ``"dask"``
+    is not among them: each fit would start a cluster of its own; ``test_dask.py`` runs
+    the oracle checks and the estimators on one shared cluster instead."""
     from skgradflow.backends import backend_names
 
     marks = {"keops": [needs_keops], "numba": [needs_numba]}
     return [
         pytest.param(name, marks=marks.get(name, []))
         for name in backend_names()
-        if name != "auto"
+        if name not in ("auto", "dask")
     ]
 
 

@@ -4,17 +4,19 @@ The protocol is :class:`Backend` (four reductions over explicit arrays, and :met
 which hands a run's targets to the engine once) and :class:`Targets` (the reductions over
 those bound targets).  Estimators take ``backend=`` as a registered name
 (:func:`backend_names`) or a ready-made instance, and report where the run went in
-``backend_`` (``"numpy"``, ``"numba-cpu"``, ``"keops-cpu"``, ``"keops-gpu"``).
+``backend_`` (``"numpy"``, ``"numba-cpu"``, ``"keops-cpu"``, ``"keops-gpu"``, ``"dask"``).
+:class:`DaskBackend` keeps the targets in chunks on the workers of a Dask cluster.
 
 Examples
 --------
 >>> from skgradflow.backends import backend_names, resolve_backend
 >>> backend_names()[:3]
-('auto', 'keops', 'numba')
+('auto', 'dask', 'keops')
 >>> resolve_backend("auto", n_pairs=10_000).device  # small work: NumPy, no KeOps compile
 'numpy'
 """
 
+from ._dask import DaskBackend, DaskTargets, DaskUnavailableError, dask_installed
 from ._keops import KeOpsBackend, KeOpsUnavailableError
 from ._keops_probe import KeOpsStatus, keops_status
 from ._numba import NumbaBackend, NumbaUnavailableError, numba_installed
@@ -35,6 +37,9 @@ __all__ = [
     "BACKEND_NAMES",
     "LOG_TINY",
     "Backend",
+    "DaskBackend",
+    "DaskTargets",
+    "DaskUnavailableError",
     "HostTargets",
     "KeOpsBackend",
     "KeOpsStatus",
@@ -45,6 +50,7 @@ __all__ = [
     "Targets",
     "backend_names",
     "check_backend",
+    "dask_installed",
     "gpu_possible",
     "keops_status",
     "numba_installed",

@@ -9,6 +9,7 @@ import threading
 import warnings
 from collections.abc import Callable
 
+from ._dask import DaskBackend
 from ._keops import KeOpsBackend, unavailable_message
 from ._keops_probe import keops_status
 from ._numba import NOT_INSTALLED_HINT, NumbaBackend, numba_installed
@@ -26,6 +27,7 @@ _REGISTRY: dict[str, Callable[[], Backend]] = {
     "numpy": NumpyBackend,
     "keops": KeOpsBackend,
     "numba": NumbaBackend,
+    "dask": DaskBackend,
 }
 # the names backend= accepts; a live set, so that parameter validation sees registrations
 BACKEND_NAMES: set[str] = {"auto", *_REGISTRY}

@@ -1,0 +1,391 @@
+"""The Dask engine on a real two-process LocalCluster: every estimator fitted on a dask array
+against the NumPy backend on the computed array (the oracle), the bound targets against the
+dense formulas, minibatches, weights, the fitted-model methods, the metrics, the client
+resolution, a worker killed mid-fit, and the error without Dask."""
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+
+from conftest import needs_numba, three_mode_mixture  # noqa: E402
+from test_backends import test_bound_targets_match_dense_formulas as bound_oracle  # noqa: E402
+
+from skgradflow import IFTSampler, InclusiveKLFitter, WFRMMDFlow  # noqa: E402
+from skgradflow.backends import DaskBackend, DaskTargets, NumpyBackend  # noqa: E402
+from skgradflow.kernels import Kernel  # noqa: E402
+from skgradflow.metrics import energy_distance, mmd  # noqa: E402
+
+N_ATOMS = 12
+ITERATIONS = 8
+
+
+@pytest.fixture(scope="module")
+def client():
+    """One two-worker cluster of processes for the whole module (a few seconds to start)."""
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    )
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(7)
+    X = three_mode_mixture(600, rng)
+    sw = rng.uniform(0.2, 2.0, size=600)
+    init = X[rng.choice(600, N_ATOMS, replace=False)] + 0.3
+    return X, sw, init
+
+
+def estimators(init, backend):
+    """The three estimators with explicit init, bandwidth and step size."""
+    common = dict(init=init, bandwidth=0.9, step_size=0.2, max_iter=ITERATIONS, tol=0,
+                  backend=backend, random_state=0)
+    return [
+        IFTSampler(n_particles=N_ATOMS, **common),
+        WFRMMDFlow(n_particles=N_ATOMS, **common),
+        InclusiveKLFitter(n_components=N_ATOMS, **common),
+    ]
+
+
+def atoms(est):
+    return est.means_ if isinstance(est, InclusiveKLFitter) else est.particles_
+
+
+def assert_same_fit(ours, oracle):
+    np.testing.assert_allclose(atoms(ours), atoms(oracle), rtol=0, atol=1e-8)
+    np.testing.assert_allclose(ours.weights_, oracle.weights_, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(ours.loss_curve_, oracle.loss_curve_, rtol=1e-10, atol=1e-12)
+
+
+def test_workers_import_this_checkout(client):
+    import skgradflow
+
+    paths = client.run(lambda: __import__("skgradflow").__file__)
+    assert set(paths.values()) == {skgradflow.__file__}
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_all_estimators_on_a_dask_array_match_numpy(client, data, weighted):
+    X, sw, init = data
+    Xd = da.from_array(X, chunks=(150, 2))  # four chunks over two workers
+    swd = da.from_array(sw, chunks=100) if weighted else None  # chunks unlike X's
+    X_before = X.copy()
+    for ours, oracle in zip(estimators(init, "dask"), estimators(init, "numpy"), strict=True):
+        ours.fit(Xd, sample_weight=swd)
+        oracle.fit(X, sample_weight=sw if weighted else None)
+        assert ours.backend_ == "dask"
+        assert_same_fit(ours, oracle)
+    np.testing.assert_array_equal(X, X_before)
+
+
+def _worker_engine(n_pairs):
+    from skgradflow.backends._dask import _engine
+
+    engine = _engine("auto", n_pairs)
+    return engine.device, getattr(engine, "n_threads", None)
+
+
+@needs_numba
+def test_auto_is_resolved_on_each_worker_for_its_threads(client):
+    # small chunks: NumPy; large ones: the Numba backend, one thread per worker thread
+    assert client.submit(_worker_engine, 1000, pure=False).result() == ("numpy", None)
+    assert client.submit(_worker_engine, 10**12, pure=False).result() == ("numba-cpu", 1)
+
+
+def test_numpy_input_with_the_dask_backend_is_split_over_the_workers(client, data):
+    X, _, init = data
+    engine = DaskBackend(client=client, inner="numpy", chunk_rows=128)
+    bound = engine.bind(X, np.full(600, 1 / 600))
+    assert isinstance(bound, DaskTargets) and len(bound.chunks) == 5
+    distributed.wait(bound.chunks)
+    who = client.who_has(bound.chunks)
+    assert len({w for ws in who.values() for w in ws}) == 2  # both workers hold chunks
+    ours = estimators(init, engine)[1].fit(X)
+    assert_same_fit(ours, estimators(init, "numpy")[1].fit(X))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bound_targets_match_dense_formulas(client, dtype):
+    # the oracle test of every in-memory backend, on targets in 3 chunks on the workers
+    bound_oracle(DaskBackend(client=client, inner="numpy", chunk_rows=25), dtype,
+                 np.random.default_rng(3))
+
+
+def test_minibatches_are_drawn_from_the_chunks_by_weight(client):
+    Y = np.arange(40.0)[:, None]
+    b = np.zeros(40)
+    b[[3, 31]] = [0.25, 0.75]  # in different chunks
+    bound = DaskBackend(client=client, inner="numpy", chunk_rows=10).bind(da.from_array(Y), b)
+    batch = bound.minibatch(4000, np.random.default_rng(0))
+    assert isinstance(batch, DaskTargets) and batch.n_samples == 4000
+    rows = bound.client.gather(batch.chunks)
+    values = np.concatenate([r[0][:, 0] for r in rows])
+    np.testing.assert_allclose(np.concatenate([r[1] for r in rows]), 1 / 4000)
+    assert set(np.unique(values)) == {3.0, 31.0}
+    assert abs(np.mean(values == 31.0) - 0.75) < 0.03
+    # the reductions over a minibatch are those over its drawn rows
+    Z = np.array([[3.0], [20.0]])
+    kern = Kernel("gaussian", 5.0)
+    oracle = NumpyBackend().bind(values[:, None], np.full(4000, 1 / 4000))
+    for got, want in zip(batch.kernel_mean(kern, Z), oracle.kernel_mean(kern, Z), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_a_minibatch_fit_is_reproducible_and_decreases_the_energy(client, data):
+    X, _, init = data
+    Xd = da.from_array(X, chunks=(150, 2))
+    fits = [IFTSampler(n_particles=N_ATOMS, init=init, bandwidth=0.9, step_size=0.2,
+                       max_iter=15, tol=0, batch_size=100, random_state=3).fit(Xd)
+            for _ in range(2)]
+    np.testing.assert_array_equal(fits[0].particles_, fits[1].particles_)
+    before = mmd(init, X, bandwidth=0.9)
+    assert mmd(fits[0].particles_, X, x_weights=fits[0].weights_, bandwidth=0.9) < before
+
+
+@pytest.mark.parametrize("init", ["gaussian", "subsample", "kmeans++"])
+def test_initialisation_and_bandwidth_rules_run_on_the_workers(client, data, init):
+    X, sw, _ = data
+    Xd = da.from_array(X, chunks=(150, 2))
+    cls = InclusiveKLFitter if init == "kmeans++" else IFTSampler
+    key = "n_components" if cls is InclusiveKLFitter else "n_particles"
+    est = cls(**{key: 20}, init=init, bandwidth="scott" if init == "kmeans++" else "median",
+              max_iter=3, tol=0, random_state=0).fit(Xd, sample_weight=sw)
+    oracle = cls(**{key: 20}, init=init, bandwidth=est.bandwidth, max_iter=3, tol=0,
+                 random_state=0).fit(X, sample_weight=sw)
+    # Scott's rule is exact from Dask reductions; the median is that of 2000 drawn rows
+    rel = 1e-12 if init == "kmeans++" else 0.1
+    assert abs(est.bandwidth_ - oracle.bandwidth_) <= rel * oracle.bandwidth_
+    start = atoms(est)
+    assert start.shape == (20, 2) and np.all(np.isfinite(start))
+    if init == "subsample":
+        # fitted particles started at data rows: they stay near the data
+        assert np.min(np.abs(X[:, None, :] - start[None]).sum(-1), axis=0).max() < 3.0
+
+
+def test_anneal_and_auto_counts_on_a_dask_array(client, data):
+    X, _, _ = data
+    est = IFTSampler(bandwidth="anneal", max_iter=10, tol=0, random_state=0)
+    est.fit(da.from_array(X, chunks=(200, 2)))
+    # n_particles="auto": one per row of positive weight (distinct rows, for continuous data)
+    assert est.particles_.shape == (500, 2)
+    assert len(np.unique(est.bandwidth_schedule_)) == 2
+
+
+def test_transform_score_and_score_samples_on_dask_input(client, data):
+    X, sw, init = data
+    Xd = da.from_array(X, chunks=(150, 2))
+    swd = da.from_array(sw, chunks=(150,))
+    ift, _, kl = estimators(init, "numpy")
+    ift.set_params(max_iter=20).fit(X)
+    kl.fit(X)
+    points = X[:40] + 1.0
+    moved = ift.transform(da.from_array(points, chunks=(20, 2)))
+    assert isinstance(moved, da.Array) and moved.chunks == ((20, 20), (2,))
+    np.testing.assert_allclose(moved.compute(), ift.transform(points), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ift.score(Xd), ift.score(X), rtol=1e-10)
+    np.testing.assert_allclose(ift.score(Xd, sample_weight=swd),
+                               ift.score(X, sample_weight=sw), rtol=1e-10)
+    dens = kl.score_samples(Xd)
+    assert isinstance(dens, da.Array) and dens.chunks == ((150,) * 4,)
+    np.testing.assert_allclose(dens.compute(), kl.score_samples(X), rtol=1e-12)
+    np.testing.assert_allclose(kl.score(Xd), kl.score(X), rtol=1e-12)
+    np.testing.assert_allclose(kl.score(Xd, sample_weight=swd),
+                               kl.score(X, sample_weight=sw), rtol=1e-12)
+
+
+def test_metrics_on_dask_input_match_numpy(client, data):
+    X, sw, _ = data
+    Y = X[:200] * 1.3 + 0.5
+    Xd, Yd = da.from_array(X, chunks=(150, 2)), da.from_array(Y, chunks=(70, 2))
+    swd = da.from_array(sw, chunks=(150,))
+    for kernel in ["gaussian", "imq", "energy"]:
+        np.testing.assert_allclose(
+            mmd(Xd, Yd, kernel=kernel, bandwidth=0.7, x_weights=swd),
+            mmd(X, Y, kernel=kernel, bandwidth=0.7, x_weights=sw), rtol=1e-10)
+    np.testing.assert_allclose(energy_distance(X, Yd), energy_distance(X, Y), rtol=1e-10)
+    assert mmd(Xd, X, bandwidth=0.7) == 0.0
+    median = mmd(Xd, Yd)  # the median bandwidth of 2000 drawn rows: close, not equal
+    assert abs(median - mmd(X, Y)) < 0.1 * mmd(X, Y)
+
+
+def test_a_nan_chunk_gives_the_numpy_message(client, data):
+    X, sw, _ = data
+    bad = X.copy()
+    bad[470, 1] = np.nan  # in the fourth chunk only
+    est = IFTSampler(n_particles=5, max_iter=2)
+    with pytest.raises(ValueError) as numpy_error:
+        est.fit(bad)
+    with pytest.raises(ValueError) as dask_error:
+        est.fit(da.from_array(bad, chunks=(150, 2)))
+    assert str(dask_error.value) == str(numpy_error.value)
+    assert "Input X contains NaN" in str(dask_error.value)
+    bad_w = sw.copy()
+    bad_w[500] = -1.0
+    with pytest.raises(ValueError) as numpy_error:
+        est.fit(X, sample_weight=bad_w)
+    with pytest.raises(ValueError) as dask_error:
+        est.fit(da.from_array(X, chunks=(150, 2)), sample_weight=da.from_array(bad_w))
+    assert str(dask_error.value) == str(numpy_error.value)
+    with pytest.raises(ValueError, match="sample_weight is a dask array but X is not"):
+        est.fit(X, sample_weight=da.from_array(sw))
+    with pytest.raises(ValueError, match="unknown chunk sizes"):
+        Xd = da.from_array(X, chunks=(150, 2))
+        est.fit(Xd[Xd[:, 0] > 0])
+
+
+def test_client_resolution(client, data):
+    X, _, init = data
+    engine = DaskBackend(client=client, inner="numpy")
+    # a passed client, the default client, and a scheduler address
+    for backend in [engine, "dask", DaskBackend(client=client.scheduler.address)]:
+        est = IFTSampler(n_particles=N_ATOMS, init=init, bandwidth=0.9, max_iter=2, tol=0,
+                         step_size=0.2, backend=backend).fit(X)
+        assert est.backend_ == "dask"
+    assert repr(engine).startswith("DaskBackend(client=<Client")
+    # a client that is not the default one serves the Dask reductions of the whole fit
+    with distributed.Client(client.scheduler.address, set_as_default=False) as other:
+        seen = []
+
+        def note(state):
+            seen.append(distributed.get_client() is other)
+
+        est = IFTSampler(n_particles=N_ATOMS, init="gaussian", bandwidth="scott", max_iter=2,
+                         tol=0, backend=DaskBackend(client=other), callback=note)
+        est.fit(da.from_array(X, chunks=(150, 2)))
+        assert seen == [True, True]
+        assert distributed.get_client() is client
+    # an instance survives clone and pickle with an address
+    import pickle
+
+    from sklearn.base import clone
+
+    spec = DaskBackend(client="tcp://127.0.0.1:1", inner="numpy")
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    assert clone(IFTSampler(backend=spec)).backend == spec
+    # with a client: copies share it, a pickle carries the scheduler's address
+    assert clone(IFTSampler(backend=engine)).backend.client is client
+    assert pickle.loads(pickle.dumps(engine)).client == client.scheduler.address
+
+
+def test_without_a_client_a_fit_starts_and_closes_its_own_cluster(data):
+    X, _, init = data
+    code = (
+        "import numpy as np, dask.array as da, distributed\n"
+        "from skgradflow import IFTSampler\n"
+        "X = np.random.default_rng(0).normal(size=(300, 2))\n"
+        "est = IFTSampler(n_particles=10, bandwidth=1.0, max_iter=2, tol=0, backend='dask')\n"
+        "est.fit(da.from_array(X, chunks=100))\n"
+        "print(est.backend_)\n"
+        "# after the fit, without a cluster: the fitted measure is small, held here\n"
+        "assert est.sample(20, random_state=0).shape == (20, 2)\n"
+        "assert est.transform(X[:30]).shape == (30, 2)\n"
+        "try:\n"
+        "    distributed.default_client()\n"
+        "    print('left open')\n"
+        "except ValueError:\n"
+        "    print('closed')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=os.getcwd())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["dask", "closed"]
+
+
+def test_a_worker_killed_mid_fit_is_retried_with_the_same_result(data):
+    X, _, init = data
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as c:
+        Xd = da.from_array(X, chunks=(100, 2))
+        killed = threading.Event()
+
+        def kill_one(state):
+            if state.n_iter == 3 and not killed.is_set():
+                # the process of a worker holding target chunks dies without notice
+                pids = c.run(os.getpid)
+                os.kill(next(iter(pids.values())), 9)
+                killed.set()
+
+        kw = dict(n_particles=N_ATOMS, init=init, bandwidth=0.9, step_size=0.2, max_iter=8,
+                  tol=0, backend=DaskBackend(client=c, inner="numpy"))
+        ours = WFRMMDFlow(callback=kill_one, **kw).fit(Xd)
+        assert killed.is_set()
+        c.wait_for_workers(1)
+    oracle = WFRMMDFlow(**{**kw, "backend": "numpy"}).fit(X)
+    assert_same_fit(ours, oracle)
+
+
+def test_without_dask_the_error_names_the_extra(tmp_path):
+    # a stand-in package that fails to import hides the installed Dask
+    for name in ("dask", "distributed"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("raise ImportError('hidden for a test')\n")
+    code = (
+        "import numpy as np\n"
+        "from skgradflow import IFTSampler\n"
+        "X = np.random.default_rng(0).normal(size=(50, 2))\n"
+        "IFTSampler(n_particles=5, max_iter=2, backend='numpy').fit(X)\n"
+        "try:\n"
+        "    IFTSampler(n_particles=5, max_iter=2, backend='dask').fit(X)\n"
+        "except ImportError as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("DaskUnavailableError")
+    assert 'pip install "skgradflow[dask]"' in out.stdout
+
+
+def test_a_reduction_missing_rows_raises_instead_of_summing_less(client):
+    Y = np.random.default_rng(0).normal(size=(90, 2))
+    bound = DaskBackend(client=client, inner="numpy", chunk_rows=30).bind(Y, np.full(90, 1 / 90))
+    # the same chunks, claimed to hold more rows (or fewer chunks) than they do
+    for chunks, rows in [(bound.chunks, 100), (bound.chunks[:2], 90)]:
+        short = DaskTargets(bound.backend, client, chunks, rows, 2, Y.dtype)
+        with pytest.raises(RuntimeError, match="refusing a partial sum"):
+            short.kernel_mean(Kernel("gaussian", 1.0), Y[:3])
+
+
+def test_the_engine_checks_its_settings():
+    with pytest.raises(ValueError, match="inner"):
+        DaskBackend(inner="torch").ensure_ready()
+    with pytest.raises(ValueError, match="in-memory backend"):
+        DaskBackend(inner="dask").ensure_ready()
+    with pytest.raises(ValueError, match="chunk_rows"):
+        DaskBackend(chunk_rows=0).ensure_ready()
+    assert DaskBackend(inner="numpy") == DaskBackend(inner="numpy")
+    assert DaskBackend(inner=NumpyBackend()) == DaskBackend(inner=NumpyBackend())
+
+
+def test_the_shaped_kernels_on_dask_input(client, data):
+    """covariance='data' fits on a dask array (the covariance by Dask reductions) as on the
+    computed array; every mode scores dask input as in memory; 'full' refuses Dask targets."""
+    X, sw, init = data
+    Xd = da.from_array(X, chunks=(150, 2))
+    swd = da.from_array(sw, chunks=(150,))
+    params = dict(n_components=N_ATOMS, init=init, bandwidth=0.5, step_size=0.05,
+                  max_iter=ITERATIONS, tol=0)
+    ours = InclusiveKLFitter(covariance="data", **params).fit(Xd, sample_weight=swd)
+    oracle = InclusiveKLFitter(covariance="data", backend="numpy", **params).fit(
+        X, sample_weight=sw)
+    np.testing.assert_allclose(ours.covariances_, oracle.covariances_, rtol=1e-10)
+    assert_same_fit(ours, oracle)
+    for covariance in ("data", "full"):
+        kl = InclusiveKLFitter(covariance=covariance, backend="numpy", **params).fit(X)
+        dens = kl.score_samples(Xd)
+        assert isinstance(dens, da.Array)
+        np.testing.assert_allclose(dens.compute(), kl.score_samples(X), rtol=1e-12)
+    with pytest.raises(ValueError, match="covariance='full' needs its targets in memory"):
+        InclusiveKLFitter(covariance="full", **params).fit(Xd)
