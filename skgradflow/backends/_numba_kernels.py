@@ -171,19 +171,43 @@ def _kernel(kind, r2, kv, nb, c):
 
 @njit(inline="always", fastmath=_FAST)
 def _grad_factor(kind, r2, kv, ga, a, j0, nb, c):
-    """``ga_j = γ(r2_j) a_j`` with ``∇_u κ(|u - v|²) = γ (u - v)``; 0 at the cusps' r = 0."""
+    """``ga_j = -γ(r2_j) a_j``, with ``∇_u κ(|u - v|²) = γ (u - v)``, so that the gradient is
+    ``Σ_j ga_j (v_j - u)``; 0 at the cusps' ``r = 0``."""
     if kind == GAUSSIAN:
         for j in range(nb):
-            ga[j] = -kv[j] * a[j0 + j]
+            ga[j] = kv[j] * a[j0 + j]
     elif kind == IMQ:
         for j in range(nb):
-            ga[j] = -(kv[j] * kv[j] * kv[j]) * a[j0 + j]
+            ga[j] = (kv[j] * kv[j] * kv[j]) * a[j0 + j]
     elif kind == LAPLACIAN:
         for j in range(nb):
-            ga[j] = -kv[j] / np.sqrt(r2[j]) * a[j0 + j] if r2[j] > c[2] else c[2]
+            ga[j] = kv[j] / np.sqrt(r2[j]) * a[j0 + j] if r2[j] > c[2] else c[2]
     else:
         for j in range(nb):
-            ga[j] = -a[j0 + j] / np.sqrt(r2[j]) if r2[j] > c[2] else c[2]
+            ga[j] = a[j0 + j] / np.sqrt(r2[j]) if r2[j] > c[2] else c[2]
+
+
+@njit(inline="always", fastmath=_FAST)
+def _add_channels(kv, VT, j0, nb, acc, zero):
+    """``acc[q] += Σ_j kv_j VT[q, j0 + j]`` over the block, for every channel ``q``."""
+    for q in range(VT.shape[0]):
+        v = VT[q, j0:j0 + nb]
+        s = zero
+        for j in range(nb):
+            s += kv[j] * v[j]
+        acc[q] += s
+
+
+@njit(inline="always", fastmath=_FAST)
+def _add_first_moment(wts, z, ST, j0, nb, g, zero):
+    """``g[k] += Σ_j wts_j (s_kj - z_k)`` over the block, for every coordinate ``k``."""
+    for k in range(ST.shape[0]):
+        zk = z[k]
+        src = ST[k, j0:j0 + nb]
+        s = zero
+        for j in range(nb):
+            s += wts[j] * (src[j] - zk)
+        g[k] += s
 
 
 @njit(inline="always")
@@ -211,12 +235,7 @@ def matvec(Z, ST, VT, kind, c, n_threads):
                 nb = min(BLOCK, m - j0)
                 _sq_dist(Z[i], ST, j0, nb, r2)
                 _kernel(kind, r2, kv, nb, c)
-                for q in range(p):
-                    v = VT[q, j0:j0 + nb]
-                    s = c[2]
-                    for j in range(nb):
-                        s += kv[j] * v[j]
-                    acc[q] += s
+                _add_channels(kv, VT, j0, nb, acc, c[2])
             for q in range(p):
                 out[i, q] = acc[q]
     return out
@@ -224,7 +243,8 @@ def matvec(Z, ST, VT, kind, c, n_threads):
 
 @njit(parallel=True, cache=True, fastmath=_FAST)
 def value_grad(Z, ST, VT, a, kind, c, n_threads):
-    """``Σ_j κ_ij VT[:, j]`` and ``Σ_j γ_ij a_j (z_i - s_j)`` (scaled coordinates)."""
+    """``Σ_j κ_ij VT[:, j]`` and ``Σ_j γ_ij a_j (z_i - s_j) = Σ_j (-γ_ij a_j)(s_j - z_i)``
+    (scaled coordinates)."""
     n, d = Z.shape
     m = ST.shape[1]
     p = VT.shape[0]
@@ -245,8 +265,7 @@ def value_grad(Z, ST, VT, a, kind, c, n_threads):
                 nb = min(BLOCK, m - j0)
                 if kind == GAUSSIAN and p == 1:
                     # the witness of the MMD flows: the last coordinate, the exponential, the
-                    # value and the gradient factor in one pass (γ a = -κ a: the sign is
-                    # folded into the differences below)
+                    # value and the gradient factor -γ a = κ a in one pass
                     _sq_dist(z, ST, j0, nb, r2, d - 1)
                     last = ST[d - 1, j0:j0 + nb]
                     zl = z[d - 1]
@@ -259,30 +278,13 @@ def value_grad(Z, ST, VT, a, kind, c, n_threads):
                         s += e * v[j]
                         ga[j] = e * aj[j]
                     acc[0] += s
-                    for k in range(d):
-                        zk = z[k]
-                        src = ST[k, j0:j0 + nb]
-                        s = c[2]
-                        for j in range(nb):
-                            s += ga[j] * (src[j] - zk)
-                        g[k] += s
+                    _add_first_moment(ga, z, ST, j0, nb, g, c[2])
                     continue
                 _sq_dist(z, ST, j0, nb, r2)
                 _kernel(kind, r2, kv, nb, c)
-                for q in range(p):
-                    v = VT[q, j0:j0 + nb]
-                    s = c[2]
-                    for j in range(nb):
-                        s += kv[j] * v[j]
-                    acc[q] += s
+                _add_channels(kv, VT, j0, nb, acc, c[2])
                 _grad_factor(kind, r2, kv, ga, a, j0, nb, c)
-                for k in range(d):
-                    zk = z[k]
-                    src = ST[k, j0:j0 + nb]
-                    s = c[2]
-                    for j in range(nb):
-                        s += ga[j] * (zk - src[j])
-                    g[k] += s
+                _add_first_moment(ga, z, ST, j0, nb, g, c[2])
             for q in range(p):
                 val[i, q] = acc[q]
             for k in range(d):
@@ -349,13 +351,7 @@ def softmax_moments(Z, ST, cw, c, n_threads):
                     r2[j] = fast_exp(w[j] - c[0] * r2[j])
                     s += r2[j]
                 total += s
-                for k in range(d):
-                    zk = z[k]
-                    src = ST[k, j0:j0 + nb]
-                    s = c[2]
-                    for j in range(nb):
-                        s += r2[j] * (src[j] - zk)
-                    g[k] += s
+                _add_first_moment(r2, z, ST, j0, nb, g, c[2])
             mass[i] = total
             for k in range(d):
                 first[i, k] = g[k]
