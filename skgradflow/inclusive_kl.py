@@ -31,8 +31,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import _BaseParticleFlow, _Evaluation, _Problem, _validate_X
 from .backends import LOG_TINY, Targets, resolve_backend
-from .backends._dask import DaskBackend, as_dask_engine, dask_session, is_dask_array
 from .backends._dask import _engine as dask_engine
+from .backends._dask import as_dask_engine, dask_session, is_dask_array
 from .kernels import Kernel, _seed_from
 
 
@@ -223,14 +223,6 @@ default="kmeans++"
         self._whiten = None
         if self.covariance == "isotropic":
             return X
-        if self.covariance == "full" and (
-            is_dask_array(X) or self.backend == "dask" or isinstance(self.backend, DaskBackend)
-        ):
-            raise ValueError(
-                "covariance='full' needs its targets in memory: the Dask engine has no "
-                "per-atom shaped reductions. Use covariance='data' (whitened, any engine) or "
-                "an in-memory X with another backend."
-            )
         mean, cov = _data_covariance(X, b, self.reg_covar)
         P = _precision_cholesky(cov[None])[0]
         self._whiten = (mean, P, np.linalg.inv(P), float(np.log(np.diag(P)).sum()))

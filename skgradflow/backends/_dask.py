@@ -263,6 +263,30 @@ def _responsibility_moments(chunk, X, L, kernel, inner):
     return Y.shape[0], mass.astype(np.float64), first.astype(np.float64)
 
 
+def _log_mixture_shaped(chunk, X, P, logw, inner) -> np.ndarray:
+    Y, _ = chunk
+    if Y.shape[0] == 0:
+        return np.zeros(0)
+    engine = _engine(inner, X.shape[0] * Y.shape[0])
+    dt = X.dtype
+    return engine.shaped_logsumexp(Y, X, P.astype(dt), logw.astype(dt)).astype(np.float64)
+
+
+def _responsibility_moments_shaped(chunk, X, P, log_norm, L, second, inner):
+    Y, b = chunk
+    n, d = X.shape
+    if Y.shape[0] == 0:
+        return 0, np.zeros(n), np.zeros((n, d)), np.zeros((n, d, d)) if second else None
+    with np.errstate(divide="ignore"):  # a zero weight: exp(-inf) = 0 exactly
+        c = np.log(b) - L
+    dt = X.dtype
+    mass, first, moment2 = _engine(inner, n * Y.shape[0]).shaped_moments(
+        X, P.astype(dt), log_norm.astype(dt), Y, c.astype(dt), second
+    )
+    return (Y.shape[0], mass.astype(np.float64), first.astype(np.float64),
+            None if moment2 is None else moment2.astype(np.float64))
+
+
 # --- the backend ---------------------------------------------------------------------------
 class DaskBackend(Backend):
     """Targets in chunks on the workers of a Dask cluster; each reduction over them runs
@@ -555,6 +579,36 @@ class DaskTargets(Targets):
         self._check_rows([o[0] for o in out], "responsibility_moments")
         return (self._sum([o[1] for o in out]).astype(X.dtype),
                 self._sum([o[2] for o in out]).astype(X.dtype))
+
+    def log_mixture_shaped(self, X: np.ndarray, P: np.ndarray, logw: np.ndarray) -> list:
+        """Futures of ``L`` per chunk (Gaussians of their own shape), left on the workers."""
+
+        def submit():
+            Xf, Pf, lf = self._scatter(X), self._scatter(P), self._scatter(logw)
+            return [
+                self.client.submit(_log_mixture_shaped, c, Xf, Pf, lf, self.backend.inner,
+                                   pure=False)
+                for c in self.chunks
+            ]
+
+        return self._retrying(submit)
+
+    def responsibility_moments_shaped(self, X: np.ndarray, P: np.ndarray,
+                                      log_norm: np.ndarray, L: list, second: bool = True):
+        def reduction():
+            Xf, Pf, nf = self._scatter(X), self._scatter(P), self._scatter(log_norm)
+            futures = [
+                self.client.submit(_responsibility_moments_shaped, c, Xf, Pf, nf, Lk, second,
+                                   self.backend.inner, pure=False)
+                for c, Lk in zip(self.chunks, L, strict=True)
+            ]
+            return self.client.gather(futures)
+
+        out = self._retrying(reduction)
+        self._check_rows([o[0] for o in out], "responsibility_moments_shaped")
+        moment2 = self._sum([o[3] for o in out]).astype(X.dtype) if second else None
+        return (self._sum([o[1] for o in out]).astype(X.dtype),
+                self._sum([o[2] for o in out]).astype(X.dtype), moment2)
 
 
 # --- dask arrays as estimator input ----------------------------------------------------------

@@ -262,17 +262,12 @@ class Targets(ABC):
 
 
     # --- inclusive KL with a Gaussian shape per atom -------------------------------------
+    @abstractmethod
     def log_mixture_shaped(self, X: np.ndarray, P: np.ndarray, logw: np.ndarray) -> Any:
         """``L_m = log Σ_i exp(logw_i - |P_iᵀ (y_m - x_i)|² / 2)`` at every target, in the
-        targets' own form, as :meth:`log_mixture`; ``P`` of shape ``(n, d, d)``.
+        targets' own form, as :meth:`log_mixture`; ``P`` of shape ``(n, d, d)``."""
 
-        Targets that do not hold their rows in host memory must override this method and
-        :meth:`responsibility_moments_shaped`; host targets inherit
-        :class:`HostTargets`' versions."""
-        raise NotImplementedError(
-            f"{type(self).__name__} has no shaped reductions (covariance='full')."
-        )
-
+    @abstractmethod
     def responsibility_moments_shaped(
         self, X: np.ndarray, P: np.ndarray, log_norm: np.ndarray, L: Any, second: bool = True
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -280,9 +275,6 @@ class Targets(ABC):
         E_mi`` (shape ``(n,)``), ``Σ_m E_mi (y_m - x_i)`` (shape ``(n, d)``) and ``Σ_m E_mi
         (y_m - x_i)(y_m - x_i)ᵀ`` (shape ``(n, d, d)``; ``None`` with ``second=False``), in
         the dtype of ``X``."""
-        raise NotImplementedError(
-            f"{type(self).__name__} has no shaped reductions (covariance='full')."
-        )
 
 
 class HostTargets(Targets):
