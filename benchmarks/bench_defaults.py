@@ -49,6 +49,13 @@ def three_modes(n: int, rng) -> np.ndarray:
     return centers[rng.integers(3, size=n)] + 0.7 * rng.standard_normal((n, 2))
 
 
+def timed_fit(est, X):
+    """``est`` fitted on ``X``, and the seconds the fit took."""
+    t0 = time.perf_counter()
+    est.fit(X)
+    return est, time.perf_counter() - t0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--before", action="store_true",
@@ -115,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| estimator | median distance of 500 samples | bandwidth(s) | fit s |")
     print("|---|---:|---|---:|")
     for cls in ESTIMATORS:
-        t0 = time.perf_counter()
-        est = make(cls).fit(D_train)
-        seconds = time.perf_counter() - t0
+        est, seconds = timed_fit(make(cls), D_train)
         S = est.sample(500, random_state=0, method=method)
         dist = float(np.median(nn.kneighbors(S)[0]))
         hs = ", ".join(f"{h:.1f}" for h in np.unique(est.bandwidth_schedule_)[::-1])
@@ -129,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| estimator | default fit, 1000 × 2 | backend | check_estimator |")
     print("|---|---:|---|---:|")
     for cls in ESTIMATORS:
-        t0 = time.perf_counter()
-        est = make(cls).fit(X)
-        fit_s = time.perf_counter() - t0
+        est, fit_s = timed_fit(make(cls), X)
         checks = "—"
         if not args.skip_checks:
             t0 = time.perf_counter()

@@ -29,7 +29,6 @@ NOT_INSTALLED_HINT = 'pip install "skgradflow[numba]" (or pip install numba)'
 # The loops use every core already: concurrent calls could only share them.
 _call_lock = threading.Lock()
 _compiled: set[tuple] = set()
-_compiled_lock = threading.Lock()
 
 
 class NumbaUnavailableError(ImportError):
@@ -122,7 +121,7 @@ class NumbaBackend(Backend):
         notice on stderr while a first compile takes long."""
         import numba
 
-        key = (fn.__name__, *(getattr(a, "dtype", type(a)).__str__() for a in args[:1]))
+        key = (fn.__name__, args[0].dtype.str)  # a compiled loop per reduction and dtype
         n_threads = min(self.n_threads or numba.config.NUMBA_NUM_THREADS,
                         numba.config.NUMBA_NUM_THREADS)
         with _call_lock:
@@ -134,8 +133,7 @@ class NumbaBackend(Backend):
                 with notice_if_slow("numba-compile", "compiling the Numba backend's loops, once "
                                     "per machine (a few seconds each)..."):
                     out = fn(*args, n_threads)
-                with _compiled_lock:
-                    _compiled.add(key)
+                _compiled.add(key)  # under _call_lock
                 return out
             finally:
                 numba.set_num_threads(previous)
