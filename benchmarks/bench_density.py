@@ -25,14 +25,22 @@ For every data set and every seed:
 4. each method is fitted on the train split, hyper-parameters chosen there only, and scored
    by its mean log-likelihood per test sample (natural log, higher is better):
 
-   - ``InclusiveKLFitter``: ``GridSearchCV`` (``--cv`` folds, default 5) over two grids:
-     ``covariance`` in ``"isotropic"``, ``"data"`` with ``bandwidth = c × scott``, ``c`` in
-     ``np.geomspace(0.25, 2, 7)``, ``scott = n_train^(-1/(d+4))`` (Scott's rule on
-     standardised data), ``n_components`` one per three samples of the smallest CV training
-     fold, at most ``--n-components`` (100), as ``n_components="auto"``; and
-     ``covariance="full"`` with ``n_components`` in 1, 2, 4, 8 and ``bandwidth`` (the factor
-     of the initial ``h² Σ̂``) 0.5 or 1.  Default ``alpha``, ``beta``, ``step_size``,
-     ``max_iter``, ``tol``; scored by its own ``score`` (mean log-likelihood);
+   - ``InclusiveKLFitter``: ``GridSearchCV`` (``--cv`` folds, default 5) over three grids
+     (48 candidates):
+
+     * ``covariance`` in ``"isotropic"``, ``"data"`` with ``bandwidth = c × scott``, ``c`` in
+       ``np.geomspace(0.25, 2, 7)``, ``scott = n_train^(-1/(d+4))`` (Scott's rule on
+       standardised data), ``n_components="auto"`` (one atom per three samples of each fit's
+       data, at most 100);
+     * ``covariance="full"``, ``init="kmeans"``, ``n_init=3``, ``n_components`` in 1, 2, 4,
+       8, 12, 16, ``bandwidth`` (the factor of the initial ``h² Σ̂``) 0.5 or 1, ``reg_covar``
+       1e-6 or 1e-2;
+     * ``covariance="tied"``, ``init="kmeans"``, ``n_init=3``, ``n_components`` in 2, 4, 8,
+       12, 16, ``reg_covar`` 1e-6 or 1e-2;
+
+     (numbers of components above the smallest CV training fold are left out).  Default
+     ``alpha``, ``beta``, ``step_size``, ``max_iter``, ``tol``; scored by its own ``score``
+     (mean log-likelihood);
    - ``GaussianMixture``: ``n_components`` in 1..10 chosen by the lowest BIC on the train
      split, over the four covariance types ("GaussianMixture (BIC: k and type)"), or for
      ``covariance_type="full"`` or ``"diag"`` alone, ``reg_covar`` 1e-6 (scikit-learn's
@@ -78,8 +86,11 @@ LOADERS = {"wine": load_wine, "breast_cancer": load_breast_cancer, "digits": loa
 PCA_COMPONENTS = {"digits_pca16": 16}
 # covariance="full": a few atoms (each covariance has d(d+1)/2 parameters), initial shapes
 # h² Σ̂ with h a fraction of the data's spread
-FULL_COMPONENTS = [1, 2, 4, 8]
+FULL_COMPONENTS = [1, 2, 4, 8, 12, 16]
 FULL_BANDWIDTHS = [0.5, 1.0]
+FULL_REG_COVAR = [1e-6, 1e-2]
+FULL_N_INIT = 3  # the likelihood of few full components has many local maxima
+TIED_COMPONENTS = [2, 4, 8, 12, 16]
 GRID = np.geomspace(0.25, 2.0, 7)  # multiples of Scott's rule
 GMM_COMPONENTS = range(1, 11)
 
@@ -120,17 +131,24 @@ def fit_inclusive_kl(X_train, X_test, seed, args):
     n, d = X_train.shape
     cv = KFold(args.cv, shuffle=True, random_state=seed)
     smallest_fold = min(len(train) for train, _ in cv.split(X_train))
-    # as n_components="auto": one atom per three samples of a CV training fold
-    n_components = min(args.n_components, -(-smallest_fold // 3))
     h0 = scott(n, d)
     grid = [
-        {"bandwidth": list(GRID * h0), "covariance": ["isotropic", "data"]},
+        # n_components="auto": one atom per three samples of each fit's data (a CV training
+        # fold, then the whole train split for the refit), at most 100
+        {"bandwidth": list(GRID * h0), "covariance": ["isotropic", "data"],
+         "n_components": ["auto"]},
         # a covariance per atom is estimable with few atoms: the regime of GaussianMixture
-        {"covariance": ["full"], "n_components": FULL_COMPONENTS,
-         "bandwidth": FULL_BANDWIDTHS},
+        {"covariance": ["full"], "init": ["kmeans"], "n_init": [FULL_N_INIT],
+         "bandwidth": FULL_BANDWIDTHS,
+         "n_components": [k for k in FULL_COMPONENTS if k <= smallest_fold],
+         "reg_covar": FULL_REG_COVAR},
+        # one learnt shape shared by the atoms: GaussianMixture's "tied"
+        {"covariance": ["tied"], "init": ["kmeans"], "n_init": [FULL_N_INIT],
+         "n_components": [k for k in TIED_COMPONENTS if k <= smallest_fold],
+         "reg_covar": FULL_REG_COVAR},
     ]
     search = GridSearchCV(
-        InclusiveKLFitter(n_components, backend=args.backend, random_state=seed),
+        InclusiveKLFitter(backend=args.backend, random_state=seed),
         grid,
         cv=cv,
         n_jobs=args.n_jobs,
@@ -144,10 +162,14 @@ def fit_inclusive_kl(X_train, X_test, seed, args):
     best = search.best_estimator_
     n_warn = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
     c = best.bandwidth_ / h0
-    chosen = (f"full, N={best.n_components}, h={best.bandwidth_:.2g}"
-              if best.covariance == "full" else f"{best.covariance}, {c:.3g}×scott")
+    if best.covariance == "full":
+        chosen = f"full, N={best.n_components}, h={best.bandwidth_:.2g}, reg={best.reg_covar:g}"
+    elif best.covariance == "tied":
+        chosen = f"tied, N={best.n_components}, reg={best.reg_covar:g}"
+    else:
+        chosen = f"{best.covariance}, {c:.3g}×scott"
     note = (
-        f"N={best.n_components}, {best.n_iter_} it{'' if best.converged_ else ' (not conv.)'}"
+        f"N={best.weights_.shape[0]}, {best.n_iter_} it{'' if best.converged_ else ' (not conv.)'}"
         f", {best.backend_}, one fit {search.refit_time_:.2f} s"
         + (f", {n_warn} ConvergenceWarning" if n_warn else "")
     )
@@ -263,12 +285,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--test-size", type=float, default=0.3)
     parser.add_argument("--cv", type=int, default=5, help="CV folds of the grid searches")
-    parser.add_argument(
-        "--n-components",
-        type=int,
-        default=100,
-        help="InclusiveKLFitter atoms (capped at the smallest CV fold)",
-    )
     parser.add_argument(
         "--backend",
         default="auto",

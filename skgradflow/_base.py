@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
-from sklearn.cluster import kmeans_plusplus
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
+from ._clustering import cluster_centers
 from ._progress import Progress
 from .backends import (
     BACKEND_NAMES,
@@ -417,15 +417,14 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         if self.init == "subsample":
             rows = rng.choice(X.shape[0], size=n, replace=n > np.count_nonzero(b), p=b)
             return X[rows].copy()
-        if self.init == "kmeans++":
+        if self.init in ("kmeans++", "kmeans"):
             if n > np.count_nonzero(b):
                 raise ValueError(
-                    f"init='kmeans++' needs {self._n_atoms_param}={n} <= the number of "
+                    f"init={self.init!r} needs {self._n_atoms_param}={n} <= the number of "
                     f"samples with positive weight ({np.count_nonzero(b)})."
                 )
             seed = int(rng.integers(np.iinfo(np.int32).max))
-            centers, _ = kmeans_plusplus(X, n, sample_weight=b, random_state=seed)
-            return centers.astype(X.dtype, copy=False)
+            return cluster_centers(self.init, X, b, n, seed)
         # "gaussian": the normal distribution with the target's (weighted) mean and covariance
         mean, root = _moments(X, b)
         z = rng.standard_normal((n, X.shape[1]))

@@ -1,7 +1,8 @@
 """The Wasserstein–Fisher–Rao flow of the inclusive KL over a Gaussian kernel mixture.
 
-``covariance="data"`` and ``"full"`` run the flow below in whitened coordinates, and
-``"full"`` moves a covariance per atom too (design page, "Shaped kernels").
+``covariance="data"``, ``"tied"`` and ``"full"`` run the flow below in whitened coordinates,
+and ``"full"`` (``"tied"``) moves a covariance per atom (a shared one) too (design page,
+"Shaped kernels").
 
 Model density ``μ(z) = Σ_i w_i φ_h(z - x_i)``, ``φ_h`` the ``N(0, h² I)`` density, whose
 mixing measure ``ν = Σ_i w_i δ_{x_i}`` is the particle system.  The flow minimises
@@ -25,6 +26,7 @@ import numbers
 
 import numpy as np
 from scipy.special import logsumexp
+from sklearn.base import clone
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
@@ -57,37 +59,50 @@ class InclusiveKLFitter(_BaseParticleFlow):
         :func:`skgradflow.kernels.resolve_bandwidth`).  The rules assume a unimodal,
         roughly Gaussian shape and are too wide for thin or multimodal data: choose it by
         ``GridSearchCV`` (``score`` is the held-out log-likelihood).  With
-        ``covariance="data"`` or ``"full"`` it is the factor ``h`` of ``h² Σ̂`` (the rules
-        see whitened data: ``"scott"`` is ``scipy.stats.gaussian_kde``'s factor).
-    covariance : {"isotropic", "data", "full"}, default="isotropic"
+        ``covariance="data"``, ``"tied"`` or ``"full"`` it is the factor ``h`` of ``h² Σ̂``
+        (the rules see whitened data: ``"scott"`` is ``scipy.stats.gaussian_kde``'s factor).
+    covariance : {"isotropic", "data", "tied", "full"}, default="isotropic"
         Shape of the components.  ``"isotropic"``: ``N(x_i, h² I)``.  ``"data"``: one shared
         shape ``N(x_i, h² Σ̂)``, ``Σ̂`` the weighted sample covariance (as
         ``scipy.stats.gaussian_kde``), the flow running in whitened coordinates.
-        ``"full"``: ``N(x_i, Σ_i)`` with ``Σ_i`` learnt by the flow (Bures–Wasserstein
-        transport of each component), starting at ``h² Σ̂``; meant for few components, each
-        having ``d(d+1)/2`` parameters, and ``d²`` times the cost per pair.  Choose it with
-        ``bandwidth`` by ``GridSearchCV``.
+        ``"full"``: ``N(x_i, Σ_i)`` with ``Σ_i`` learnt by the flow, starting at ``h² Σ̂``:
+        each component moves up the likelihood in the Fisher geometry of Gaussians, by an
+        implicit step that never lowers it and that is an EM iteration as ``alpha`` grows;
+        meant for few components (with ``init="kmeans"`` and ``n_init``), each having
+        ``d(d+1)/2`` parameters, and ``d²`` times the cost per pair.  ``"tied"``: one shared
+        ``N(x_i, Σ)``, ``Σ`` learnt by the same step from the pooled scatter
+        (``GaussianMixture``'s "tied").  Choose the mode with ``bandwidth`` (and
+        ``reg_covar``) by ``GridSearchCV``.
     reg_covar : float, default=1e-6
         Added to the diagonal of ``Σ̂``, times its mean variance, so that rank-deficient data
-        and ``d > n`` get a positive definite ``Σ̂``; with ``"full"``, also the floor of the
-        eigenvalues of every ``Σ_i`` relative to ``Σ̂``.  Unused by ``"isotropic"``.
+        and ``d > n`` get a positive definite ``Σ̂``; with ``"full"`` and ``"tied"``,
+        ``reg_covar · Σ̂`` is also added to every EM update of a covariance, as
+        ``GaussianMixture`` adds ``reg_covar`` to its covariances.  Unused by
+        ``"isotropic"``.
     alpha : float, default=1.0
         Rate of the transport of the atoms.
     beta : float, default=1.0
         Rate of the reweighting.
     step_size : float or "auto", default="auto"
-        Time step ``τ``.  ``"auto"`` starts from the smaller of ``τα = h²/2`` and
-        ``τβ = 1`` (the mirror step of the log-likelihood is monotone for ``τβ ≤ 1``)
-        and halves ``τ`` whenever a step lowers the likelihood.
+        Time step ``τ``.  ``"auto"`` starts from the smaller of ``τα = h²/2`` (``τα = 1``
+        for ``"full"``, whose transport is implicit) and ``τβ = 1`` (the mirror step of the
+        log-likelihood is monotone for ``τβ ≤ 1``) and halves ``τ`` whenever a step lowers
+        the likelihood.
     max_iter : int, default=300
     tol : float, default=1e-3
         Stop when the mean loss of the last 10 iterations is below that of the 10 before
         them by less than ``tol`` times the decrease achieved since the start (the
         log-likelihood flattens well before 1e-4 would be met).
-    init : {"kmeans++", "subsample"} or array of shape (n_components, n_features), \
-default="kmeans++"
-        Initial atoms: k-means++ seeding (weighted by ``sample_weight``), a draw of
-        sample rows by weight, or given positions.  The initial weights are uniform.
+    init : {"kmeans++", "kmeans", "subsample"} or array of shape (n_components, \
+n_features), default="kmeans++"
+        Initial atoms: k-means++ seeding (weighted by ``sample_weight``), Lloyd's k-means
+        from such a seeding (``GaussianMixture``'s initialisation, which few ``"full"``
+        components need: the likelihood has many local maxima), a draw of sample rows by
+        weight, or given positions.  The initial weights are uniform.
+    n_init : int, default=1
+        Number of fits from different initialisations (seeds drawn from
+        ``random_state``); the one with the highest likelihood of the samples is kept, as
+        ``GaussianMixture`` does.  A given ``init`` array or a warm start runs once.
     batch_size : int or None, default=None
         Samples per iteration: all, or a fresh minibatch drawn with ``sample_weight`` as
         probabilities.
@@ -99,7 +114,8 @@ default="kmeans++"
         Called as ``callback(state)`` after every iteration of ``fit``, with a
         :class:`skgradflow.callbacks.FlowState` (``n_iter``, ``means``, ``weights``,
         ``energy`` -- the negative mean log-likelihood -- and ``step_size``); returning
-        ``True`` stops the run.
+        ``True`` stops the run.  With ``n_init > 1`` it sees every run, each counting its
+        iterations from 1.
     warm_start : bool, default=False
         When ``True`` and the estimator is fitted, ``fit`` resumes from ``means_``,
         ``weights_`` and ``step_size_`` (``init`` is ignored).
@@ -111,8 +127,8 @@ default="kmeans++"
     covariances_ : ndarray
         Covariance of the components, in the units of ``X`` (float64), as
         ``GaussianMixture``'s: shape ``(n_components,)`` (the variance ``h²`` of each
-        component) for ``"isotropic"``, ``(n_features, n_features)`` for ``"data"`` (shared)
-        and ``(n_components, n_features, n_features)`` for ``"full"``.
+        component) for ``"isotropic"``, ``(n_features, n_features)`` for ``"data"`` and
+        ``"tied"`` (shared) and ``(n_components, n_features, n_features)`` for ``"full"``.
     precisions_cholesky_ : ndarray
         Same shape: ``1/h``, or upper triangular ``P`` with ``P Pᵀ`` the precision.
     weights_ : ndarray of shape (n_components,)
@@ -151,9 +167,10 @@ default="kmeans++"
         **_BaseParticleFlow._parameter_constraints,
         "n_components": [Interval(numbers.Integral, 1, None, closed="left"),
                          StrOptions({"auto"})],
-        "init": [StrOptions({"kmeans++", "subsample"}), "array-like"],
-        "covariance": [StrOptions({"isotropic", "data", "full"})],
+        "init": [StrOptions({"kmeans++", "kmeans", "subsample"}), "array-like"],
+        "covariance": [StrOptions({"isotropic", "data", "tied", "full"})],
         "reg_covar": [Interval(numbers.Real, 0, None, closed="neither")],
+        "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
     }
     _atoms_attr = "means_"
     _n_atoms_param = "n_components"
@@ -179,6 +196,7 @@ default="kmeans++"
         max_iter: int = 300,
         tol: float = 1e-3,
         init="kmeans++",
+        n_init: int = 1,
         batch_size: int | None = None,
         backend: str = "auto",
         random_state=None,
@@ -196,6 +214,7 @@ default="kmeans++"
         self.max_iter = max_iter
         self.tol = tol
         self.init = init
+        self.n_init = n_init
         self.batch_size = batch_size
         self.backend = backend
         self.random_state = random_state
@@ -206,10 +225,30 @@ default="kmeans++"
     def _kernel(self, bandwidth: float | None = None) -> Kernel:
         return Kernel("gaussian", self.bandwidth_ if bandwidth is None else bandwidth)
 
+    def _fit(self, X, sample_weight):
+        resume = self.warm_start and hasattr(self, "weights_")
+        if self.n_init == 1 or resume or not isinstance(self.init, str):
+            return super()._fit(X, sample_weight)
+        seeds = check_random_state(self.random_state).randint(np.iinfo(np.int32).max,
+                                                              size=self.n_init)
+        best = None
+        for seed in seeds:
+            run = clone(self).set_params(n_init=1, random_state=int(seed), warm_start=False)
+            run._fit(X, sample_weight)
+            # the negative log-likelihood of the samples at the end of each run
+            if best is None or run.loss_curve_[-1] < best.loss_curve_[-1]:
+                best = run
+        params = self.get_params(deep=False)
+        self.__dict__.update({k: v for k, v in vars(best).items() if k not in params})
+        return self
+
     def _auto_step_size(self, problem: _Problem, ev: _Evaluation) -> float:
         # in the whitened coordinates of "data" and "full", h is the kernel's scale there
         h = self.bandwidth_
-        steps = [0.5 * h * h / self.alpha] if self.alpha > 0 else []
+        # the transport of "full" is an implicit step, monotone at any τα: τα = 1 takes
+        # components about half way to their EM update
+        limit = 1.0 if self.covariance in _LEARNT else 0.5 * h * h
+        steps = [limit / self.alpha] if self.alpha > 0 else []
         steps += [1.0 / self.beta] if self.beta > 0 else []
         return min(steps, default=1.0)
 
@@ -257,10 +296,16 @@ default="kmeans++"
         return state[:, :d], L @ np.swapaxes(L, -1, -2)
 
     def _initial_particles(self, X: np.ndarray, b: np.ndarray, rng, n: int) -> np.ndarray:
-        x = super()._initial_particles(X, b, rng, n)
+        if self._whiten is not None and isinstance(self.init, str) and self.init != "subsample":
+            # clusters in the units of X, as GaussianMixture seeds them: the Mahalanobis
+            # distances of the whitened samples magnify their directions of least variance,
+            # and k-means there ends in worse local maxima of the likelihood
+            x = self._to_working(super()._initial_particles(self._public_atoms(X), b, rng, n))
+        else:
+            x = super()._initial_particles(X, b, rng, n)
         if self._whiten is not None and not isinstance(self.init, str):
             x = self._to_working(x)  # given in the units of X
-        if self.covariance != "full":
+        if self.covariance not in _LEARNT:
             return x
         h = self.bandwidth_
         return self._pack(x, np.broadcast_to(h * h * np.eye(X.shape[1]), (n, X.shape[1],
@@ -271,7 +316,7 @@ default="kmeans++"
         if resume is None or self.covariance == "isotropic":
             return resume
         fitted = np.ndim(self.covariances_)
-        wanted = {"data": 2, "full": 3}[self.covariance]
+        wanted = {"data": 2, "tied": 2, "full": 3}[self.covariance]
         if fitted != wanted:
             raise ValueError(
                 f"warm_start=True resumes from a fit with covariance of {fitted} dimensions; "
@@ -283,7 +328,8 @@ default="kmeans++"
         if self.covariance == "data":
             return x, w, tau
         _, P, _, _ = self._whiten
-        C = np.einsum("de,nef,fg->ndg", P.T, self.covariances_, P)  # Pᵀ Σ_i P
+        shapes = np.broadcast_to(self.covariances_, (x.shape[0], *P.shape))
+        C = np.einsum("de,nef,fg->ndg", P.T, shapes, P)  # Pᵀ Σ_i P
         return self._pack(x, C), w, tau
 
     def _after_fit(self) -> None:
@@ -299,8 +345,13 @@ default="kmeans++"
             self.precisions_cholesky_ = P / h
             return
         _, C = self._unpack(state)
-        self.covariances_ = np.einsum("ed,nef,fg->ndg", P_inv, C, P_inv)  # P⁻ᵀ C_i P⁻¹
-        self.precisions_cholesky_ = _precision_cholesky(self.covariances_)
+        cov = np.einsum("ed,nef,fg->ndg", P_inv, C, P_inv)  # P⁻ᵀ C_i P⁻¹
+        if self.covariance == "tied":  # every row of the state carries the shared shape
+            cov = cov[:1]
+        self.precisions_cholesky_ = _precision_cholesky(cov)
+        self.covariances_ = cov
+        if self.covariance == "tied":
+            self.covariances_, self.precisions_cholesky_ = cov[0], self.precisions_cholesky_[0]
 
     # --- the flow --------------------------------------------------------------------------
     def _log_norm(self, d: int) -> float:
@@ -315,7 +366,7 @@ default="kmeans++"
             return np.maximum(np.log(w), LOG_TINY).astype(dtype)
 
     def _evaluate(self, problem: _Problem, x, w, targets: Targets, carry=None) -> _Evaluation:
-        if self.covariance == "full":
+        if self.covariance in _LEARNT:
             return self._evaluate_full(x, w, targets)
         # L_m = log Σ_i w_i exp(-|y_m - x_i|²/(2h²)), so log μ(y_m) = L_m - log norm
         L = targets.log_mixture(problem.kernel, x, self._log_weights(w, x.dtype))
@@ -323,7 +374,7 @@ default="kmeans++"
         return _Evaluation(-mean, magnitude, {"L": L})
 
     def _step(self, problem: _Problem, x, w, ev: _Evaluation, targets: Targets, tau: float):
-        if self.covariance == "full":
+        if self.covariance in _LEARNT:
             return self._step_full(x, w, ev, targets, tau)
         kernel, h = problem.kernel, self.bandwidth_
         L = ev.cache["L"]
@@ -362,18 +413,17 @@ default="kmeans++"
         return _Evaluation(-mean, magnitude, {"L": L, "P": P, "log_det": log_det})
 
     def _step_full(self, state, w, ev: _Evaluation, targets: Targets, tau: float):
-        """One step of design page section "Shaped kernels": the Bures–Wasserstein step
-        of each atom's mean and covariance, then the Fisher–Rao reweighting."""
+        """One step of design page section "Shaped kernels": every component moves a
+        fraction ``ρ_i = τα R_i / (1 + τα R_i)`` of the way to its EM update, then the
+        Fisher–Rao reweighting."""
         x, C = self._unpack(state)
         L, P, log_det = ev.cache["L"], ev.cache["P"], ev.cache["log_det"]
         if self.alpha > 0:
             R, first, second = targets.responsibility_moments_shaped(x, P, log_det, L)
-            step = _bures_wasserstein_step(
-                C, P, R.astype(np.float64), first.astype(np.float64),
-                second.astype(np.float64), tau * self.alpha,
-            )
-            x = x + step[0].astype(x.dtype)
-            C = _floor_eigenvalues(step[1], self.reg_covar)
+            dx, C = _component_step(C, R.astype(np.float64), first.astype(np.float64),
+                                    second.astype(np.float64), tau * self.alpha,
+                                    self.reg_covar, w if self.covariance == "tied" else None)
+            x = x + dx.astype(x.dtype)
             if self.beta > 0:
                 P, log_det = self._shapes(C)
                 L = targets.log_mixture_shaped(x, P, self._log_weights(w, np.float64) + log_det)
@@ -418,13 +468,13 @@ default="kmeans++"
             L = backend.shaped_logsumexp(X, self.means_, P.astype(X.dtype),
                                          (logw + log_det).astype(X.dtype))
             return L - np.asarray(0.5 * d * np.log(2.0 * np.pi), dtype=X.dtype)
-        if np.ndim(self.covariances_) == 2:  # "data": the isotropic kernel, whitened
-            h = self.bandwidth_
-            P = self.precisions_cholesky_ * h  # P Pᵀ = Σ̂⁻¹
-            L = backend.logsumexp(self._kernel(), (X.astype(np.float64) @ P).astype(X.dtype),
+        if np.ndim(self.covariances_) == 2:  # "data", "tied": one shape, whitened away
+            P = self.precisions_cholesky_  # P Pᵀ = covariances_⁻¹
+            L = backend.logsumexp(Kernel("gaussian", 1.0),
+                                  (X.astype(np.float64) @ P).astype(X.dtype),
                                   (self.means_.astype(np.float64) @ P).astype(X.dtype),
                                   logw.astype(X.dtype))
-            log_norm = 0.5 * d * np.log(2.0 * np.pi * h * h) - np.log(np.diag(P)).sum()
+            log_norm = 0.5 * d * np.log(2.0 * np.pi) - np.log(np.diag(P)).sum()
             return L - np.asarray(log_norm, dtype=X.dtype)
         L = backend.logsumexp(
             self._kernel(), X, self.means_, self._log_weights(self.weights_, X.dtype)
@@ -490,6 +540,10 @@ default="kmeans++"
         return atoms[rows] + noise.astype(atoms.dtype)
 
 
+# the modes whose covariances the flow learns
+_LEARNT = ("full", "tied")
+
+
 def _data_covariance(X: np.ndarray, b: np.ndarray, reg_covar: float):
     """The weighted mean and covariance of the rows, the latter as ``scipy.stats.gaussian_kde``
     computes it (``np.cov`` with ``aweights``, unbiased), plus ``reg_covar`` times the mean
@@ -520,28 +574,35 @@ def _precision_cholesky(C: np.ndarray) -> np.ndarray:
     return np.swapaxes(np.linalg.solve(L, eye), -1, -2)
 
 
-def _bures_wasserstein_step(C, P, R, first, second, t):
-    """The Bures–Wasserstein ascent step of length ``t = τα`` of every atom ``(x_i, C_i)``
-    on the first variation ``R(x, C) = Σ_m b_m N(y_m; x, C) / μ(y_m)``:
+def _component_step(C, R, first, second, t, reg_covar, tied_weights=None):
+    """The transport of every component ``(x_i, C_i)`` over a step of length ``t = τα``:
+    the implicit Euler step of its natural-gradient flow, ``ẋ = F``, ``Ċ = M + R reg I − R C``,
 
-    ``Δx_i = t C_i⁻¹ F_i`` and ``C_i ← (I + t G_i) C_i (I + t G_i)``, with
-    ``G_i = 2 ∂R/∂C_i = C_i⁻¹ M_i C_i⁻¹ - R_i C_i⁻¹``, ``F_i = Σ_m E_mi (y_m - x_i)`` and
-    ``M_i = Σ_m E_mi (y_m - x_i)(y_m - x_i)ᵀ`` (the moments of the responsibilities)."""
-    C_inv = P @ np.swapaxes(P, -1, -2)
-    dx = t * np.einsum("nde,ne->nd", C_inv, first)
-    G = C_inv @ second @ C_inv - R[:, None, None] * C_inv
-    A = np.eye(C.shape[-1]) + t * 0.5 * (G + np.swapaxes(G, -1, -2))
-    C_new = A @ C @ A
+    ``x_i ← x_i + t F_i / (1 + t R_i)`` and ``C_i ← (C_i + t (M'_i + R_i reg I)) / (1 + t R_i)``,
+
+    a fraction ``ρ_i = t R_i / (1 + t R_i)`` of the way to the M-step of EM (as
+    ``GaussianMixture``'s, with ``reg_covar``): ``F_i = Σ_m E_mi (y_m - x_i)``, ``M_i`` the
+    same sum of ``(y_m - x_i)(y_m - x_i)ᵀ`` and ``M'_i`` that of the moved mean.  With
+    ``tied_weights`` (``"tied"``: every ``C_i`` is one shared ``C``), the shared shape takes
+    the step of the pooled scatter ``Σ_i w_i M'_i`` at the rate ``Σ_i w_i R_i = 1``, EM's tied
+    M-step as ``t → ∞``.  Returns the moves of the means and the new covariances
+    (float64)."""
+    shrink = t / (1.0 + t * R)  # ρ_i / R_i, finite where R_i = 0
+    dx = shrink[:, None] * first
+    # the second moment about the moved mean, from the moments about the old one
+    outer = first[:, :, None] * dx[:, None, :]
+    moved = (second - outer - np.swapaxes(outer, -1, -2)
+             + R[:, None, None] * dx[:, :, None] * dx[:, None, :])
+    eye = np.eye(C.shape[-1])
+    if tied_weights is not None:
+        rate = float(tied_weights @ R)
+        pooled = np.einsum("i,ide->de", tied_weights, moved)
+        shared = (C[0] + t * (pooled + rate * reg_covar * eye)) / (1.0 + t * rate)
+        C_new = np.broadcast_to(shared, C.shape)
+    else:
+        C_new = (C + t * (moved + (R * reg_covar)[:, None, None] * eye)) / (1.0 + t * R)[
+            :, None, None]
     return dx, 0.5 * (C_new + np.swapaxes(C_new, -1, -2))
-
-
-def _floor_eigenvalues(C: np.ndarray, floor: float) -> np.ndarray:
-    """``C`` with its eigenvalues raised to ``floor`` at least (the variance of the
-    whitened data is 1: ``floor`` is relative to it, as ``reg_covar`` is)."""
-    eigval, eigvec = np.linalg.eigh(C)
-    if np.all(eigval >= floor):
-        return C
-    return (eigvec * np.maximum(eigval, floor)[:, None, :]) @ np.swapaxes(eigvec, -1, -2)
 
 
 def _log_density_block(X, estimator: InclusiveKLFitter, inner) -> np.ndarray:

@@ -2,6 +2,7 @@
 every public entry point fails with a ValueError or TypeError whose message names the
 argument; a diverging flow never returns NaN."""
 
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -199,7 +200,7 @@ def _bad_params(spec):
         ("beta", -0.5),
         ("backend", "torch"),
         ("backend", "gpu"),
-        ("init", "kmeans"),
+        ("init", "k-means"),
         (spec.n_atoms, 0),
         (spec.n_atoms, -3),
         (spec.n_atoms, 2.5),
@@ -254,14 +255,15 @@ def test_energy_kernel_needs_conserved_mass(spec, X):
         spec.make(kernel="energy", conserve_mass=False).fit(X)
 
 
-def test_kmeans_init_needs_enough_samples(X):
-    with pytest.raises(ValueError, match=r"\bn_components\b.*41"):
-        KL.make(n_components=41, init="kmeans++").fit(X)
+@pytest.mark.parametrize("init", ["kmeans++", "kmeans"])
+def test_kmeans_init_needs_enough_samples(X, init):
+    with pytest.raises(ValueError, match=rf"init='{re.escape(init)}'.*\bn_components\b.*41"):
+        KL.make(n_components=41, init=init).fit(X)
     # only rows of positive weight count
     sw = np.ones(len(X))
     sw[:15] = 0.0
     with pytest.raises(ValueError, match=r"\bn_components\b.*30"):
-        KL.make(n_components=30, init="kmeans++").fit(X, sample_weight=sw)
+        KL.make(n_components=30, init=init).fit(X, sample_weight=sw)
     # init="subsample" draws rows with replacement: no limit
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

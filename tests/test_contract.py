@@ -134,6 +134,7 @@ def _expected_failed_checks(estimator):
         InclusiveKLFitter(n_components=5, max_iter=20),
         InclusiveKLFitter(n_components=5, covariance="data", max_iter=20),
         InclusiveKLFitter(n_components=3, covariance="full", max_iter=10),
+        InclusiveKLFitter(n_components=3, covariance="tied", max_iter=10),
         # the defaults (atoms adapted to the data, the annealed bandwidth), over fewer
         # iterations: hundreds amplify round-off past the 1e-9 of the sample-weight check
         IFTSampler(max_iter=20),

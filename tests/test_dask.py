@@ -152,18 +152,19 @@ def test_a_minibatch_fit_is_reproducible_and_decreases_the_energy(client, data):
     assert mmd(fits[0].particles_, X, x_weights=fits[0].weights_, bandwidth=0.9) < before
 
 
-@pytest.mark.parametrize("init", ["gaussian", "subsample", "kmeans++"])
+@pytest.mark.parametrize("init", ["gaussian", "subsample", "kmeans++", "kmeans"])
 def test_initialisation_and_bandwidth_rules_run_on_the_workers(client, data, init):
     X, sw, _ = data
     Xd = da.from_array(X, chunks=(150, 2))
-    cls = InclusiveKLFitter if init == "kmeans++" else IFTSampler
+    clusters = init in ("kmeans++", "kmeans")
+    cls = InclusiveKLFitter if clusters else IFTSampler
     key = "n_components" if cls is InclusiveKLFitter else "n_particles"
-    est = cls(**{key: 20}, init=init, bandwidth="scott" if init == "kmeans++" else "median",
+    est = cls(**{key: 20}, init=init, bandwidth="scott" if clusters else "median",
               max_iter=3, tol=0, random_state=0).fit(Xd, sample_weight=sw)
     oracle = cls(**{key: 20}, init=init, bandwidth=est.bandwidth, max_iter=3, tol=0,
                  random_state=0).fit(X, sample_weight=sw)
     # Scott's rule is exact from Dask reductions; the median is that of 2000 drawn rows
-    rel = 1e-12 if init == "kmeans++" else 0.1
+    rel = 1e-12 if clusters else 0.1
     assert abs(est.bandwidth_ - oracle.bandwidth_) <= rel * oracle.bandwidth_
     start = atoms(est)
     assert start.shape == (20, 2) and np.all(np.isfinite(start))
@@ -370,14 +371,14 @@ def test_the_engine_checks_its_settings():
 
 
 def test_the_shaped_kernels_on_dask_input(client, data):
-    """Both shaped modes fit on a dask array (the covariance by Dask reductions, the per-atom
+    """The shaped modes fit on a dask array (the covariance by Dask reductions, the per-atom
     reductions chunk by chunk) as on the computed array, and score dask input as in memory."""
     X, sw, init = data
     Xd = da.from_array(X, chunks=(150, 2))
     swd = da.from_array(sw, chunks=(150,))
     params = dict(n_components=N_ATOMS, init=init, bandwidth=0.5, step_size=0.05,
                   max_iter=ITERATIONS, tol=0)
-    for covariance in ("data", "full"):
+    for covariance in ("data", "tied", "full"):
         ours = InclusiveKLFitter(covariance=covariance, **params).fit(Xd, sample_weight=swd)
         oracle = InclusiveKLFitter(covariance=covariance, backend="numpy", **params).fit(
             X, sample_weight=sw)

@@ -742,23 +742,23 @@ def moments(X, b) -> tuple[np.ndarray, np.ndarray]:
 def initial_particles(init: str, X, b, rng: np.random.Generator, n: int,
                       n_atoms_param: str) -> np.ndarray:
     """Initial atoms from a dask array: the moment-matched Gaussian from Dask reductions,
-    ``"subsample"`` as ``n`` rows drawn i.i.d. by weight, ``"kmeans++"`` seeded on
+    ``"subsample"`` as ``n`` rows drawn i.i.d. by weight, ``"kmeans++"`` and ``"kmeans"`` on
     ``max(INIT_SAMPLE_ROWS, 10 n)`` rows drawn by weight."""
     if init == "subsample":
         return sample_rows(X, b, n, rng)
-    if init == "kmeans++":
-        from sklearn.cluster import kmeans_plusplus
+    if init in ("kmeans++", "kmeans"):
+        from .._clustering import cluster_centers
 
         positive = count_positive(b)
         if n > positive:
             raise ValueError(
-                f"init='kmeans++' needs {n_atoms_param}={n} <= the number of samples with "
+                f"init={init!r} needs {n_atoms_param}={n} <= the number of samples with "
                 f"positive weight ({positive})."
             )
         subset = sample_rows(X, b, max(INIT_SAMPLE_ROWS, 10 * n), rng)
         seed = int(rng.integers(np.iinfo(np.int32).max))
-        centers, _ = kmeans_plusplus(subset, n, random_state=seed)
-        return centers.astype(X.dtype, copy=False)
+        return cluster_centers(init, subset, np.full(subset.shape[0], 1.0 / subset.shape[0]),
+                                n, seed)
     mean, root = moments(X, b)
     z = rng.standard_normal((n, X.shape[1]))
     return (mean + z @ root.T).astype(X.dtype)
