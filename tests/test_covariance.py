@@ -14,7 +14,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.utils._param_validation import InvalidParameterError
 
 from skgradflow import InclusiveKLFitter
-from skgradflow.backends import NumpyBackend
+from skgradflow.backends import NumpyBackend, resolve_backend
 from skgradflow.backends._protocol import HostTargets
 
 
@@ -80,8 +80,11 @@ def test_data_mode_without_flow_is_scipy_gaussian_kde(data, rng, weighted):
     np.testing.assert_allclose(kl.covariances_, kde.covariance, rtol=1e-9)
 
 
-def test_shaped_reductions_match_dense_densities(rng):
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shaped_reductions_match_dense_densities(rng, backend, dtype):
     d, n, m = 3, 5, 40
+    rtol = 1e-11 if dtype == np.float64 else 2e-4
     x, y = rng.normal(size=(n, d)), rng.normal(size=(m, d))
     A = rng.normal(size=(n, d, d))
     C = A @ np.swapaxes(A, 1, 2) + 0.5 * np.eye(d)
@@ -89,18 +92,43 @@ def test_shaped_reductions_match_dense_densities(rng):
     b = rng.dirichlet(np.ones(m))
     P = np.linalg.inv(np.linalg.cholesky(C)).swapaxes(1, 2)
     log_det = np.log(np.diagonal(P, axis1=1, axis2=2)).sum(1)
-    targets = HostTargets(NumpyBackend(), y, b)
-    L = targets.log_mixture_shaped(x, P, np.log(w) + log_det)
     dens = np.stack([multivariate_normal(x[i], C[i]).pdf(y) for i in range(n)], axis=1)
-    np.testing.assert_allclose(L - 0.5 * d * np.log(2 * np.pi), np.log(dens @ w), rtol=1e-12)
+    targets = HostTargets(resolve_backend(backend, 1), y.astype(dtype), b.astype(dtype))
+    x, P, log_det = x.astype(dtype), P.astype(dtype), log_det.astype(dtype)
+    L = targets.log_mixture_shaped(x, P, np.log(w).astype(dtype) + log_det)
+    assert L.dtype == np.float64  # the Targets contract: log μ in float64
+    np.testing.assert_allclose(L - 0.5 * d * np.log(2 * np.pi), np.log(dens @ w), rtol=rtol)
     R, F, M = targets.responsibility_moments_shaped(x, P, log_det, L)
+    assert R.dtype == F.dtype == M.dtype == dtype  # the moments in the dtype of the data
     E = b[:, None] * dens / (dens @ w)[:, None]  # b_m N(y_m; x_i, C_i) / μ(y_m)
-    r = y[:, None, :] - x[None, :, :]
-    np.testing.assert_allclose(R, E.sum(0), rtol=1e-12)
-    np.testing.assert_allclose(w @ R, 1.0, rtol=1e-12)  # Σ_i w_i R_i = Σ_m b_m
-    np.testing.assert_allclose(F, np.einsum("mi,mid->id", E, r), rtol=1e-11, atol=1e-14)
-    np.testing.assert_allclose(M, np.einsum("mi,mid,mie->ide", E, r, r), rtol=1e-11,
-                               atol=1e-14)
+    r = y[:, None, :] - x[None, :, :].astype(np.float64)
+    np.testing.assert_allclose(R, E.sum(0), rtol=rtol)
+    np.testing.assert_allclose(w @ R, 1.0, rtol=rtol)  # Σ_i w_i R_i = Σ_m b_m
+    np.testing.assert_allclose(F, np.einsum("mi,mid->id", E, r), rtol=rtol, atol=10 * rtol**1.2)
+    np.testing.assert_allclose(M, np.einsum("mi,mid,mie->ide", E, r, r), rtol=rtol,
+                               atol=10 * rtol**1.2)
+    mass, first, none = targets.responsibility_moments_shaped(x, P, log_det, L, second=False)
+    assert none is None
+    np.testing.assert_allclose(mass, R, rtol=rtol)
+    np.testing.assert_allclose(first, F, rtol=rtol, atol=10 * rtol**1.2)
+
+
+def test_keops_leaves_the_shaped_reductions_to_numpy_above_its_dimension_limit(rng):
+    """Past ``SHAPED_MAX_DIM`` the KeOps engine runs the base class's blocked NumPy (no
+    compile, so this runs without KeOps too)."""
+    from skgradflow.backends import KeOpsBackend
+    from skgradflow.backends._keops import SHAPED_MAX_DIM
+
+    d, n, m = SHAPED_MAX_DIM + 1, 3, 50
+    x, y = rng.normal(size=(n, d)), rng.normal(size=(m, d))
+    P = np.broadcast_to(np.eye(d), (n, d, d)) * rng.uniform(0.5, 1.5, size=(n, 1, 1))
+    a, c, logv = rng.normal(size=n), rng.normal(size=m), rng.normal(size=n)
+    keops, numpy = KeOpsBackend(device="cpu"), NumpyBackend()
+    np.testing.assert_array_equal(keops.shaped_logsumexp(y, x, P, logv),
+                                  numpy.shaped_logsumexp(y, x, P, logv))
+    for got, expected in zip(keops.shaped_moments(x, P, a, y, c),
+                             numpy.shaped_moments(x, P, a, y, c), strict=True):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_full_gradients_match_finite_differences_of_the_log_likelihood(rng):

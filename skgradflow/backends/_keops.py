@@ -39,6 +39,11 @@ VALUE_GRAD_WIDTH = 3
 
 DEVICES = ("auto", "cpu", "gpu")
 
+# The shaped reductions carry a d × d factor per atom and, for the second moments, d² output
+# channels: above this dimension the blocked NumPy (BLAS) of the Backend base class was
+# faster on a CPU (benchmarks page, "Shaped reductions"), so they stay with it.
+SHAPED_MAX_DIM = 8
+
 
 class KeOpsUnavailableError(RuntimeError):
     """KeOps cannot run here (the probe failed or crashed); the message says why and what
@@ -203,6 +208,59 @@ class KeOpsBackend(Backend):
         out = self._reduce((cj - 0.5 * r2).exp() * ones.concat(-D), Z.dtype, key, where)
         # the reduction ran in coordinates divided by h
         return out[:, 0], out[:, 1:] * kernel.scale
+
+
+    # --- per-atom Gaussian shapes ----------------------------------------------------------
+    @staticmethod
+    def _shaped(LazyTensor, Z: np.ndarray, S: np.ndarray, P: np.ndarray, on_points: bool):
+        """``r = s_j - z_i`` and ``|P_kᵀ r|²`` with ``P_k`` the factor of point ``i``
+        (``on_points``) or of source ``j``, as KeOps variables (the factor flattened as
+        ``P_kᵀ``, which ``matvecmult`` multiplies into ``r``)."""
+        d = Z.shape[1]
+        Pt = np.ascontiguousarray(np.swapaxes(P, 1, 2).reshape(P.shape[0], d * d))
+        zi = LazyTensor(np.ascontiguousarray(Z)[:, None, :])
+        sj = LazyTensor(np.ascontiguousarray(S)[None, :, :])
+        Pk = LazyTensor(Pt[:, None, :] if on_points else Pt[None, :, :])
+        r = sj - zi
+        return r, (Pk.matvecmult(r) ** 2).sum(-1)
+
+    def shaped_logsumexp(
+        self, Z: np.ndarray, S: np.ndarray, P: np.ndarray, logv: np.ndarray
+    ) -> np.ndarray:
+        """A KeOps LogSumExp over Gaussians of their own shape (blocked NumPy above
+        ``SHAPED_MAX_DIM`` dimensions)."""
+        d = Z.shape[1]
+        if d > SHAPED_MAX_DIM:
+            return super().shaped_logsumexp(Z, S, P, logv)
+        where = self._where()
+        LazyTensor = _import_pykeops()
+        _, q = self._shaped(LazyTensor, Z, S, P.astype(Z.dtype), on_points=False)
+        vj = self._column(LazyTensor, logv.astype(Z.dtype))
+        key = ("shaped_logsumexp", d, Z.dtype.str, where)
+        return _run_keops(lambda: (vj - 0.5 * q).logsumexp(1, backend=where)[:, 0], key)
+
+    def shaped_moments(
+        self, Z: np.ndarray, P: np.ndarray, a: np.ndarray, S: np.ndarray, c: np.ndarray,
+        second: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """One KeOps reduction, one exponential per pair: ``E [1, r, r ⊗ r]`` (``E [1, r]``
+        with ``second=False``); blocked NumPy above ``SHAPED_MAX_DIM`` dimensions."""
+        n, d = Z.shape
+        if d > SHAPED_MAX_DIM:
+            return super().shaped_moments(Z, P, a, S, c, second)
+        where = self._where()
+        LazyTensor = _import_pykeops()
+        r, q = self._shaped(LazyTensor, Z, S, P.astype(Z.dtype), on_points=True)
+        ai = LazyTensor(np.ascontiguousarray(a.astype(Z.dtype).reshape(-1, 1))[:, None, :])
+        cj = self._column(LazyTensor, c.astype(Z.dtype))
+        ones = LazyTensor(np.ones((S.shape[0], 1), dtype=Z.dtype)[None, :, :])
+        channels = ones.concat(r)
+        if second:
+            channels = channels.concat(r.tensorprod(r))
+        key = ("shaped_moments", second, d, Z.dtype.str)
+        out = self._reduce((ai + cj - 0.5 * q).exp() * channels, Z.dtype, key, where)
+        mass, first = out[:, 0], out[:, 1:d + 1]
+        return mass, first, out[:, d + 1:].reshape(n, d, d) if second else None
 
 
 # --- parallel compiles ------------------------------------------------------------------
