@@ -181,31 +181,6 @@ def dense_em_fraction_step(y, b, x, C, w, t, reg):
     return x_new, C + rho[:, None, None] * (scatter - C)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_full_iterations_move_each_component_towards_its_em_update(data, backend):
-    X, b, raw, x0 = data
-    h, tau, alpha, beta, reg = 0.5, 0.7, 1.5, 0.8, 1e-3
-    est = InclusiveKLFitter(n_components=6, covariance="full", bandwidth=h, step_size=tau,
-                            alpha=alpha, beta=beta, init=x0, max_iter=2, tol=0, reg_covar=reg,
-                            backend=backend).fit(X, sample_weight=raw)
-    mean, P, cov = whitener(X, b, reg)
-    y, x = (X - mean) @ P, (x0 - mean) @ P
-    C, w = np.repeat(h * h * np.eye(2)[None], 6, axis=0), np.full(6, 1 / 6)
-    losses = [-dense_log_likelihood(y, b, x, C, w)]
-    for _ in range(2):
-        x, C = dense_em_fraction_step(y, b, x, C, w, tau * alpha, reg)
-        R = dense_moments(y, b, x, C, w).sum(0)
-        w = w * np.exp(tau * beta * (R - 1))
-        w /= w.sum()
-        losses.append(-dense_log_likelihood(y, b, x, C, w))
-    P_inv = np.linalg.inv(P)
-    np.testing.assert_allclose(est.means_, x @ P_inv + mean, rtol=1e-10)
-    np.testing.assert_allclose(est.covariances_, P_inv.T @ C @ P_inv, rtol=1e-9)
-    np.testing.assert_allclose(est.weights_, w, rtol=1e-10)
-    np.testing.assert_allclose(est.loss_curve_, np.array(losses) + 0.5 * np.linalg.slogdet(
-        cov)[1], rtol=1e-10)
-
-
 def test_full_transport_is_the_natural_gradient_of_the_likelihood_to_first_order(data):
     """For small t the move of ``(x_i, C_i)`` is ``t/w_i`` times the natural gradient of ``ℓ``
     in the Fisher metric of ``N(x_i, C_i)``: ``C_i ∂ℓ/∂x_i`` and ``2 C_i (∂ℓ/∂C_i) C_i``,
@@ -265,53 +240,64 @@ def dense_tied_step(y, b, x, C, w, t, reg):
     return x_new, np.repeat(shared[None], len(w), axis=0)
 
 
+@pytest.mark.parametrize("covariance", ["full", "tied"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_tied_iterations_move_the_shared_shape_towards_the_pooled_scatter(data, backend):
+def test_learnt_shapes_iterate_towards_their_em_updates(data, backend, covariance):
+    """Two iterations against the dense steps above, then the weights' Fisher–Rao step."""
     X, b, raw, x0 = data
     h, tau, alpha, beta, reg = 0.5, 0.7, 1.5, 0.8, 1e-3
-    est = InclusiveKLFitter(n_components=6, covariance="tied", bandwidth=h, step_size=tau,
-                            alpha=alpha, beta=beta, init=x0, max_iter=2, tol=0, reg_covar=reg,
-                            backend=backend).fit(X, sample_weight=raw)
+    est = InclusiveKLFitter(n_components=6, covariance=covariance, bandwidth=h,
+                            step_size=tau, alpha=alpha, beta=beta, init=x0, max_iter=2, tol=0,
+                            reg_covar=reg, backend=backend).fit(X, sample_weight=raw)
+    dense_step = dense_em_fraction_step if covariance == "full" else dense_tied_step
     mean, P, cov = whitener(X, b, reg)
     y, x = (X - mean) @ P, (x0 - mean) @ P
     C, w = np.repeat(h * h * np.eye(2)[None], 6, axis=0), np.full(6, 1 / 6)
     losses = [-dense_log_likelihood(y, b, x, C, w)]
     for _ in range(2):
-        x, C = dense_tied_step(y, b, x, C, w, tau * alpha, reg)
+        x, C = dense_step(y, b, x, C, w, tau * alpha, reg)
         R = dense_moments(y, b, x, C, w).sum(0)
         w = w * np.exp(tau * beta * (R - 1))
         w /= w.sum()
         losses.append(-dense_log_likelihood(y, b, x, C, w))
     P_inv = np.linalg.inv(P)
-    assert est.covariances_.shape == (2, 2)
+    covariances = P_inv.T @ C @ P_inv
+    if covariance == "tied":
+        assert est.covariances_.shape == (2, 2)
+        covariances = covariances[0]
     np.testing.assert_allclose(est.means_, x @ P_inv + mean, rtol=1e-10)
-    np.testing.assert_allclose(est.covariances_, P_inv.T @ C[0] @ P_inv, rtol=1e-9)
+    np.testing.assert_allclose(est.covariances_, covariances, rtol=1e-9)
     np.testing.assert_allclose(est.weights_, w, rtol=1e-10)
     np.testing.assert_allclose(est.loss_curve_, np.array(losses) + 0.5 * np.linalg.slogdet(
         cov)[1], rtol=1e-10)
-    # the density of the shared shape, against dense Gaussians in the units of X
-    dens = np.stack([multivariate_normal(m, est.covariances_).pdf(X) for m in est.means_], 1)
+    # the fitted density, against dense Gaussians in the units of X
+    shapes = np.broadcast_to(est.covariances_, (6, 2, 2))
+    dens = np.stack([multivariate_normal(est.means_[i], shapes[i]).pdf(X) for i in range(6)],
+                    axis=1)
     np.testing.assert_allclose(est.score_samples(X), np.log(dens @ est.weights_), rtol=1e-10)
 
 
-def test_full_transport_at_a_long_step_is_the_em_m_step(data):
-    """``τα → ∞``: one transport is the M-step of ``GaussianMixture`` (``reg_covar`` on the
-    diagonal) from the responsibilities of the start; the weights are EM's at ``τβ → 0``."""
+@pytest.mark.parametrize("covariance", ["full", "tied"])
+def test_learnt_shapes_at_a_long_step_are_the_em_m_step(data, covariance):
+    """``τα → ∞``: one transport is the M-step of ``GaussianMixture`` of that covariance type
+    (``reg_covar`` on the diagonal) from the responsibilities of the start."""
     X, b, raw, x0 = data
     h, reg = 0.5, 1e-3
-    est = InclusiveKLFitter(n_components=6, covariance="full", bandwidth=h, alpha=1e12,
+    est = InclusiveKLFitter(n_components=6, covariance=covariance, bandwidth=h, alpha=1e12,
                             step_size=1.0, beta=0.0, init=x0, max_iter=1, tol=0,
                             reg_covar=reg, backend="numpy").fit(X, sample_weight=raw)
-    mean, P, cov = whitener(X, b, reg)
+    _, _, cov = whitener(X, b, reg)
     # EM in the units of X: the start is N(x0_i, h² Σ̂) with weights 1/6
-    start = np.repeat(h * h * cov[None], 6, axis=0)
-    dens = np.stack([multivariate_normal(x0[i], start[i]).pdf(X) for i in range(6)], axis=1)
-    gamma = b[:, None] * dens / (dens @ np.full(6, 1 / 6))[:, None] / 6
+    dens = np.stack([multivariate_normal(x0[i], h * h * cov).pdf(X) for i in range(6)], axis=1)
+    gamma = b[:, None] * dens / dens.sum(1)[:, None]
     nk = gamma.sum(0)
     means = gamma.T @ X / nk[:, None]
     r = X[:, None, :] - means[None]
-    covs = np.einsum("mi,mid,mie->ide", gamma, r, r) / nk[:, None, None]
-    covs += reg * cov  # reg_covar is relative to Σ̂: reg I in whitened units
+    if covariance == "full":
+        covs = np.einsum("mi,mid,mie->ide", gamma, r, r) / nk[:, None, None]
+    else:
+        covs = np.einsum("mi,mid,mie->de", gamma, r, r) / nk.sum()
+    covs = covs + reg * cov  # reg_covar is relative to Σ̂: reg I in whitened units
     np.testing.assert_allclose(est.means_, means, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(est.covariances_, covs, rtol=1e-8, atol=1e-12)
 
@@ -503,20 +489,3 @@ def test_kmeans_init_is_a_lloyd_fixed_point_in_the_units_of_x(data, covariance):
         np.testing.assert_allclose(centres[j], b[cell] @ X[cell] / b[cell].sum(), rtol=1e-6,
                                    atol=1e-9)
 
-
-def test_tied_transport_at_a_long_step_is_the_tied_em_m_step(data):
-    """``τα → ∞``: the means and the shared covariance of ``GaussianMixture``'s tied M-step
-    (``reg_covar`` on the diagonal) from the responsibilities of the start."""
-    X, b, raw, x0 = data
-    h, reg = 0.5, 1e-3
-    est = InclusiveKLFitter(n_components=6, covariance="tied", bandwidth=h, alpha=1e12,
-                            step_size=1.0, beta=0.0, init=x0, max_iter=1, tol=0,
-                            reg_covar=reg, backend="numpy").fit(X, sample_weight=raw)
-    _, _, cov = whitener(X, b, reg)
-    dens = np.stack([multivariate_normal(x0[i], h * h * cov).pdf(X) for i in range(6)], axis=1)
-    gamma = b[:, None] * dens / dens.sum(1)[:, None]
-    means = gamma.T @ X / gamma.sum(0)[:, None]
-    r = X[:, None, :] - means[None]
-    tied = np.einsum("mi,mid,mie->de", gamma, r, r) / gamma.sum() + reg * cov
-    np.testing.assert_allclose(est.means_, means, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(est.covariances_, tied, rtol=1e-8, atol=1e-12)
