@@ -101,8 +101,9 @@ n_features), default="kmeans++"
         weight, or given positions.  The initial weights are uniform.
     n_init : int, default=1
         Number of fits from different initialisations (seeds drawn from
-        ``random_state``); the one with the highest likelihood of the samples is kept, as
-        ``GaussianMixture`` does.  A given ``init`` array or a warm start runs once.
+        ``random_state``); the one that ends with the highest likelihood of the samples (for
+        minibatch runs, evaluated on all of them) is kept, as ``GaussianMixture`` does.  A
+        given ``init`` array or a warm start runs once.
     batch_size : int or None, default=None
         Samples per iteration: all, or a fresh minibatch drawn with ``sample_weight`` as
         probabilities.
@@ -231,13 +232,16 @@ n_features), default="kmeans++"
             return super()._fit(X, sample_weight)
         seeds = check_random_state(self.random_state).randint(np.iinfo(np.int32).max,
                                                               size=self.n_init)
-        best = None
+        best, best_value = None, -np.inf
         for seed in seeds:
             run = clone(self).set_params(n_init=1, random_state=int(seed), warm_start=False)
             run._fit(X, sample_weight)
-            # the negative log-likelihood of the samples at the end of each run
-            if best is None or run.loss_curve_[-1] < best.loss_curve_[-1]:
-                best = run
+            # the log-likelihood of the samples at the end of the run; a minibatch run's loss
+            # is that of its last batch, so it is scored on all the samples
+            value = (-run.loss_curve_[-1] if self.batch_size is None
+                     else run.score(X, sample_weight=sample_weight))
+            if best is None or value > best_value:
+                best, best_value = run, value
         params = self.get_params(deep=False)
         self.__dict__.update({k: v for k, v in vars(best).items() if k not in params})
         return self

@@ -467,6 +467,12 @@ def test_n_init_keeps_the_run_with_the_highest_likelihood(rng):
     np.testing.assert_array_equal(best.means_, chosen.means_)
     np.testing.assert_array_equal(best.covariances_, chosen.covariances_)
     assert best.get_params()["n_init"] == 4 and best.get_params()["random_state"] == 7
+    # minibatch runs end on the loss of their last batch: they are compared on all samples
+    batched = {**params, "batch_size": 30}
+    best = InclusiveKLFitter(n_init=4, random_state=7, **batched).fit(X)
+    runs = [InclusiveKLFitter(random_state=int(seed), **batched).fit(X) for seed in seeds]
+    chosen = runs[int(np.argmax([run.score(X) for run in runs]))]
+    np.testing.assert_array_equal(best.means_, chosen.means_)
     # a given init array starts every run in the same place: it runs once
     once = InclusiveKLFitter(n_init=3, random_state=0, **{**params, "init": best.means_})
     seen = []
