@@ -207,6 +207,11 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         carry)``, ``carry`` for the evaluation of the new state (or ``None``)."""
 
     @abstractmethod
+    def _regrow_step(self, tau: float, start: float) -> float:
+        """The step after an accepted one, under the safeguard of ``step_size="auto"``
+        (``tau`` itself by default: a halved step stays halved)."""
+        return tau
+
     def _auto_step_size(self, problem: _Problem, ev: _Evaluation) -> float:
         """The step size ``step_size='auto'`` starts from, given the initial state's
         evaluation."""
@@ -491,6 +496,7 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         losses = [ev.energy]
         converged = False
         guard = adaptive and not problem.stochastic
+        start_tau = tau
         start, total = progress if progress is not None else (0, max_iter)
         progress = Progress(self.verbose if verbose is None else verbose, total, desc, start)
         n_iter = 0
@@ -525,6 +531,8 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
                 converged = True
                 break
             x, w, ev, targets = x_new, w_new, ev_new, next_targets
+            if guard:
+                tau = self._regrow_step(tau, start_tau)
             losses.append(ev.energy)
             progress.update(n_iter, ev.energy)
             if callback is not None and callback(

@@ -23,8 +23,10 @@ responsibilities: to first order in ``τβ`` the weight step is ``(1 - τβ) w +
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
+from scipy.optimize import brentq
 from scipy.special import logsumexp
 from sklearn.base import clone
 from sklearn.utils import check_random_state
@@ -100,10 +102,12 @@ n_features), default="kmeans++"
         components need: the likelihood has many local maxima), a draw of sample rows by
         weight, or given positions.  The initial weights are uniform.
     n_init : int, default=1
-        Number of fits from different initialisations (seeds drawn from
-        ``random_state``); the one that ends with the highest likelihood of the samples (for
-        minibatch runs, evaluated on all of them) is kept, as ``GaussianMixture`` does.  A
-        given ``init`` array or a warm start runs once.
+        Number of fits from different initialisations (seeds drawn from ``random_state``,
+        so ``n_init=1`` and the first of several runs start differently); the one that ends
+        with the highest likelihood of the samples (with the ``reg_covar`` term of
+        ``"tied"`` and ``"full"``; for minibatch runs, evaluated on all the samples) is
+        kept, with its warnings, as ``GaussianMixture`` does.  A given ``init`` array or a
+        warm start runs once.
     batch_size : int or None, default=None
         Samples per iteration: all, or a fresh minibatch drawn with ``sample_weight`` as
         probabilities.
@@ -232,17 +236,26 @@ n_features), default="kmeans++"
             return super()._fit(X, sample_weight)
         seeds = check_random_state(self.random_state).randint(np.iinfo(np.int32).max,
                                                               size=self.n_init)
-        best, best_value = None, -np.inf
+        best, best_value, best_warnings = None, -np.inf, []
         for seed in seeds:
-            run = clone(self).set_params(n_init=1, random_state=int(seed), warm_start=False)
-            run._fit(X, sample_weight)
-            # the log-likelihood of the samples at the end of the run; a minibatch run's loss
-            # is that of its last batch, so it is scored on all the samples
+            # set_params hands the callback itself to the run: clone would deep-copy it
+            run = clone(self).set_params(n_init=1, random_state=int(seed), warm_start=False,
+                                         callback=self.callback)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                run._fit(X, sample_weight)
+            # the fit's objective at the end of the run; a minibatch run's loss is that of
+            # its last batch, so it is scored on all the samples
             value = (-run.loss_curve_[-1] if self.batch_size is None
                      else run.score(X, sample_weight=sample_weight))
             if best is None or value > best_value:
-                best, best_value = run, value
+                best, best_value, best_warnings = run, value, caught
+        for caught in best_warnings:  # the kept run's warnings only, as GaussianMixture
+            warnings.warn_explicit(caught.message, caught.category, caught.filename,
+                                   caught.lineno)
         params = self.get_params(deep=False)
+        for key in [key for key in vars(self) if key not in params]:
+            delattr(self, key)  # nothing of an earlier fit survives (feature_names_in_)
         self.__dict__.update({k: v for k, v in vars(best).items() if k not in params})
         return self
 
@@ -255,6 +268,12 @@ n_features), default="kmeans++"
         steps = [limit / self.alpha] if self.alpha > 0 else []
         steps += [1.0 / self.beta] if self.beta > 0 else []
         return min(steps, default=1.0)
+
+    def _regrow_step(self, tau: float, start: float) -> float:
+        # the learnt shapes share τ between a transport that is safe at any step and a
+        # reweighting whose safe step shrinks while a component thins (its mass R_i grows):
+        # a step halved there doubles back after each accepted one, up to where it started
+        return min(2.0 * tau, start) if self.covariance in _LEARNT else tau
 
     # --- coordinates: whitened for "data" and "full" ------------------------------------
     def _working_coordinates(self, X: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -406,15 +425,25 @@ n_features), default="kmeans++"
         P = _precision_cholesky(C)
         return P, np.log(np.diagonal(P, axis1=1, axis2=2)).sum(axis=1)
 
+    def _penalty(self, P: np.ndarray) -> np.ndarray:
+        """``(reg/2) tr(C_i⁻¹) = (reg/2) |P_i|²``, each component's share of the
+        ``reg_covar`` term of the learnt shapes' objective (design page)."""
+        return 0.5 * self.reg_covar * np.einsum("nde,nde->n", P, P)
+
     def _evaluate_full(self, state, w, targets: Targets) -> _Evaluation:
         x, C = self._unpack(state)
-        P, log_det = self._shapes(C)
+        try:
+            P, log_det = self._shapes(C)
+        except np.linalg.LinAlgError:  # rounded past positive definiteness: a failed step
+            return _Evaluation(np.inf, np.inf, {})
         # L_m = log Σ_i w_i det(P_i) exp(-|P_iᵀ(y_m - x_i)|²/2) = log μ(y_m) + (d/2) log 2π
         L = targets.log_mixture_shaped(x, P, self._log_weights(w, np.float64) + log_det)
         d = x.shape[1]
         shift = 0.5 * d * np.log(2.0 * np.pi) - self._whiten[3]
         mean, magnitude = targets.average(L, shift)
-        return _Evaluation(-mean, magnitude, {"L": L, "P": P, "log_det": log_det})
+        # the objective the step lowers: -ℓ plus the reg_covar term Σ_i w_i (reg/2) tr(C_i⁻¹)
+        energy = -mean + float(w @ self._penalty(P))
+        return _Evaluation(energy, magnitude, {"L": L, "P": P, "log_det": log_det})
 
     def _step_full(self, state, w, ev: _Evaluation, targets: Targets, tau: float):
         """One step of design page section "Shaped kernels": every component moves a
@@ -422,6 +451,14 @@ n_features), default="kmeans++"
         Fisher–Rao reweighting."""
         x, C = self._unpack(state)
         L, P, log_det = ev.cache["L"], ev.cache["P"], ev.cache["log_det"]
+        try:
+            return self._transport_and_reweight(x, C, w, L, P, log_det, targets, tau)
+        except np.linalg.LinAlgError:
+            # a shape rounded past positive definiteness (float32 moments of a component
+            # far thinner than the data): a failed step, which the safeguard retries shorter
+            return np.full_like(state, np.nan), w, None
+
+    def _transport_and_reweight(self, x, C, w, L, P, log_det, targets: Targets, tau: float):
         if self.alpha > 0:
             R, first, second = targets.responsibility_moments_shaped(x, P, log_det, L)
             dx, C = _component_step(C, R.astype(np.float64), first.astype(np.float64),
@@ -433,7 +470,10 @@ n_features), default="kmeans++"
                 L = targets.log_mixture_shaped(x, P, self._log_weights(w, np.float64) + log_det)
         if self.beta > 0:
             R = targets.responsibility_moments_shaped(x, P, log_det, L, second=False)[0]
-            w = self._reweight(w, R, tau)
+            target = _em_weights(w * R.astype(np.float64), self._penalty(P))
+            rho = tau * self.beta / (1.0 + tau * self.beta)
+            w = (1.0 - rho) * w + rho * target
+            w = w / w.sum()
         return self._pack(x, C), w, None
 
     # --- the fitted density ----------------------------------------------------------------
@@ -580,33 +620,59 @@ def _precision_cholesky(C: np.ndarray) -> np.ndarray:
 
 def _component_step(C, R, first, second, t, reg_covar, tied_weights=None):
     """The transport of every component ``(x_i, C_i)`` over a step of length ``t = τα``:
-    the implicit Euler step of its natural-gradient flow, ``ẋ = F``, ``Ċ = M + R reg I − R C``,
+    the implicit Euler step of its natural-gradient flow, ``ẋ = F``, ``Ċ = M + reg I - R C``,
 
-    ``x_i ← x_i + t F_i / (1 + t R_i)`` and ``C_i ← (C_i + t (M'_i + R_i reg I)) / (1 + t R_i)``,
+    ``x_i ← x_i + t F_i / (1 + t R_i)`` and ``C_i ← (C_i + t (M'_i + reg I)) / (1 + t R_i)``,
 
-    a fraction ``ρ_i = t R_i / (1 + t R_i)`` of the way to the M-step of EM (as
-    ``GaussianMixture``'s, with ``reg_covar``): ``F_i = Σ_m E_mi (y_m - x_i)``, ``M_i`` the
+    a fraction ``ρ_i = t R_i / (1 + t R_i)`` of the way to the M-step of EM with the
+    ``reg_covar`` term, ``(M'_i + reg I) / R_i``: ``F_i = Σ_m E_mi (y_m - x_i)``, ``M_i`` the
     same sum of ``(y_m - x_i)(y_m - x_i)ᵀ`` and ``M'_i`` that of the moved mean.  With
     ``tied_weights`` (``"tied"``: every ``C_i`` is one shared ``C``), the shared shape takes
-    the step of the pooled scatter ``Σ_i w_i M'_i`` at the rate ``Σ_i w_i R_i = 1``, EM's tied
-    M-step as ``t → ∞``.  Returns the moves of the means and the new covariances
-    (float64)."""
+    the step of the pooled scatter, ``C ← (C + t (Σ_i w_i M'_i + reg I)) / (1 + t r)`` with
+    ``r = Σ_i w_i R_i = 1``, EM's tied M-step as ``t → ∞``.  Returns the moves of the means
+    and the new covariances (float64)."""
     shrink = t / (1.0 + t * R)  # ρ_i / R_i, finite where R_i = 0
     dx = shrink[:, None] * first
     # the second moment about the moved mean, from the moments about the old one
     outer = first[:, :, None] * dx[:, None, :]
     moved = (second - outer - np.swapaxes(outer, -1, -2)
              + R[:, None, None] * dx[:, :, None] * dx[:, None, :])
+    moved = _clip_to_psd(moved)
     eye = np.eye(C.shape[-1])
     if tied_weights is not None:
         rate = float(tied_weights @ R)
         pooled = np.einsum("i,ide->de", tied_weights, moved)
-        shared = (C[0] + t * (pooled + rate * reg_covar * eye)) / (1.0 + t * rate)
+        shared = (C[0] + t * (pooled + reg_covar * eye)) / (1.0 + t * rate)
         C_new = np.broadcast_to(shared, C.shape)
     else:
-        C_new = (C + t * (moved + (R * reg_covar)[:, None, None] * eye)) / (1.0 + t * R)[
-            :, None, None]
+        C_new = (C + t * (moved + reg_covar * eye)) / (1.0 + t * R)[:, None, None]
     return dx, 0.5 * (C_new + np.swapaxes(C_new, -1, -2))
+
+
+def _em_weights(mass: np.ndarray, penalty: np.ndarray) -> np.ndarray:
+    """The weights that maximise ``Σ_i mass_i log w_i - Σ_i w_i penalty_i`` on the simplex,
+    ``mass_i = Σ_m b_m γ_mi``: EM's weights, ``w_i = mass_i / (λ + penalty_i)`` with ``λ``
+    such that they sum to 1 (``mass / Σ mass`` when the penalties are equal)."""
+    total = float(mass.sum())
+    low = -float(penalty.min())
+    if np.ptp(penalty) == 0.0:
+        return mass / total
+    # Σ_i mass_i / (λ + penalty_i) falls from +∞ (λ → -min penalty) to at most 1 (λ = total)
+    lam = brentq(lambda lam: float(np.sum(mass / (lam + penalty))) - 1.0,
+                 low + 1e-300 + 1e-15 * max(abs(low), total), total, xtol=1e-15, rtol=1e-15)
+    w = mass / (lam + penalty)
+    return w / w.sum()
+
+
+def _clip_to_psd(M: np.ndarray) -> np.ndarray:
+    """The symmetric part of every ``M_i``, negative eigenvalues set to 0: a sum of outer
+    products is positive semi-definite, but from float32 moments of a thin component the
+    expansion about the moved mean can round below 0."""
+    M = 0.5 * (M + np.swapaxes(M, -1, -2))
+    eigval, eigvec = np.linalg.eigh(M)
+    if np.all(eigval >= 0):
+        return M
+    return (eigvec * np.maximum(eigval, 0.0)[:, None, :]) @ np.swapaxes(eigvec, -1, -2)
 
 
 def _log_density_block(X, estimator: InclusiveKLFitter, inner) -> np.ndarray:

@@ -16,6 +16,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from skgradflow import InclusiveKLFitter
 from skgradflow.backends import NumpyBackend, resolve_backend
 from skgradflow.backends._protocol import HostTargets
+from skgradflow.callbacks import PathRecorder
 
 
 def correlated(n, rng, rho=0.95, scale=(3.0, 0.5)):
@@ -170,15 +171,42 @@ def dense_moments(y, b, x, C, w):
 
 def dense_em_fraction_step(y, b, x, C, w, t, reg):
     """Every component a fraction ``ρ_i = t R_i / (1 + t R_i)`` of the way to its M-step of
-    EM (the responsibility-weighted mean, then the scatter about it plus ``reg I``)."""
+    EM with the ``reg`` term (the responsibility-weighted mean, then the scatter about it
+    plus ``reg I / R_i``)."""
     E = dense_moments(y, b, x, C, w)
     R = E.sum(0)
     target = E.T @ y / R[:, None]
     rho = t * R / (1 + t * R)
     x_new = x + rho[:, None] * (target - x)
     r = y[:, None, :] - x_new[None, :, :]
-    scatter = np.einsum("mi,mid,mie->ide", E, r, r) / R[:, None, None] + reg * np.eye(y.shape[1])
+    scatter = (np.einsum("mi,mid,mie->ide", E, r, r) + reg * np.eye(y.shape[1])) / R[:, None,
+                                                                                     None]
     return x_new, C + rho[:, None, None] * (scatter - C)
+
+
+def penalty(C, reg):
+    """``(reg/2) tr(C_i⁻¹)`` per component."""
+    return 0.5 * reg * np.trace(np.linalg.inv(C), axis1=1, axis2=2)
+
+
+def dense_em_weights(mass, pen):
+    """The maximiser of ``Σ mass_i log w_i - Σ w_i pen_i`` on the simplex, from the roots of
+    the polynomial ``Π_j (λ + pen_j) - Σ_i mass_i Π_{j≠i} (λ + pen_j)`` (the condition
+    ``Σ_i mass_i / (λ + pen_i) = 1``): its largest real root."""
+    n = len(mass)
+    poly = np.poly(-pen)
+    for i in range(n):
+        poly = poly - np.r_[0.0, mass[i] * np.poly(-np.delete(pen, i))]
+    roots = np.roots(poly)
+    lam = roots[np.abs(roots.imag) < 1e-9].real.max()
+    return mass / (lam + pen)
+
+
+def dense_weight_step(y, b, x, C, w, t_beta, reg):
+    """A fraction ``t_beta / (1 + t_beta)`` of the way to those weights, at the moved state."""
+    mass = w * dense_moments(y, b, x, C, w).sum(0)  # Σ_m b_m γ_mi
+    rho = t_beta / (1 + t_beta)
+    return (1 - rho) * w + rho * dense_em_weights(mass, penalty(C, reg))
 
 
 def test_full_transport_is_the_natural_gradient_of_the_likelihood_to_first_order(data):
@@ -193,7 +221,6 @@ def test_full_transport_is_the_natural_gradient_of_the_likelihood_to_first_order
     mean, P, _ = whitener(X, b, reg)
     y, x = (X - mean) @ P, (x0 - mean) @ P
     C, w = np.repeat(h * h * np.eye(2)[None], 6, axis=0), np.full(6, 1 / 6)
-    P_inv = np.linalg.inv(P)
     moved_x = (est.means_ - mean) @ P
     moved_C = P.T @ est.covariances_ @ P
     eps = 1e-6
@@ -219,23 +246,21 @@ def test_full_transport_is_the_natural_gradient_of_the_likelihood_to_first_order
                                             - dense_log_likelihood(y, b, x, Cm, w))
                                            / (2 * eps) / Sym.sum())
         natural = 2 * C[i] @ grad_C @ C[i] / w[i]
-        R = dense_moments(y, b, x, C, w).sum(0)[i]
-        np.testing.assert_allclose((moved_C[i] - C[i]) / t, natural + R * reg * np.eye(2),
+        np.testing.assert_allclose((moved_C[i] - C[i]) / t, natural + reg * np.eye(2),
                                    rtol=1e-4, atol=1e-7)
-    assert np.all(np.isfinite(P_inv))
 
 
 def dense_tied_step(y, b, x, C, w, t, reg):
     """The means as in ``dense_em_fraction_step``; the shared shape a fraction
     ``t r / (1 + t r)``, ``r = Σ_i w_i R_i``, of the way to the pooled scatter
-    ``Σ_i w_i Σ_m E_mi (y_m - x_i)(y_m - x_i)ᵀ / r`` (about the moved means) plus ``reg I``."""
+    ``(Σ_i w_i Σ_m E_mi (y_m - x_i)(y_m - x_i)ᵀ + reg I) / r`` (about the moved means)."""
     E = dense_moments(y, b, x, C, w)
     R = E.sum(0)
     rho = t * R / (1 + t * R)
     x_new = x + rho[:, None] * (E.T @ y / R[:, None] - x)
     r = y[:, None, :] - x_new[None, :, :]
     total = w @ R
-    pooled = np.einsum("i,mi,mid,mie->de", w, E, r, r) / total + reg * np.eye(y.shape[1])
+    pooled = (np.einsum("i,mi,mid,mie->de", w, E, r, r) + reg * np.eye(y.shape[1])) / total
     shared = C[0] + t * total / (1 + t * total) * (pooled - C[0])
     return x_new, np.repeat(shared[None], len(w), axis=0)
 
@@ -253,13 +278,12 @@ def test_learnt_shapes_iterate_towards_their_em_updates(data, backend, covarianc
     mean, P, cov = whitener(X, b, reg)
     y, x = (X - mean) @ P, (x0 - mean) @ P
     C, w = np.repeat(h * h * np.eye(2)[None], 6, axis=0), np.full(6, 1 / 6)
-    losses = [-dense_log_likelihood(y, b, x, C, w)]
+    # the objective: -ℓ plus Σ_i w_i (reg/2) tr(C_i⁻¹), in whitened units
+    losses = [-dense_log_likelihood(y, b, x, C, w) + w @ penalty(C, reg)]
     for _ in range(2):
         x, C = dense_step(y, b, x, C, w, tau * alpha, reg)
-        R = dense_moments(y, b, x, C, w).sum(0)
-        w = w * np.exp(tau * beta * (R - 1))
-        w /= w.sum()
-        losses.append(-dense_log_likelihood(y, b, x, C, w))
+        w = dense_weight_step(y, b, x, C, w, tau * beta, reg)
+        losses.append(-dense_log_likelihood(y, b, x, C, w) + w @ penalty(C, reg))
     P_inv = np.linalg.inv(P)
     covariances = P_inv.T @ C @ P_inv
     if covariance == "tied":
@@ -280,7 +304,7 @@ def test_learnt_shapes_iterate_towards_their_em_updates(data, backend, covarianc
 @pytest.mark.parametrize("covariance", ["full", "tied"])
 def test_learnt_shapes_at_a_long_step_are_the_em_m_step(data, covariance):
     """``τα → ∞``: one transport is the M-step of ``GaussianMixture`` of that covariance type
-    (``reg_covar`` on the diagonal) from the responsibilities of the start."""
+    from the responsibilities of the start (its ``reg_covar`` term below)."""
     X, b, raw, x0 = data
     h, reg = 0.5, 1e-3
     est = InclusiveKLFitter(n_components=6, covariance=covariance, bandwidth=h, alpha=1e12,
@@ -293,11 +317,14 @@ def test_learnt_shapes_at_a_long_step_are_the_em_m_step(data, covariance):
     nk = gamma.sum(0)
     means = gamma.T @ X / nk[:, None]
     r = X[:, None, :] - means[None]
+    # reg_covar is relative to Σ̂ (reg I in whitened units) and, per component, weighs as one
+    # sample of mass w_i: reg / R_i with R_i = nk_i / w_i, GaussianMixture's reg_covar
+    # where the weights have settled (R_i = 1)
     if covariance == "full":
         covs = np.einsum("mi,mid,mie->ide", gamma, r, r) / nk[:, None, None]
+        covs = covs + (reg / (6 * nk))[:, None, None] * cov
     else:
-        covs = np.einsum("mi,mid,mie->de", gamma, r, r) / nk.sum()
-    covs = covs + reg * cov  # reg_covar is relative to Σ̂: reg I in whitened units
+        covs = np.einsum("mi,mid,mie->de", gamma, r, r) / nk.sum() + reg * cov
     np.testing.assert_allclose(est.means_, means, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(est.covariances_, covs, rtol=1e-8, atol=1e-12)
 
@@ -342,7 +369,13 @@ def test_likelihood_never_decreases_and_weights_stay_on_the_simplex(data, covari
     assert est.weights_.min() >= 0 and est.weights_.sum() == pytest.approx(1.0)
     cov = est.covariances_
     assert np.all(np.linalg.eigvalsh(cov) > 0)
-    assert est.score(X, sample_weight=raw) == pytest.approx(-est.loss_curve_[-1], rel=1e-6)
+    objective = -est.score(X, sample_weight=raw)
+    if covariance != "data":  # the learnt shapes' objective has the reg_covar term
+        _, _, shape = whitener(X, raw / raw.sum(), est.reg_covar)
+        inverse = np.linalg.inv(np.broadcast_to(cov, (10, 2, 2)))
+        objective += 0.5 * est.reg_covar * est.weights_ @ np.trace(shape @ inverse, axis1=1,
+                                                                    axis2=2)
+    assert objective == pytest.approx(est.loss_curve_[-1], rel=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -467,17 +500,38 @@ def test_n_init_keeps_the_run_with_the_highest_likelihood(rng):
     np.testing.assert_array_equal(best.means_, chosen.means_)
     np.testing.assert_array_equal(best.covariances_, chosen.covariances_)
     assert best.get_params()["n_init"] == 4 and best.get_params()["random_state"] == 7
-    # minibatch runs end on the loss of their last batch: they are compared on all samples
-    batched = {**params, "batch_size": 30}
-    best = InclusiveKLFitter(n_init=4, random_state=7, **batched).fit(X)
-    runs = [InclusiveKLFitter(random_state=int(seed), **batched).fit(X) for seed in seeds]
-    chosen = runs[int(np.argmax([run.score(X) for run in runs]))]
-    np.testing.assert_array_equal(best.means_, chosen.means_)
     # a given init array starts every run in the same place: it runs once
     once = InclusiveKLFitter(n_init=3, random_state=0, **{**params, "init": best.means_})
     seen = []
     once.set_params(callback=lambda state: seen.append(state.n_iter)).fit(X)
     assert seen == list(range(1, 31))
+    # minibatch runs end on the loss of their last batch: they are compared on all samples
+    # (at this seed the two rules choose different runs)
+    batched = {**params, "batch_size": 30}
+    best = InclusiveKLFitter(n_init=4, random_state=2, **batched).fit(X)
+    seeds = np.random.RandomState(2).randint(np.iinfo(np.int32).max, size=4)
+    runs = [InclusiveKLFitter(random_state=int(seed), **batched).fit(X) for seed in seeds]
+    scores = [run.score(X) for run in runs]
+    assert np.argmax(scores) != np.argmin([run.loss_curve_[-1] for run in runs])
+    np.testing.assert_array_equal(best.means_, runs[int(np.argmax(scores))].means_)
+
+
+def test_n_init_keeps_the_callback_object_and_no_attribute_of_an_earlier_fit(rng):
+    pd = pytest.importorskip("pandas")
+    X = correlated(80, rng)
+    recorder = PathRecorder()
+    est = InclusiveKLFitter(n_components=3, covariance="full", n_init=3, max_iter=5, tol=0,
+                            random_state=0, backend="numpy", callback=recorder)
+    est.fit(pd.DataFrame(X, columns=["a", "b"]))
+    assert len(recorder.n_iter) == 15  # the object itself saw the three runs, not copies
+    assert list(est.feature_names_in_) == ["a", "b"]
+    est.set_params(callback=None).fit(X)
+    assert not hasattr(est, "feature_names_in_")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est.set_params(tol=1e-12).fit(X)
+    # only the kept run's ConvergenceWarning reaches the caller
+    assert sum("did not converge" in str(w.message) for w in caught) == 1
 
 
 @pytest.mark.parametrize("covariance", ["isotropic", "data", "full"])

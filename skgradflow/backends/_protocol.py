@@ -172,10 +172,11 @@ class Backend(ABC):
         """
         n, d = Z.shape
         ZP = np.einsum("nd,nde->ne", Z, P)
-        mass = np.zeros(n, dtype=Z.dtype)
-        first = np.zeros((n, d), dtype=Z.dtype)
-        # the second moment about the origin, in float64: Σ E (s - z)(s - z)ᵀ is formed from
-        # it below, and the expansion cancels where z is far from the sources it weighs
+        # the block sums added in float64, and the second moment about the origin too:
+        # Σ E (s - z)(s - z)ᵀ is formed from all three below, and the expansion cancels
+        # where z is far from the sources it weighs
+        mass = np.zeros(n)
+        first = np.zeros((n, d))
         raw2 = np.zeros((n, d * d)) if second else None
         step = max(1, _SHAPED_BLOCK // max(1, n * d))
         for c0 in range(0, S.shape[0], step):
@@ -190,14 +191,14 @@ class Backend(ABC):
                 raw2 += E.astype(np.float64) @ (Sd[:, :, None] * Sd[:, None, :]).reshape(-1, d * d)
         first -= mass[:, None] * Z  # Σ E (s - z) = Σ E s - z Σ E
         if not second:
-            return mass, first, None
-        Zd, m0, m1 = Z.astype(np.float64), mass.astype(np.float64), first.astype(np.float64)
+            return mass.astype(Z.dtype), first.astype(Z.dtype), None
+        Zd, m0, m1 = Z.astype(np.float64), mass, first
         # Σ E (s-z)(s-z)ᵀ = Σ E s sᵀ - z (Σ E s)ᵀ - (Σ E s) zᵀ + (Σ E) z zᵀ, Σ E s = m1 + m0 z
         s1 = m1 + m0[:, None] * Zd
         outer = Zd[:, :, None] * s1[:, None, :]
         moment2 = (raw2.reshape(n, d, d) - outer - np.swapaxes(outer, 1, 2)
                    + m0[:, None, None] * Zd[:, :, None] * Zd[:, None, :])
-        return mass, first, moment2.astype(Z.dtype)
+        return mass.astype(Z.dtype), first.astype(Z.dtype), moment2.astype(Z.dtype)
 
     # --- targets bound once per run ------------------------------------------------------
     def bind(self, Y: np.ndarray, b: np.ndarray) -> Targets:
