@@ -77,19 +77,20 @@ class InclusiveKLFitter(_BaseParticleFlow):
         ``reg_covar``) by ``GridSearchCV``.
     reg_covar : float, default=1e-6
         Added to the diagonal of ``Σ̂``, times its mean variance, so that rank-deficient data
-        and ``d > n`` get a positive definite ``Σ̂``; with ``"full"`` and ``"tied"``,
-        ``reg_covar · Σ̂`` is also added to every EM update of a covariance, as
-        ``GaussianMixture`` adds ``reg_covar`` to its covariances.  Unused by
-        ``"isotropic"``.
+        and ``d > n`` get a positive definite ``Σ̂``; with ``"full"`` and ``"tied"``, also the
+        weight of the term ``Σ_i w_i (reg_covar/2) tr(Σ̂ Σ_i⁻¹)`` of their objective, which
+        adds ``reg_covar · Σ̂`` to every EM update of a covariance, as ``GaussianMixture``
+        adds ``reg_covar`` to its covariances.  Unused by ``"isotropic"``.
     alpha : float, default=1.0
         Rate of the transport of the atoms.
     beta : float, default=1.0
         Rate of the reweighting.
     step_size : float or "auto", default="auto"
-        Time step ``τ``.  ``"auto"`` starts from the smaller of ``τα = h²/2`` (``τα = 1``
-        for ``"full"``, whose transport is implicit) and ``τβ = 1`` (the mirror step of the
-        log-likelihood is monotone for ``τβ ≤ 1``) and halves ``τ`` whenever a step lowers
-        the likelihood.
+        Time step ``τ``.  ``"auto"`` starts from the smaller of ``τα = h²/2`` and ``τβ = 1``
+        (the mirror step of the log-likelihood is monotone for ``τβ ≤ 1``), or of ``τα = 1``
+        and ``τβ = 1`` for ``"tied"`` and ``"full"`` (whose steps are implicit and monotone
+        at any size), and halves ``τ`` whenever a step lowers the likelihood (for the learnt
+        shapes, a halved step doubles back after each accepted one).
     max_iter : int, default=300
     tol : float, default=1e-3
         Stop when the mean loss of the last 10 iterations is below that of the 10 before
@@ -146,7 +147,8 @@ n_features), default="kmeans++"
     converged_ : bool
     loss_curve_ : ndarray of shape ``(n_iter_ + 1,)``
         Negative mean log-likelihood of the samples, before the first and after each
-        iteration.
+        iteration; for ``"tied"`` and ``"full"``, plus the ``reg_covar`` term
+        ``Σ_i w_i (reg_covar/2) tr(Σ̂ Σ_i⁻¹)`` of their objective.
     backend_ : str
         Where the reductions ran: ``"numpy"``, ``"numba-cpu"``, ``"keops-cpu"`` or
         ``"keops-gpu"``.
@@ -253,10 +255,12 @@ n_features), default="kmeans++"
         for caught in best_warnings:  # the kept run's warnings only, as GaussianMixture
             warnings.warn_explicit(caught.message, caught.category, caught.filename,
                                    caught.lineno)
-        params = self.get_params(deep=False)
-        for key in [key for key in vars(self) if key not in params]:
+        # the fitted state, and nothing else: scikit-learn's own private attributes (its
+        # callback context) belong to this object, not to the runs
+        fitted = [k for k in vars(self) if _is_fitted_attribute(k)]
+        for key in fitted:
             delattr(self, key)  # nothing of an earlier fit survives (feature_names_in_)
-        self.__dict__.update({k: v for k, v in vars(best).items() if k not in params})
+        self.__dict__.update({k: v for k, v in vars(best).items() if _is_fitted_attribute(k)})
         return self
 
     def _auto_step_size(self, problem: _Problem, ev: _Evaluation) -> float:
@@ -277,7 +281,7 @@ n_features), default="kmeans++"
 
     # --- coordinates: whitened for "data" and "full" ------------------------------------
     def _working_coordinates(self, X: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """``"isotropic"``: ``X``.  ``"data"`` and ``"full"``: ``(X - m) P``, with ``m`` the
+        """``"isotropic"``: ``X``.  The shaped modes: ``(X - m) P``, with ``m`` the
         weighted mean and ``P`` the upper triangular square root of the inverse of the
         regularised weighted covariance (``P Pᵀ = Σ̂⁻¹``): there ``Σ̂`` is the identity, the
         kernel ``N(0, h² Σ̂)`` is ``N(0, h² I)``, and the bandwidth rules give the factor
@@ -303,7 +307,8 @@ n_features), default="kmeans++"
 
     @staticmethod
     def _pack(x: np.ndarray, C: np.ndarray) -> np.ndarray:
-        """The state of ``"full"``: each atom's position and the Cholesky factor of its
+        """The state of ``"full"`` and ``"tied"``: each atom's position and the Cholesky
+        factor of its
         covariance (whitened), in a row.  The factor, not the covariance: rounded to float32,
         ``L Lᵀ`` stays positive definite where ``C`` itself need not."""
         n, d = x.shape
@@ -582,6 +587,11 @@ n_features), default="kmeans++"
         else:
             noise = np.einsum("nde,ne->nd", np.linalg.cholesky(cov)[rows], z)
         return atoms[rows] + noise.astype(atoms.dtype)
+
+
+def _is_fitted_attribute(name: str) -> bool:
+    """What ``fit`` sets: the public ``name_`` attributes and the whitening."""
+    return (name.endswith("_") and not name.startswith("__")) or name == "_whiten"
 
 
 # the modes whose covariances the flow learns

@@ -1,4 +1,4 @@
-"""InclusiveKLFitter(covariance="data" | "full") against independent computations: the
+"""InclusiveKLFitter(covariance="data" | "tied" | "full") against independent computations: the
 isotropic flow on whitened data, scipy's gaussian_kde, dense Gaussian densities and finite
 differences of the log-likelihood."""
 
@@ -532,6 +532,11 @@ def test_n_init_keeps_the_callback_object_and_no_attribute_of_an_earlier_fit(rng
         est.set_params(tol=1e-12).fit(X)
     # only the kept run's ConvergenceWarning reaches the caller
     assert sum("did not converge" in str(w.message) for w in caught) == 1
+    # inside a GridSearchCV, whose callback context lives on the estimator during fit
+    search = GridSearchCV(InclusiveKLFitter(n_components=2, covariance="tied", max_iter=5,
+                                            tol=0, random_state=0, backend="numpy"),
+                          {"n_init": [1, 2]}, cv=2, error_score="raise").fit(X)
+    assert search.best_estimator_.n_init in (1, 2)
 
 
 @pytest.mark.parametrize("covariance", ["isotropic", "data", "full"])
