@@ -26,7 +26,6 @@ import numbers
 import warnings
 
 import numpy as np
-from scipy.optimize import brentq
 from scipy.special import logsumexp
 from sklearn.base import clone
 from sklearn.utils import check_random_state
@@ -78,9 +77,10 @@ class InclusiveKLFitter(_BaseParticleFlow):
     reg_covar : float, default=1e-6
         Added to the diagonal of ``Σ̂``, times its mean variance, so that rank-deficient data
         and ``d > n`` get a positive definite ``Σ̂``; with ``"full"`` and ``"tied"``, also the
-        weight of the term ``Σ_i w_i (reg_covar/2) tr(Σ̂ Σ_i⁻¹)`` of their objective, which
-        adds ``reg_covar · Σ̂`` to every EM update of a covariance, as ``GaussianMixture``
-        adds ``reg_covar`` to its covariances.  Unused by ``"isotropic"``.
+        weight of the term ``(reg_covar/2) Σ_i tr(Σ̂ Σ_i⁻¹)`` of their objective (an
+        inverse-Wishart prior's), which adds ``reg_covar · Σ̂`` over the component's mass to
+        every EM update of a covariance, as ``GaussianMixture`` adds ``reg_covar`` to its
+        covariances.  Unused by ``"isotropic"``.
     alpha : float, default=1.0
         Rate of the transport of the atoms.
     beta : float, default=1.0
@@ -148,7 +148,7 @@ n_features), default="kmeans++"
     loss_curve_ : ndarray of shape ``(n_iter_ + 1,)``
         Negative mean log-likelihood of the samples, before the first and after each
         iteration; for ``"tied"`` and ``"full"``, plus the ``reg_covar`` term
-        ``Σ_i w_i (reg_covar/2) tr(Σ̂ Σ_i⁻¹)`` of their objective.
+        ``(reg_covar/2) Σ_i tr(Σ̂ Σ_i⁻¹)`` of their objective.
     backend_ : str
         Where the reductions ran: ``"numpy"``, ``"numba-cpu"``, ``"keops-cpu"`` or
         ``"keops-gpu"``.
@@ -430,10 +430,11 @@ n_features), default="kmeans++"
         P = _precision_cholesky(C)
         return P, np.log(np.diagonal(P, axis1=1, axis2=2)).sum(axis=1)
 
-    def _penalty(self, P: np.ndarray) -> np.ndarray:
-        """``(reg/2) tr(C_i⁻¹) = (reg/2) |P_i|²``, each component's share of the
-        ``reg_covar`` term of the learnt shapes' objective (design page)."""
-        return 0.5 * self.reg_covar * np.einsum("nde,nde->n", P, P)
+    def _penalty(self, P: np.ndarray) -> float:
+        """The ``reg_covar`` term of the learnt shapes' objective, ``(reg/2) Σ_i tr(C_i⁻¹)``
+        (``(reg/2) tr(C⁻¹)`` for the one shape of ``"tied"``), ``tr(C_i⁻¹) = |P_i|²``."""
+        P = P[:1] if self.covariance == "tied" else P
+        return 0.5 * self.reg_covar * float(np.einsum("nde,nde->", P, P))
 
     def _evaluate_full(self, state, w, targets: Targets) -> _Evaluation:
         x, C = self._unpack(state)
@@ -446,8 +447,8 @@ n_features), default="kmeans++"
         d = x.shape[1]
         shift = 0.5 * d * np.log(2.0 * np.pi) - self._whiten[3]
         mean, magnitude = targets.average(L, shift)
-        # the objective the step lowers: -ℓ plus the reg_covar term Σ_i w_i (reg/2) tr(C_i⁻¹)
-        energy = -mean + float(w @ self._penalty(P))
+        # the objective the step lowers: -ℓ plus the reg_covar term
+        energy = -mean + self._penalty(P)
         return _Evaluation(energy, magnitude, {"L": L, "P": P, "log_det": log_det})
 
     def _step_full(self, state, w, ev: _Evaluation, targets: Targets, tau: float):
@@ -468,17 +469,16 @@ n_features), default="kmeans++"
             R, first, second = targets.responsibility_moments_shaped(x, P, log_det, L)
             dx, C = _component_step(C, R.astype(np.float64), first.astype(np.float64),
                                     second.astype(np.float64), tau * self.alpha,
-                                    self.reg_covar, w if self.covariance == "tied" else None)
+                                    self.reg_covar, w, self.covariance == "tied")
             x = x + dx.astype(x.dtype)
             if self.beta > 0:
                 P, log_det = self._shapes(C)
                 L = targets.log_mixture_shaped(x, P, self._log_weights(w, np.float64) + log_det)
         if self.beta > 0:
             R = targets.responsibility_moments_shaped(x, P, log_det, L, second=False)[0]
-            target = _em_weights(w * R.astype(np.float64), self._penalty(P))
+            mass = w * R.astype(np.float64)  # Σ_m b_m γ_mi: EM's weights
             rho = tau * self.beta / (1.0 + tau * self.beta)
-            w = (1.0 - rho) * w + rho * target
-            w = w / w.sum()
+            w = (1.0 - rho) * w + rho * mass / mass.sum()
         return self._pack(x, C), w, None
 
     # --- the fitted density ----------------------------------------------------------------
@@ -628,17 +628,19 @@ def _precision_cholesky(C: np.ndarray) -> np.ndarray:
     return np.swapaxes(np.linalg.solve(L, eye), -1, -2)
 
 
-def _component_step(C, R, first, second, t, reg_covar, tied_weights=None):
+def _component_step(C, R, first, second, t, reg_covar, w, tied=False):
     """The transport of every component ``(x_i, C_i)`` over a step of length ``t = τα``:
-    the implicit Euler step of its natural-gradient flow, ``ẋ = F``, ``Ċ = M + reg I - R C``,
+    the implicit Euler step of its natural-gradient flow, ``ẋ = F``,
+    ``Ċ = M + (reg/w) I - R C``,
 
-    ``x_i ← x_i + t F_i / (1 + t R_i)`` and ``C_i ← (C_i + t (M'_i + reg I)) / (1 + t R_i)``,
+    ``x_i ← x_i + t F_i / (1 + t R_i)`` and
+    ``C_i ← (C_i + t (M'_i + (reg/w_i) I)) / (1 + t R_i)``,
 
     a fraction ``ρ_i = t R_i / (1 + t R_i)`` of the way to the M-step of EM with the
-    ``reg_covar`` term, ``(M'_i + reg I) / R_i``: ``F_i = Σ_m E_mi (y_m - x_i)``, ``M_i`` the
-    same sum of ``(y_m - x_i)(y_m - x_i)ᵀ`` and ``M'_i`` that of the moved mean.  With
-    ``tied_weights`` (``"tied"``: every ``C_i`` is one shared ``C``), the shared shape takes
-    the step of the pooled scatter, ``C ← (C + t (Σ_i w_i M'_i + reg I)) / (1 + t r)`` with
+    ``reg_covar`` term, ``(M'_i + (reg/w_i) I) / R_i``: ``F_i = Σ_m E_mi (y_m - x_i)``,
+    ``M_i`` the same sum of ``(y_m - x_i)(y_m - x_i)ᵀ`` and ``M'_i`` that of the moved mean.
+    ``tied`` (every ``C_i`` is one shared ``C``): the shared shape takes the step of the
+    pooled scatter, ``C ← (C + t (Σ_i w_i M'_i + reg I)) / (1 + t r)`` with
     ``r = Σ_i w_i R_i = 1``, EM's tied M-step as ``t → ∞``.  Returns the moves of the means
     and the new covariances (float64)."""
     shrink = t / (1.0 + t * R)  # ρ_i / R_i, finite where R_i = 0
@@ -649,29 +651,17 @@ def _component_step(C, R, first, second, t, reg_covar, tied_weights=None):
              + R[:, None, None] * dx[:, :, None] * dx[:, None, :])
     moved = _clip_to_psd(moved)
     eye = np.eye(C.shape[-1])
-    if tied_weights is not None:
-        rate = float(tied_weights @ R)
-        pooled = np.einsum("i,ide->de", tied_weights, moved)
+    if tied:
+        rate = float(w @ R)
+        pooled = np.einsum("i,ide->de", w, moved)
         shared = (C[0] + t * (pooled + reg_covar * eye)) / (1.0 + t * rate)
         C_new = np.broadcast_to(shared, C.shape)
     else:
-        C_new = (C + t * (moved + reg_covar * eye)) / (1.0 + t * R)[:, None, None]
+        # the term weighs reg/w_i in component i's own step: a component whose weight
+        # vanishes widens instead of collapsing onto the samples it still covers
+        prior = reg_covar / np.maximum(w, np.finfo(np.float64).tiny)
+        C_new = (C + t * (moved + prior[:, None, None] * eye)) / (1.0 + t * R)[:, None, None]
     return dx, 0.5 * (C_new + np.swapaxes(C_new, -1, -2))
-
-
-def _em_weights(mass: np.ndarray, penalty: np.ndarray) -> np.ndarray:
-    """The weights that maximise ``Σ_i mass_i log w_i - Σ_i w_i penalty_i`` on the simplex,
-    ``mass_i = Σ_m b_m γ_mi``: EM's weights, ``w_i = mass_i / (λ + penalty_i)`` with ``λ``
-    such that they sum to 1 (``mass / Σ mass`` when the penalties are equal)."""
-    total = float(mass.sum())
-    low = -float(penalty.min())
-    if np.ptp(penalty) == 0.0:
-        return mass / total
-    # Σ_i mass_i / (λ + penalty_i) falls from +∞ (λ → -min penalty) to at most 1 (λ = total)
-    lam = brentq(lambda lam: float(np.sum(mass / (lam + penalty))) - 1.0,
-                 low + 1e-300 + 1e-15 * max(abs(low), total), total, xtol=1e-15, rtol=1e-15)
-    w = mass / (lam + penalty)
-    return w / w.sum()
 
 
 def _clip_to_psd(M: np.ndarray) -> np.ndarray:

@@ -172,41 +172,30 @@ def dense_moments(y, b, x, C, w):
 def dense_em_fraction_step(y, b, x, C, w, t, reg):
     """Every component a fraction ``ρ_i = t R_i / (1 + t R_i)`` of the way to its M-step of
     EM with the ``reg`` term (the responsibility-weighted mean, then the scatter about it
-    plus ``reg I / R_i``)."""
+    plus ``reg I / (w_i R_i)``)."""
     E = dense_moments(y, b, x, C, w)
     R = E.sum(0)
     target = E.T @ y / R[:, None]
     rho = t * R / (1 + t * R)
     x_new = x + rho[:, None] * (target - x)
     r = y[:, None, :] - x_new[None, :, :]
-    scatter = (np.einsum("mi,mid,mie->ide", E, r, r) + reg * np.eye(y.shape[1])) / R[:, None,
-                                                                                     None]
+    scatter = (np.einsum("mi,mid,mie->ide", E, r, r)
+               + (reg / w)[:, None, None] * np.eye(y.shape[1])) / R[:, None, None]
     return x_new, C + rho[:, None, None] * (scatter - C)
 
 
-def penalty(C, reg):
-    """``(reg/2) tr(C_i⁻¹)`` per component."""
-    return 0.5 * reg * np.trace(np.linalg.inv(C), axis1=1, axis2=2)
+def penalty(C, reg, tied=False):
+    """The ``reg`` term of the objective, ``(reg/2) Σ_i tr(C_i⁻¹)`` (one shape if tied)."""
+    return 0.5 * reg * np.trace(np.linalg.inv(C[:1] if tied else C), axis1=1, axis2=2).sum()
 
 
-def dense_em_weights(mass, pen):
-    """The maximiser of ``Σ mass_i log w_i - Σ w_i pen_i`` on the simplex, from the roots of
-    the polynomial ``Π_j (λ + pen_j) - Σ_i mass_i Π_{j≠i} (λ + pen_j)`` (the condition
-    ``Σ_i mass_i / (λ + pen_i) = 1``): its largest real root."""
-    n = len(mass)
-    poly = np.poly(-pen)
-    for i in range(n):
-        poly = poly - np.r_[0.0, mass[i] * np.poly(-np.delete(pen, i))]
-    roots = np.roots(poly)
-    lam = roots[np.abs(roots.imag) < 1e-9].real.max()
-    return mass / (lam + pen)
-
-
-def dense_weight_step(y, b, x, C, w, t_beta, reg):
-    """A fraction ``t_beta / (1 + t_beta)`` of the way to those weights, at the moved state."""
-    mass = w * dense_moments(y, b, x, C, w).sum(0)  # Σ_m b_m γ_mi
+def dense_weight_step(y, b, x, C, w, t_beta):
+    """A fraction ``t_beta / (1 + t_beta)`` of the way to EM's weights ``Σ_m b_m γ_mi``, at
+    the moved state."""
+    dens = np.stack([multivariate_normal(x[i], C[i]).pdf(y) for i in range(len(w))], axis=1)
+    em = (b[:, None] * dens * w / (dens @ w)[:, None]).sum(0)
     rho = t_beta / (1 + t_beta)
-    return (1 - rho) * w + rho * dense_em_weights(mass, penalty(C, reg))
+    return (1 - rho) * w + rho * em / em.sum()
 
 
 def test_full_transport_is_the_natural_gradient_of_the_likelihood_to_first_order(data):
@@ -246,7 +235,7 @@ def test_full_transport_is_the_natural_gradient_of_the_likelihood_to_first_order
                                             - dense_log_likelihood(y, b, x, Cm, w))
                                            / (2 * eps) / Sym.sum())
         natural = 2 * C[i] @ grad_C @ C[i] / w[i]
-        np.testing.assert_allclose((moved_C[i] - C[i]) / t, natural + reg * np.eye(2),
+        np.testing.assert_allclose((moved_C[i] - C[i]) / t, natural + reg / w[i] * np.eye(2),
                                    rtol=1e-4, atol=1e-7)
 
 
@@ -278,12 +267,13 @@ def test_learnt_shapes_iterate_towards_their_em_updates(data, backend, covarianc
     mean, P, cov = whitener(X, b, reg)
     y, x = (X - mean) @ P, (x0 - mean) @ P
     C, w = np.repeat(h * h * np.eye(2)[None], 6, axis=0), np.full(6, 1 / 6)
-    # the objective: -ℓ plus Σ_i w_i (reg/2) tr(C_i⁻¹), in whitened units
-    losses = [-dense_log_likelihood(y, b, x, C, w) + w @ penalty(C, reg)]
+    # the objective: -ℓ plus (reg/2) Σ_i tr(C_i⁻¹), in whitened units
+    tied = covariance == "tied"
+    losses = [-dense_log_likelihood(y, b, x, C, w) + penalty(C, reg, tied)]
     for _ in range(2):
         x, C = dense_step(y, b, x, C, w, tau * alpha, reg)
-        w = dense_weight_step(y, b, x, C, w, tau * beta, reg)
-        losses.append(-dense_log_likelihood(y, b, x, C, w) + w @ penalty(C, reg))
+        w = dense_weight_step(y, b, x, C, w, tau * beta)
+        losses.append(-dense_log_likelihood(y, b, x, C, w) + penalty(C, reg, tied))
     P_inv = np.linalg.inv(P)
     covariances = P_inv.T @ C @ P_inv
     if covariance == "tied":
@@ -317,12 +307,11 @@ def test_learnt_shapes_at_a_long_step_are_the_em_m_step(data, covariance):
     nk = gamma.sum(0)
     means = gamma.T @ X / nk[:, None]
     r = X[:, None, :] - means[None]
-    # reg_covar is relative to Σ̂ (reg I in whitened units) and, per component, weighs as one
-    # sample of mass w_i: reg / R_i with R_i = nk_i / w_i, GaussianMixture's reg_covar
-    # where the weights have settled (R_i = 1)
+    # reg_covar is relative to Σ̂ (reg I in whitened units); in component i's M-step it
+    # weighs reg / nk_i, nk_i = w_i R_i its mass (GaussianMixture adds reg_covar itself)
     if covariance == "full":
         covs = np.einsum("mi,mid,mie->ide", gamma, r, r) / nk[:, None, None]
-        covs = covs + (reg / (6 * nk))[:, None, None] * cov
+        covs = covs + (reg / nk)[:, None, None] * cov
     else:
         covs = np.einsum("mi,mid,mie->de", gamma, r, r) / nk.sum() + reg * cov
     np.testing.assert_allclose(est.means_, means, rtol=1e-9, atol=1e-12)
@@ -372,9 +361,8 @@ def test_likelihood_never_decreases_and_weights_stay_on_the_simplex(data, covari
     objective = -est.score(X, sample_weight=raw)
     if covariance != "data":  # the learnt shapes' objective has the reg_covar term
         _, _, shape = whitener(X, raw / raw.sum(), est.reg_covar)
-        inverse = np.linalg.inv(np.broadcast_to(cov, (10, 2, 2)))
-        objective += 0.5 * est.reg_covar * est.weights_ @ np.trace(shape @ inverse, axis1=1,
-                                                                    axis2=2)
+        inverse = np.linalg.inv(cov if cov.ndim == 3 else cov[None])
+        objective += 0.5 * est.reg_covar * np.trace(shape @ inverse, axis1=1, axis2=2).sum()
     assert objective == pytest.approx(est.loss_curve_[-1], rel=1e-6)
 
 
@@ -539,7 +527,7 @@ def test_n_init_keeps_the_callback_object_and_no_attribute_of_an_earlier_fit(rng
     assert search.best_estimator_.n_init in (1, 2)
 
 
-@pytest.mark.parametrize("covariance", ["isotropic", "data", "full"])
+@pytest.mark.parametrize("covariance", ["isotropic", "data", "tied", "full"])
 def test_kmeans_init_is_a_lloyd_fixed_point_in_the_units_of_x(data, covariance):
     """Without flow (alpha = beta = 0) the atoms are the k-means centres of X as given:
     each is the weighted mean of the samples nearest to it in the Euclidean metric of X."""
