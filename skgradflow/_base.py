@@ -206,12 +206,12 @@ class _BaseParticleFlow(BaseEstimator, metaclass=ABCMeta):
         """One time step of length ``tau`` from ``(x, w)``: returns ``(x_new, w_new,
         carry)``, ``carry`` for the evaluation of the new state (or ``None``)."""
 
-    @abstractmethod
     def _regrow_step(self, tau: float, start: float) -> float:
         """The step after an accepted one, under the safeguard of ``step_size="auto"``
         (``tau`` itself by default: a halved step stays halved)."""
         return tau
 
+    @abstractmethod
     def _auto_step_size(self, problem: _Problem, ev: _Evaluation) -> float:
         """The step size ``step_size='auto'`` starts from, given the initial state's
         evaluation."""
