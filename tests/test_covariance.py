@@ -466,12 +466,11 @@ def test_minibatches_keep_the_likelihood_of_the_full_batch_fit_close(data, covar
     mini = InclusiveKLFitter(n_components=4, covariance=covariance, max_iter=40, tol=0,
                              batch_size=40, random_state=0, backend="numpy").fit(X)
     assert np.isfinite(mini.score(X))
-    # the minibatch flow improves on its start, and ends near the full-batch likelihood (its
-    # constant step keeps the noise of 40-sample batches: a few tenths of a nat here)
+    # the minibatch flow improves on its start, and ends near the full-batch likelihood
     start = InclusiveKLFitter(n_components=4, covariance=covariance, max_iter=1, tol=0,
                               alpha=0.0, beta=0.0, random_state=0, backend="numpy").fit(X)
     assert mini.score(X) > start.score(X)
-    assert mini.score(X) > full_batch.score(X) - 0.4
+    assert mini.score(X) > full_batch.score(X) - 0.2
 
 
 def test_n_init_keeps_the_run_with_the_highest_likelihood(rng):
