@@ -88,9 +88,10 @@ PCA_COMPONENTS = {"digits_pca16": 16}
 # h² Σ̂ with h a fraction of the data's spread
 FULL_COMPONENTS = [1, 2, 4, 8, 12, 16]
 FULL_BANDWIDTHS = [0.5, 1.0]
-FULL_REG_COVAR = [1e-6, 1e-2]
-FULL_N_INIT = 3  # the likelihood of few full components has many local maxima
 TIED_COMPONENTS = [2, 4, 8, 12, 16]
+# both learnt shapes ("full" and "tied"): k-means starts, the best of three (the likelihood
+# of few learnt components has many local maxima), and reg_covar chosen by CV
+LEARNT = {"init": ["kmeans"], "n_init": [3], "reg_covar": [1e-6, 1e-2]}
 GRID = np.geomspace(0.25, 2.0, 7)  # multiples of Scott's rule
 GMM_COMPONENTS = range(1, 11)
 
@@ -138,14 +139,11 @@ def fit_inclusive_kl(X_train, X_test, seed, args):
         {"bandwidth": list(GRID * h0), "covariance": ["isotropic", "data"],
          "n_components": ["auto"]},
         # a covariance per atom is estimable with few atoms: the regime of GaussianMixture
-        {"covariance": ["full"], "init": ["kmeans"], "n_init": [FULL_N_INIT],
-         "bandwidth": FULL_BANDWIDTHS,
-         "n_components": [k for k in FULL_COMPONENTS if k <= smallest_fold],
-         "reg_covar": FULL_REG_COVAR},
+        {"covariance": ["full"], "bandwidth": FULL_BANDWIDTHS, **LEARNT,
+         "n_components": [k for k in FULL_COMPONENTS if k <= smallest_fold]},
         # one learnt shape shared by the atoms: GaussianMixture's "tied"
-        {"covariance": ["tied"], "init": ["kmeans"], "n_init": [FULL_N_INIT],
-         "n_components": [k for k in TIED_COMPONENTS if k <= smallest_fold],
-         "reg_covar": FULL_REG_COVAR},
+        {"covariance": ["tied"], **LEARNT,
+         "n_components": [k for k in TIED_COMPONENTS if k <= smallest_fold]},
     ]
     search = GridSearchCV(
         InclusiveKLFitter(backend=args.backend, random_state=seed),
