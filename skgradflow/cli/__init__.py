@@ -1,0 +1,87 @@
+"""The ``skgradflow`` command line.
+
+``skgradflow sample`` fits a sampler to a data set (a built-in one, a CSV file or a
+``.npy`` file) and writes new samples; ``skgradflow datasets`` lists the built-in sets.
+Every failure the user can cause (a bad file, a bad option value, an estimator that
+rejects its input) ends with one line ``skgradflow: error: ...`` on stderr and exit
+status 2, never with a traceback.  A run whose flow diverged (its energy went up, or
+became non-finite) is reported the same way with exit status 1, and writes nothing.
+Output to a pipe that closes early (``skgradflow datasets | head -1``) ends quietly
+with exit status 141, as for a program that SIGPIPE stopped.
+
+The parser and the option types are in :mod:`._parser`, reading and writing files in
+:mod:`._io`, the commands in :mod:`._commands`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ._commands import COMMANDS
+from ._errors import _CLIError, _Exit, _one_line
+from ._parser import ESTIMATORS, _build_parser
+
+__all__ = ["ESTIMATORS", "main"]
+
+# the exit status of a program that SIGPIPE stopped (128 + 13), as a shell reports it
+_BROKEN_PIPE_STATUS = 141
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``skgradflow`` command line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after the program name; ``sys.argv[1:]`` when omitted.
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success; 1 when the run failed (the flow diverged: its
+        energy went up or became non-finite; nothing is written); 2 on a usage, data or
+        estimator error (both reported as one line ``skgradflow: error: ...`` on stderr);
+        130 when interrupted; 141 when standard output was closed early (a broken pipe,
+        as in ``skgradflow datasets | head -1``), silently.
+
+    Examples
+    --------
+    >>> from skgradflow.cli import main
+    >>> main(["datasets"])  # doctest: +ELLIPSIS
+    name ...
+    gmm2d ...
+    0
+    """
+    parser = _build_parser()
+    try:
+        try:
+            args = parser.parse_args(argv)
+            status = COMMANDS[args.command](args)
+        except _Exit as exc:
+            status = exc.status
+        # a broken pipe shows up here at the latest, not at the interpreter's exit
+        sys.stdout.flush()
+        return status
+    except _CLIError as exc:
+        print(f"skgradflow: error: {_one_line(exc)}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        print("skgradflow: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader of stdout is gone (``| head``): nothing more can be shown, and the
+        # interpreter's last flush of stdout must not fail again
+        _silence_stdout()
+        return _BROKEN_PIPE_STATUS
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # no file descriptor behind sys.stdout (a test's capture)
