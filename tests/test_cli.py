@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import re
 import shlex
@@ -744,3 +745,58 @@ def test_broken_pipe_in_process(monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdout", _ClosedPipe())
     assert cli.main(["datasets"]) == 141
     assert capsys.readouterr().err == ""
+
+
+# --- the CLI page against the parser ------------------------------------------------------
+
+CLI_PAGE = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+
+
+def parser_options() -> dict[str, argparse.Action]:
+    """Every option string of the command line (its subcommands' included) -> its action."""
+    from skgradflow.cli._parser import _build_parser
+
+    parsers = [_build_parser()]
+    options = {}
+    while parsers:
+        parser = parsers.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            for option in action.option_strings:
+                options[option] = action
+    return options
+
+
+def test_the_cli_page_names_every_option_and_only_those():
+    page = CLI_PAGE.read_text()
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", page))
+    options = {o for o in parser_options() if o.startswith("--")}
+    assert named - options == set(), "the page names options the parser lacks"
+    assert options - {"--help"} - named == set(), "options missing from the page"
+
+
+def test_the_cli_page_lists_every_choice_the_parser_has():
+    """``--option {a,b,c}`` on the page has exactly the parser's choices (the registered
+    engines for --backend, the estimators for --estimator)."""
+    page = CLI_PAGE.read_text()
+    for option, action in parser_options().items():
+        if not option.startswith("--") or action.choices is None:
+            continue
+        listed = re.findall(rf"`{option} \{{([^}}]*)\}}", page)
+        assert listed, f"the page lists no choices of {option}"
+        for text in listed:
+            assert set(text.split(",")) == set(map(str, action.choices)), option
+
+
+def test_backend_help_lists_every_registered_engine(capsys, monkeypatch):
+    from skgradflow.backends import NumpyBackend, _registry, backend_names
+
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+    monkeypatch.setattr(_registry, "BACKEND_NAMES", set(_registry.BACKEND_NAMES))
+    _registry.register_backend("blockwise-test", NumpyBackend)
+    assert cli.main(["sample", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "blockwise-test" in backend_names()
+    engines = [name for name in backend_names() if name != "auto"]
+    assert "registered engines: " + ", ".join(engines) + " (default: auto)" in text

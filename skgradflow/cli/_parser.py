@@ -267,7 +267,12 @@ def _build_parser() -> _ArgumentParser:
         "--backend",
         choices=backend_names(),
         default="auto",
-        help="kernel reductions: KeOps, NumPy, or auto by problem size (default: auto)",
+        help=(
+            "the engine of the kernel sums: auto (chosen by problem size and by what is "
+            "installed) or one of the registered engines: "
+            + ", ".join(name for name in backend_names() if name != "auto")
+            + " (default: auto)"
+        ),
     )
     flow.add_argument(
         "--random-state",
