@@ -17,11 +17,19 @@ def make_data(n: int, m: int, d: int, dtype) -> tuple[np.ndarray, np.ndarray]:
     return Y.astype(dtype), x.astype(dtype)
 
 
+def write_file(out: str, text: str) -> None:
+    """``text`` to the file ``out``, whole or not at all (a temporary file renamed onto it):
+    an interrupted benchmark leaves the previous table."""
+    # imported here: a script's parent process may have to keep skgradflow unimported
+    from skgradflow._atomic import write_text
+
+    write_text(out, text)
+
+
 def write_table(table: str, out: str | None) -> None:
     """The markdown table to stdout, and to the file ``out`` when given."""
     import sys
 
     sys.stdout.write(table)
     if out:
-        with open(out, "w") as fh:
-            fh.write(table)
+        write_file(out, table)

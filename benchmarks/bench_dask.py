@@ -34,6 +34,7 @@ import sys
 import time
 
 import numpy as np
+from _common import write_file  # benchmarks/ is on sys.path when run as a script
 
 D = 2
 CENTERS = np.array([[-2.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
@@ -198,8 +199,7 @@ def main(argv=None) -> None:
             results["memory"] = json.loads(out.stdout.strip().splitlines()[-1])
             print(json.dumps(results["memory"]), file=sys.stderr)
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(results, fh, indent=1)
+        write_file(args.out, json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
 
 

@@ -70,6 +70,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+from _common import write_file  # benchmarks/ is on sys.path when run as a script
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_iris, load_wine
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
@@ -325,8 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table(rows, args)
     print(text)
     if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+        write_file(args.out, text + "\n")
     return 0
 
 

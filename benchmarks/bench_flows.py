@@ -54,7 +54,7 @@ import time
 import warnings
 
 import numpy as np
-from _common import SEED, make_data  # benchmarks/ is on sys.path when run as a script
+from _common import SEED, make_data, write_file  # benchmarks/ is on sys.path when run as a script
 
 BANDWIDTH = 1.0
 STEP_SIZE = 0.1
@@ -283,8 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table(results, args)
     print(text)
     if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+        write_file(args.out, text + "\n")
     return 0
 
 

@@ -62,16 +62,18 @@ class StagedFile:
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.target = os.path.realpath(os.fspath(path))
         self._committed = False
         try:
-            mode = os.stat(self.target).st_mode
+            mode = os.stat(path).st_mode  # through symbolic links
         except FileNotFoundError:
             mode = None
         self.in_place = mode is not None and not stat.S_ISREG(mode)
         if self.in_place:
-            self.path = self.target
+            # /dev/stdout resolves to /proc/self/fd/1 and on to a name like "pipe:[7]"
+            # that is no path: the device is opened by the name given
+            self.target = self.path = os.fspath(path)
             return
+        self.target = os.path.realpath(os.fspath(path))
         self._mode = (0o666 & ~_umask()) if mode is None else stat.S_IMODE(mode)
         folder, name = os.path.split(self.target)
         fd, self.path = tempfile.mkstemp(

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
+from ._atomic import atomic_path
 from .inspection import fitted_measure, split_pipeline
 
 
@@ -203,6 +204,8 @@ def animate_path(
     filename : str or path-like
         ``.gif`` is written by Pillow (which comes with matplotlib); other extensions
         (``.mp4``, ...) by matplotlib's default writer for them (ffmpeg for ``.mp4``).
+        The file is written whole or not at all: to a temporary file in the same folder,
+        renamed onto ``filename`` when complete.
     dims : pair of int, default=(0, 1)
     data : array-like of shape (n_samples, n_features), optional
         Points drawn underneath in every frame.
@@ -263,8 +266,12 @@ def animate_path(
 
     anim = animation.FuncAnimation(fig, draw, frames=len(atoms), interval=1000 / fps,
                                    blit=False)
-    if str(filename).lower().endswith(".gif"):
-        anim.save(str(filename), writer=animation.PillowWriter(fps=fps), dpi=dpi)
-    else:
-        anim.save(str(filename), fps=fps, dpi=dpi)
+    # written beside filename and renamed onto it: a writer that fails (no ffmpeg, a full
+    # disk, Ctrl-C) leaves no half-written animation; the temporary name keeps the extension
+    # by which the writers choose the format
+    with atomic_path(filename) as tmp:
+        if str(filename).lower().endswith(".gif"):
+            anim.save(tmp, writer=animation.PillowWriter(fps=fps), dpi=dpi)
+        else:
+            anim.save(tmp, fps=fps, dpi=dpi)
     return anim

@@ -19,7 +19,7 @@ import os
 import sys
 
 from ._commands import COMMANDS
-from ._errors import _CLIError, _Exit, _one_line
+from ._errors import _CLIError, _Exit, _one_line, _StdoutFailed
 from ._parser import ESTIMATORS, _build_parser
 
 __all__ = ["ESTIMATORS", "main"]
@@ -60,20 +60,52 @@ def main(argv: list[str] | None = None) -> int:
             status = COMMANDS[args.command](args)
         except _Exit as exc:
             status = exc.status
-        # a broken pipe shows up here at the latest, not at the interpreter's exit
-        sys.stdout.flush()
+        # a broken pipe or a full device shows up here at the latest, not at the
+        # interpreter's exit
+        _flush_stdout()
         return status
     except _CLIError as exc:
+        if isinstance(exc, _StdoutFailed):
+            _silence_stdout()  # the interpreter's last flush must not fail again
         print(f"skgradflow: error: {_one_line(exc)}", file=sys.stderr)
         return exc.status
     except KeyboardInterrupt:
-        print("skgradflow: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
+    except SystemError as exc:
+        # Ctrl-C inside compiled code (a Numba loop) can surface as "returned a result with
+        # an exception set", with the KeyboardInterrupt as its cause or context
+        if not _caused_by_interrupt(exc):
+            raise
+        return _interrupted()
     except BrokenPipeError:
         # the reader of stdout is gone (``| head``): nothing more can be shown, and the
         # interpreter's last flush of stdout must not fail again
         _silence_stdout()
         return _BROKEN_PIPE_STATUS
+
+
+def _interrupted() -> int:
+    print("skgradflow: interrupted", file=sys.stderr)
+    return 130
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # a full device (> /dev/full), an I/O error
+        raise _StdoutFailed(f"cannot write to standard output: {exc.strerror or exc}") from None
 
 
 def _silence_stdout() -> None:

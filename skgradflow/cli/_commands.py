@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import pickle
 import sys
 import time
 import warnings
 from pathlib import Path
 
-import joblib
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import make_pipeline
@@ -17,20 +15,31 @@ from sklearn.preprocessing import StandardScaler
 
 from ..datasets import BUILTIN_DATASETS, describe_builtin, load_builtin
 from ..metrics import energy_distance
-from ._errors import _CLIError, _one_line, _RunFailed
+from ._errors import _CLIError, _one_line, _RunFailed, _StdoutFailed
 from ._io import (
     _check_csv_options,
     _check_out,
     _check_save_model,
     _load_data,
     _output_format,
-    _write,
+    _write_outputs,
 )
 from ._parser import ESTIMATORS
 
 # What fit and the metric raise on input they reject (sklearn's InvalidParameterError is
 # a ValueError; a diverging flow raises FloatingPointError).
 _ESTIMATOR_ERRORS = (ValueError, TypeError, FloatingPointError)
+
+
+def _print_out(line: str) -> None:
+    """A line to stdout; a device that cannot take it (a full disk) is an error, a reader
+    that is gone (a broken pipe) is left to main."""
+    try:
+        print(line)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _StdoutFailed(f"cannot write to standard output: {exc.strerror or exc}") from None
 
 
 def _energy_went_up(estimator, caught: list[warnings.WarningMessage]) -> str | None:
@@ -143,23 +152,18 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     # CSV output keeps the delimiter of CSV input (or takes --delimiter)
     delimiter = data.delimiter if data.fmt == "csv" else (args.delimiter or ",")
-    _write(out, fmt, samples, data.header if fmt == "csv" else None, delimiter)
+    model = None
     if model_path is not None:
         # a standard scikit-learn object: the fitted scaler and estimator as a Pipeline, which
         # skgradflow.inspection.sample maps back to the units of the data
         model = estimator if scaler is None else make_pipeline(scaler, estimator)
-        try:
-            joblib.dump(model, model_path)
-        except OSError as exc:
-            raise _CLIError(
-                f"cannot write --save-model {model_path}: {exc.strerror or exc}"
-            ) from None
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            raise _CLIError(f"cannot save the model: {_one_line(exc)}") from None
+    _write_outputs(
+        out, fmt, samples, data.header if fmt == "csv" else None, delimiter, model_path, model
+    )
     elapsed = time.perf_counter() - start
     # converged: the estimator's stopping rule was met; a run whose energy went up has
     # failed above and prints no summary
-    print(
+    _print_out(
         f"estimator={args.estimator} rows={samples.shape[0]} features={samples.shape[1]} "
         f"n_iter={estimator.n_iter_} converged={bool(estimator.converged_)} "
         f"energy_distance={distance:.6g} reference={reference:.6g} seconds={elapsed:.2f}"
@@ -169,10 +173,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
     width = max(map(len, BUILTIN_DATASETS))
-    print(f"{'name':<{width}}  {'rows':>5}  {'features':>8}  description")
+    _print_out(f"{'name':<{width}}  {'rows':>5}  {'features':>8}  description")
     for name in BUILTIN_DATASETS:
         X, _ = load_builtin(name)
-        print(f"{name:<{width}}  {X.shape[0]:>5}  {X.shape[1]:>8}  {describe_builtin(name)}")
+        _print_out(f"{name:<{width}}  {X.shape[0]:>5}  {X.shape[1]:>8}  {describe_builtin(name)}")
     return 0
 
 

@@ -15,6 +15,10 @@ class _RunFailed(_CLIError):
     status = 1
 
 
+class _StdoutFailed(_CLIError):
+    """Standard output cannot be written (a full device): reported as one line, status 2."""
+
+
 class _Exit(Exception):
     """Raised instead of ``sys.exit`` so that ``main`` returns the status."""
 

@@ -6,14 +6,17 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import joblib
 import numpy as np
 
+from .._atomic import StagedFile
 from ..datasets import BUILTIN_DATASETS, load_builtin
-from ._errors import _CLIError
+from ._errors import _CLIError, _one_line
 
 _NPY_MAGIC = b"\x93NUMPY"
 _FORMATS = ("csv", "npy")
@@ -243,12 +246,25 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _check_writable(option: str, path: Path) -> None:
+    """Refuse, before the fit, an output path that cannot be written."""
     if not path.parent.is_dir():
         raise _CLIError(
             f"cannot write {option} {path}: directory {str(path.parent)!r} does not exist"
         )
     if path.is_dir():
         raise _CLIError(f"cannot write {option} {path}: it is a directory")
+    if path.exists() and not path.is_file():
+        return  # a device or a pipe (/dev/stdout): written in place, as open() finds it
+    target = Path(os.path.realpath(path))
+    # The file is written beside its destination and renamed onto it: the folder must
+    # take a new file, and an existing file that is read-only stays refused, as by open().
+    if target.exists() and not os.access(target, os.W_OK):
+        raise _CLIError(f"cannot write {option} {path}: Permission denied (a read-only file)")
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise _CLIError(
+            f"cannot write {option} {path}: the directory {str(target.parent)!r} is not "
+            "writable"
+        )
 
 
 def _check_out(out: Path, data: _Data) -> None:
@@ -280,22 +296,62 @@ def _check_csv_options(args: argparse.Namespace, data: _Data, fmt: str) -> None:
         raise _CLIError("--delimiter applies to CSV input or output; neither --data nor --out is")
 
 
-def _write(
-    out: Path, fmt: str, samples: np.ndarray, header: list[str] | None, delimiter: str = ","
+def _write_samples(
+    path: str, fmt: str, samples: np.ndarray, header: list[str] | None, delimiter: str
 ) -> None:
+    if fmt == "npy":
+        # a file object, because np.save appends ".npy" to a name without it
+        with open(path, "wb") as f:
+            np.save(f, samples)
+    else:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, delimiter=delimiter)
+            if header is not None:
+                writer.writerow(header)
+            # str of a NumPy scalar is the shortest text that reads back exactly
+            writer.writerows([str(v) for v in row] for row in samples)
+
+
+def _write_outputs(
+    out: Path,
+    fmt: str,
+    samples: np.ndarray,
+    header: list[str] | None,
+    delimiter: str = ",",
+    model_path: Path | None = None,
+    model: object = None,
+) -> None:
+    """Write the samples to ``out`` and the model to ``model_path`` (when given), all or
+    nothing: each is written to a temporary file beside its destination, and only when both
+    are complete are they renamed into place.  A failure or an interrupt on the way leaves
+    the destinations as they were, and no temporary file."""
+    staged: list[StagedFile] = []
+
+    def stage(option: str, path: Path, write) -> StagedFile:
+        try:
+            staged.append(StagedFile(path))
+            write(staged[-1].path)
+        except BrokenPipeError:
+            raise  # the reader of /dev/stdout is gone: main ends quietly
+        except OSError as exc:
+            raise _CLIError(f"cannot write {option} {path}: {exc.strerror or exc}") from None
+        return staged[-1]
+
     try:
-        if fmt == "npy":
-            # a file object, because np.save appends ".npy" to a name without it
-            with out.open("wb") as f:
-                np.save(f, samples)
-        else:
-            with out.open("w", newline="", encoding="utf-8") as f:
-                writer = csv.writer(f, delimiter=delimiter)
-                if header is not None:
-                    writer.writerow(header)
-                # str of a NumPy scalar is the shortest text that reads back exactly
-                writer.writerows([str(v) for v in row] for row in samples)
-    except OSError as exc:
-        raise _CLIError(f"cannot write --out {out}: {exc.strerror or exc}") from None
-
-
+        files = [("--out", out, stage("--out", out, lambda tmp: _write_samples(
+            tmp, fmt, samples, header, delimiter)))]
+        if model_path is not None:
+            try:
+                files.append(("--save-model", model_path,
+                              stage("--save-model", model_path, lambda tmp: joblib.dump(
+                                  model, tmp))))
+            except (pickle.PicklingError, TypeError, AttributeError) as exc:
+                raise _CLIError(f"cannot save the model: {_one_line(exc)}") from None
+        for option, path, file in files:
+            try:
+                file.commit()
+            except OSError as exc:
+                raise _CLIError(f"cannot write {option} {path}: {exc.strerror or exc}") from None
+    finally:
+        for file in staged:
+            file.discard()

@@ -1,0 +1,451 @@
+"""A fault battery: what a user's machine does to a run (interrupts, full or read-only
+folders, closed pipes, a full device) never leaves a traceback or a partial file.
+
+Each fault that involves a signal, a file system or a user runs the command line in a
+child process, bounded in time; the child is this checkout's CLI with a few hooks (set by
+``FAULT_HOOK``) that deliver a real SIGINT at a chosen point.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from skgradflow import IFTSampler, cli
+from skgradflow._atomic import StagedFile, atomic_open, atomic_path, write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD_TIMEOUT_S = 300
+FAST = ["--backend", "numpy", "--n-particles", "50", "--max-iter", "30", "--quiet"]
+
+# The command line in a child.  It says on stderr when the fit starts (a fault that must be
+# caught before the fit checks for it), and FAULT_HOOK sends the process a real SIGINT half
+# way through writing the samples (csv, npy) or the model (joblib).
+RUNNER = textwrap.dedent(
+    """
+    import os, signal, sys
+
+    import skgradflow
+
+    def interrupt():
+        os.kill(os.getpid(), signal.SIGINT)
+
+    fit = skgradflow.IFTSampler.fit
+
+    def traced_fit(self, *args, **kwargs):
+        sys.stderr.write("FIT-STARTED\\n")
+        sys.stderr.flush()
+        return fit(self, *args, **kwargs)
+
+    skgradflow.IFTSampler.fit = traced_fit
+    hook = os.environ.get("FAULT_HOOK", "")
+    if hook == "csv":
+        import csv
+
+        real_writer = csv.writer
+
+        class HalfThenInterrupt:
+            def __init__(self, f, **kwargs):
+                self.f, self.writer = f, real_writer(f, **kwargs)
+
+            def writerow(self, row):
+                self.writer.writerow(row)
+
+            def writerows(self, rows):
+                rows = list(rows)
+                self.writer.writerows(rows[: len(rows) // 2])
+                self.f.flush()
+                interrupt()
+                self.writer.writerows(rows[len(rows) // 2:])
+
+        csv.writer = HalfThenInterrupt
+    elif hook == "npy":
+        import numpy as np
+
+        def half_save(f, array, *args, **kwargs):
+            f.write(b"\\x93NUMPY" + bytes(64))
+            f.flush()
+            interrupt()
+
+        np.save = half_save
+    elif hook == "joblib":
+        import joblib
+
+        def half_dump(value, filename, *args, **kwargs):
+            with open(filename, "wb") as fh:
+                fh.write(b"partial")
+                fh.flush()
+                interrupt()
+
+        joblib.dump = half_dump
+
+    from skgradflow.cli import main
+
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def cli_env(**extra) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1", **extra)
+    env.pop("FAULT_HOOK", None)
+    return {**env, **extra}
+
+
+def run_cli(args, cwd, hook="", **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", RUNNER, *map(str, args)], cwd=cwd, env=cli_env(FAULT_HOOK=hook),
+        capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, stdin=subprocess.DEVNULL,
+        **kwargs,
+    )  # fmt: skip
+
+
+def messages(stderr: str) -> list[str]:
+    """The lines the command line printed, without the runner's marker and warnings."""
+    assert "Traceback" not in stderr, stderr
+    return [line for line in stderr.splitlines()
+            if line != "FIT-STARTED" and not line.startswith("skgradflow: warning: ")]
+
+
+def sample_args(out, n_samples=400, *extra):
+    return ["sample", "--estimator", "ift", "--data", "gmm2d", "--n-samples", n_samples,
+            "--out", out, *FAST, *extra]
+
+
+# --- interrupts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hook, out_name, save_model", [
+    ("csv", "samples.csv", False),
+    ("npy", "samples.npy", False),
+    ("joblib", "samples.csv", True),
+])
+def test_sigint_while_writing_leaves_no_partial_file(tmp_path, hook, out_name, save_model):
+    out, model = tmp_path / out_name, tmp_path / "model.joblib"
+    out.write_bytes(b"the previous samples\n")
+    extra = ["--save-model", model] if save_model else []
+    proc = run_cli(sample_args(out, 400, *extra), tmp_path, hook=hook)
+    assert proc.returncode == 130, proc.stderr
+    assert messages(proc.stderr) == ["skgradflow: interrupted"]
+    # the old file as it was, no model, and no temporary file left beside them
+    assert out.read_bytes() == b"the previous samples\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out_name]
+    assert proc.stdout == ""
+
+
+def test_sigint_while_fitting(tmp_path):
+    """A real Ctrl-C from outside once the fit runs (its progress bar is on stderr)."""
+    out = tmp_path / "samples.csv"
+    args = ["sample", "--estimator", "ift", "--data", "gmm2d", "--n-samples", "10",
+            "--out", out, "--backend", "numpy", "--max-iter", "100000", "--save-model",
+            tmp_path / "model.joblib"]
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, *map(str, args)], cwd=tmp_path,
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    try:
+        err = b""
+        deadline = time.monotonic() + CHILD_TIMEOUT_S
+        while b"energy=" not in err:  # the first iterations are done
+            chunk = os.read(proc.stderr.fileno(), 4096)
+            assert chunk and time.monotonic() < deadline, err.decode()
+            err += chunk
+        proc.send_signal(signal.SIGINT)
+        out_text, rest = proc.communicate(timeout=CHILD_TIMEOUT_S)
+    finally:
+        proc.kill()
+        proc.wait()
+    err = (err + rest).decode()
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert err.rstrip().endswith("skgradflow: interrupted")
+    assert err.count("skgradflow: interrupted") == 1
+    assert out_text == b"" and list(tmp_path.iterdir()) == []
+
+
+class _InterruptedInCompiledCode(IFTSampler):
+    """What Ctrl-C inside a Numba loop gave: a SystemError whose context is the interrupt."""
+
+    def fit(self, X, y=None, sample_weight=None):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise SystemError("CPUDispatcher(<function f>) returned a result with an "
+                              "exception set") from None
+
+
+def test_a_systemerror_from_an_interrupt_is_an_interrupt(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(cli.ESTIMATORS, "compiled", _InterruptedInCompiledCode)
+    out = tmp_path / "samples.csv"
+    args = ["sample", "--estimator", "compiled", "--data", "gmm2d", "--n-samples", "5",
+            "--out", str(out), "--quiet"]
+    assert cli.main(args) == 130
+    assert capsys.readouterr().err.splitlines() == ["skgradflow: interrupted"]
+    assert not out.exists()
+
+
+class _OtherSystemError(IFTSampler):
+    def fit(self, X, y=None, sample_weight=None):
+        raise SystemError("a genuine bug")
+
+
+def test_other_systemerrors_are_not_hidden(tmp_path, monkeypatch):
+    monkeypatch.setitem(cli.ESTIMATORS, "buggy", _OtherSystemError)
+    args = ["sample", "--estimator", "buggy", "--data", "gmm2d", "--n-samples", "5",
+            "--out", str(tmp_path / "x.csv"), "--quiet"]
+    with pytest.raises(SystemError, match="a genuine bug"):
+        cli.main(args)
+
+
+# --- pipes and devices --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def csv_data(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("data") / "data.csv"
+    np.savetxt(data, np.random.default_rng(0).normal(size=(300, 2)), delimiter=",",
+               header="a,b", comments="")
+    return data
+
+
+def test_samples_to_a_closed_pipe_end_quietly(tmp_path, csv_data):
+    """``--out /dev/stdout | head -1``: exit status 141 and nothing on stderr but warnings."""
+    args = ["sample", "--estimator", "ift", "--data", csv_data, "--n-samples", "20000",
+            "--out", "/dev/stdout", *FAST]
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, *map(str, args)], cwd=tmp_path,
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    proc.stdout.close()  # the reader is gone before the first sample is written
+    try:
+        _, err = proc.communicate(timeout=CHILD_TIMEOUT_S)
+    finally:
+        proc.kill()
+    assert proc.returncode == 141, err
+    assert messages(err.decode()) == []
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_standard_output_on_a_full_device(tmp_path):
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-c", RUNNER, "datasets"], cwd=tmp_path,
+                              env=cli_env(), stdout=full, stderr=subprocess.PIPE, text=True,
+                              timeout=CHILD_TIMEOUT_S)
+    assert proc.returncode == 2
+    assert messages(proc.stderr) == [
+        "skgradflow: error: cannot write to standard output: No space left on device"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+@pytest.mark.parametrize("option", ["--out", "--save-model"])
+def test_outputs_on_a_full_device_write_nothing(tmp_path, csv_data, option):
+    out, model = tmp_path / "samples.csv", tmp_path / "model.joblib"
+    paths = {"--out": out, "--save-model": model, option: "/dev/full"}
+    args = sample_args(paths["--out"], 50, "--save-model", paths["--save-model"])
+    args[args.index("gmm2d")] = csv_data  # /dev/full keeps the format of CSV input
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 2
+    assert messages(proc.stderr) == [
+        f"skgradflow: error: cannot write {option} /dev/full: No space left on device"]
+    assert list(tmp_path.iterdir()) == []  # neither file: the outputs go together
+
+
+def _limit_file_size():
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+
+def test_a_disk_that_fills_up_while_writing(tmp_path):
+    """Files may not grow past 4 KiB (as on a full disk): the write fails half way, and the
+    previous file is kept whole."""
+    out = tmp_path / "samples.csv"
+    out.write_text("the previous samples\n")
+    proc = subprocess.run([sys.executable, "-c", RUNNER, *map(str, sample_args(out, 2000))],
+                          cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
+                          timeout=CHILD_TIMEOUT_S, preexec_fn=_limit_file_size)
+    assert proc.returncode == 2
+    assert messages(proc.stderr) == [
+        f"skgradflow: error: cannot write --out {out}: File too large"]
+    assert out.read_text() == "the previous samples\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["samples.csv"]
+
+
+# --- read-only folders and files ----------------------------------------------------------
+
+
+def _without_privileges():
+    """In the child, before it runs: a new user namespace, where root keeps its user id
+    but loses the capability to write where the permissions say no."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x10000000) != 0:  # CLONE_NEWUSER
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER)")
+
+
+@pytest.fixture
+def as_user(tmp_path):
+    """How to run a child that the permissions of tmp_path bind (root writes anywhere)."""
+    if os.geteuid() != 0:
+        yield {}
+    else:
+        probe = tmp_path / "probe"
+        probe.mkdir(mode=0o555)
+        try:
+            subprocess.run([sys.executable, "-c", "import os, sys; sys.exit(os.access("
+                            f"{str(probe)!r}, os.W_OK))"], preexec_fn=_without_privileges,
+                           check=True, timeout=60)
+        except (subprocess.SubprocessError, OSError):
+            pytest.skip("running as root, and cannot drop the privilege to write anywhere")
+        finally:
+            probe.rmdir()
+        yield {"preexec_fn": _without_privileges}
+    for path in tmp_path.rglob("*"):  # let pytest clean up
+        if path.is_dir():
+            path.chmod(0o755)
+
+
+def test_a_read_only_output_folder_is_refused_before_the_fit(tmp_path, as_user):
+    folder = tmp_path
+    locked = folder / "locked"
+    locked.mkdir()
+    (locked / "samples.csv").write_text("the previous samples\n")
+    locked.chmod(0o555)
+    out = locked / "samples.csv"
+    proc = run_cli(sample_args(out, 50), folder, **as_user)
+    assert proc.returncode == 2
+    assert "FIT-STARTED" not in proc.stderr  # refused before the fit
+    assert messages(proc.stderr) == [
+        f"skgradflow: error: cannot write --out {out}: the directory '{locked}' is not "
+        "writable"]
+    assert out.read_text() == "the previous samples\n"
+
+
+def test_an_unwritable_model_path_is_refused_before_the_fit(tmp_path, as_user):
+    folder = tmp_path
+    locked = folder / "locked"
+    locked.mkdir(mode=0o555)
+    (folder / "out").mkdir()
+    out, model = folder / "out" / "samples.csv", locked / "model.joblib"
+    proc = run_cli(sample_args(out, 50, "--save-model", model), folder, **as_user)
+    assert proc.returncode == 2
+    assert "FIT-STARTED" not in proc.stderr
+    assert messages(proc.stderr) == [
+        f"skgradflow: error: cannot write --save-model {model}: the directory '{locked}' is "
+        "not writable"]
+    assert not out.exists()
+
+
+def test_a_read_only_output_file_is_refused_before_the_fit(tmp_path, as_user):
+    folder = tmp_path
+    out = folder / "samples.csv"
+    out.write_text("keep me\n")
+    out.chmod(0o444)
+    proc = run_cli(sample_args(out, 50), folder, **as_user)
+    assert proc.returncode == 2
+    assert "FIT-STARTED" not in proc.stderr
+    assert messages(proc.stderr) == [
+        f"skgradflow: error: cannot write --out {out}: Permission denied (a read-only file)"]
+    assert out.read_text() == "keep me\n"
+
+
+# --- the atomic writes themselves ---------------------------------------------------------
+
+
+def test_a_model_that_cannot_be_pickled_writes_no_samples(tmp_path, capsys, monkeypatch):
+    class Unpicklable(IFTSampler):
+        def fit(self, X, y=None, sample_weight=None):
+            super().fit(X, y, sample_weight)
+            self.handle_ = lambda: None  # a lambda does not pickle
+            return self
+
+    monkeypatch.setitem(cli.ESTIMATORS, "unpicklable", Unpicklable)
+    out = tmp_path / "samples.csv"
+    args = ["sample", "--estimator", "unpicklable", "--data", "gmm2d", "--n-samples", "5",
+            "--out", str(out), "--save-model", str(tmp_path / "m.joblib"), *FAST]
+    assert cli.main(args) == 2
+    assert "cannot save the model" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_replaced_file_keeps_its_permissions_and_its_symbolic_link(tmp_path):
+    real = tmp_path / "real.md"
+    real.write_text("old")
+    real.chmod(0o640)
+    link = tmp_path / "link.md"
+    link.symlink_to(real)
+    write_text(link, "new")
+    assert link.is_symlink() and real.read_text() == "new"
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.md", "real.md"]
+
+
+def test_a_new_file_gets_the_permissions_open_gives(tmp_path):
+    with open(tmp_path / "plain", "w"):
+        pass
+    write_text(tmp_path / "atomic", "x")
+    mode = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    assert stat.S_IMODE((tmp_path / "atomic").stat().st_mode) == mode
+
+
+def test_a_writer_that_raises_leaves_the_old_file(tmp_path):
+    target = tmp_path / "table.md"
+    target.write_text("old")
+    with pytest.raises(KeyboardInterrupt), atomic_open(target) as fh:
+        fh.write("half")
+        raise KeyboardInterrupt
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_the_temporary_name_keeps_the_extension(tmp_path):
+    with atomic_path(tmp_path / "figure.svg") as tmp:
+        assert tmp.endswith(".svg") and Path(tmp).parent == tmp_path
+        Path(tmp).write_text("<svg/>")
+    assert (tmp_path / "figure.svg").read_text() == "<svg/>"
+
+
+def test_devices_are_written_in_place():
+    staged = StagedFile("/dev/null")
+    assert staged.in_place and staged.path == "/dev/null"
+    staged.commit()
+    assert os.path.exists("/dev/null")
+
+
+def test_an_animation_interrupted_half_way_leaves_the_old_file(tmp_path, monkeypatch):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from types import SimpleNamespace
+
+    import matplotlib.pyplot as plt
+    from matplotlib import animation
+
+    from skgradflow.plotting import animate_path
+
+    grab = animation.PillowWriter.grab_frame
+    frames = []
+
+    def grab_then_interrupt(self, **kwargs):
+        frames.append(1)
+        if len(frames) == 2:
+            raise KeyboardInterrupt
+        return grab(self, **kwargs)
+
+    monkeypatch.setattr(animation.PillowWriter, "grab_frame", grab_then_interrupt)
+    rng = np.random.default_rng(0)
+    path = SimpleNamespace(atoms=[rng.normal(size=(5, 2)) for _ in range(3)],
+                           weights=[np.full(5, 0.2)] * 3, n_iter=[1, 2, 3])
+    out = tmp_path / "path.gif"
+    out.write_bytes(b"GIF89a the previous animation")
+    with pytest.raises(KeyboardInterrupt):
+        animate_path(path, out)
+    plt.close("all")
+    assert out.read_bytes() == b"GIF89a the previous animation"
+    assert list(tmp_path.iterdir()) == [out]
