@@ -5,11 +5,17 @@ program") must survive, fall back or raise a clear error, and probe once per env
 
 import json
 import os
+import pickle
+import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # A LazyTensor over dense NumPy arrays, enough for the probe's reduction; it crashes where
 # STANDIN_CRASH says: "all" (every reduction), "gpu" (GPU reductions only) or "none".
@@ -227,3 +233,139 @@ def test_only_lasting_answers_are_recorded(monkeypatch, tmp_path, cause, stored)
     records = list(tmp_path.glob("keops-probe-*.json"))
     assert (len(records) == 1) == stored
     assert not list(tmp_path.glob("*.tmp"))
+
+
+# --- a clean child, a checked record, a repaired build folder -----------------------------
+
+
+def test_the_probe_never_runs_modules_from_the_working_directory(tmp_path):
+    """A json.py where the user works was run by the probe's child (``python -c`` puts the
+    working directory on its path), and its failure was recorded for every directory."""
+    standin = tmp_path / "standin"
+    (standin / "pykeops" / "numpy").mkdir(parents=True)
+    (standin / "pykeops" / "__init__.py").write_text(
+        "from types import SimpleNamespace\nconfig = SimpleNamespace(gpu_available=False)\n")
+    (standin / "pykeops" / "numpy" / "__init__.py").write_text(STANDIN)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    marker = tmp_path / "planted-module-ran"
+    (workdir / "json.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nraise ImportError('a planted json.py')\n")
+    program = tmp_path / "program" / "status.py"  # not in the working directory
+    program.parent.mkdir()
+    program.write_text("from skgradflow.backends import keops_status\n"
+                       "print('STATUS', keops_status())\n")
+    env = dict(os.environ, SKGRADFLOW_CACHE_DIR=str(tmp_path / "cache"), STANDIN_CRASH="none",
+               STANDIN_IMPORTS=str(tmp_path / "imports.txt"),
+               PYTHONPATH=os.pathsep.join([str(standin), str(ROOT)]))
+    proc = subprocess.run([sys.executable, str(program)], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not marker.exists()
+    assert "cpu=True" in proc.stdout, proc.stdout
+
+
+BAD_RECORDS = {
+    "wrong types": '{"cpu": "no", "gpu": false, "gpu_seen": false, "cause": ""}',
+    "a number for a flag": '{"cpu": 1, "gpu": 0, "gpu_seen": 0, "cause": ""}',
+    "a missing field": '{"cpu": true, "gpu": false, "cause": ""}',
+    "an unknown field": '{"cpu": true, "gpu": false, "gpu_seen": false, "cause": "", "x": 1}',
+    "truncated": '{"cpu": true, "gpu": fa',
+    "empty": "",
+    "a list": "[true, false, false, \"\"]",
+    "null": "null",
+}
+
+
+@pytest.mark.parametrize("content", BAD_RECORDS.values(), ids=BAD_RECORDS.keys())
+def test_a_bad_probe_record_is_discarded_with_one_warning(monkeypatch, tmp_path, content):
+    from skgradflow.backends import _keops_probe
+
+    monkeypatch.setenv("SKGRADFLOW_CACHE_DIR", str(tmp_path))
+    answer = _keops_probe.KeOpsStatus(cpu=True, gpu=False, gpu_seen=False, cause="")
+    probes = []
+    monkeypatch.setattr(_keops_probe, "run_probe", lambda: probes.append(1) or answer)
+    monkeypatch.setattr(_keops_probe.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(_keops_probe, "environment_key", lambda: "test-key")
+    record = tmp_path / "keops-probe-test-key.json"
+    record.write_text(content)
+    with pytest.warns(RuntimeWarning, match="probe record .* discarded") as caught:
+        assert _keops_probe._find_status() == answer
+    assert len([w for w in caught if "probe record" in str(w.message)]) == 1
+    assert probes == [1]
+    assert json.loads(record.read_text()) == {"cpu": True, "gpu": False, "gpu_seen": False,
+                                              "cause": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rewritten record is read without a word
+        assert _keops_probe._find_status() == answer
+    assert probes == [1]
+
+
+def _private_keops_env(tmp_path) -> dict:
+    return dict(os.environ, KEOPS_CACHE_FOLDER=str(tmp_path / "keops"),
+                SKGRADFLOW_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+
+
+# corrupt the pickle caches that ``import pykeops`` reads, in a private build folder
+CORRUPT_CACHES = textwrap.dedent(
+    """
+    import os, keopscore
+    folder = keopscore.config.get_build_folder()
+    with open(os.path.join(folder, "LoadKeOps_cpp_class_cache.pkl"), "wb") as fh:
+        fh.write(b"\\x80\\x04\\x95\\x10")  # a pickle cut short
+    open(os.path.join(folder, "get_keops_dll_impl_cache.pkl"), "wb").close()  # empty
+    print(folder)
+    """
+)
+
+
+def _corrupt_private_build_folder(tmp_path) -> Path:
+    pytest.importorskip("pykeops")
+    proc = subprocess.run([sys.executable, "-c", CORRUPT_CACHES], env=_private_keops_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return Path(proc.stdout.split()[-1])
+
+
+def test_unreadable_keops_caches_are_removed_and_the_import_retried(tmp_path):
+    folder = _corrupt_private_build_folder(tmp_path)
+    program = textwrap.dedent(
+        """
+        import warnings
+        from skgradflow.backends import _keops
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            LazyTensor = _keops._import_pykeops()
+        print("WARNINGS", [f"{w.category.__name__}: {w.message}" for w in caught])
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", program], env=_private_keops_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("unreadable cache files") == 1, proc.stdout
+    assert str(folder) in proc.stdout and "LoadKeOps_cpp_class_cache.pkl" in proc.stdout
+    for cache in folder.glob("*_cache.pkl"):  # KeOps wrote them anew at exit, readable
+        with cache.open("rb") as fh:
+            pickle.load(fh)
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no compiler")
+def test_the_probe_repairs_the_build_folder_instead_of_disabling_keops(tmp_path):
+    """Compiles one KeOps formula on the CPU (seconds)."""
+    _corrupt_private_build_folder(tmp_path)
+    program = textwrap.dedent(
+        """
+        import warnings
+        from skgradflow.backends._keops_probe import run_probe
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            status = run_probe()
+        print("CPU", status.cpu, status.cause)
+        print("WARNINGS", [str(w.message) for w in caught])
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", program], env=_private_keops_env(tmp_path),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "CPU True" in proc.stdout, proc.stdout
+    assert proc.stdout.count("unreadable cache files") == 1

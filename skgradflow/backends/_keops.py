@@ -24,6 +24,8 @@ from ._keops_probe import (
     keops_status,
     notice_if_slow,
     preload_libstdcxx,
+    remove_unreadable_keops_caches,
+    warn_repaired,
 )
 from ._protocol import Backend, check_log_domain_kernel
 
@@ -73,8 +75,17 @@ def _import_pykeops():
         # estimators' own output; PYKEOPS_VERBOSE=1 brings them back.
         os.environ.setdefault("PYKEOPS_VERBOSE", "0")
         os.environ.setdefault("KEOPS_VERBOSE", os.environ["PYKEOPS_VERBOSE"])
-    import pykeops
-    from pykeops.numpy import LazyTensor
+    try:
+        import pykeops
+        from pykeops.numpy import LazyTensor
+    except Exception:
+        # a cache file of the build folder left unreadable after the probe passed
+        removed = remove_unreadable_keops_caches()
+        if not removed:
+            raise
+        warn_repaired(removed)
+        import pykeops
+        from pykeops.numpy import LazyTensor
 
     if os.environ.get("PYKEOPS_VERBOSE") != "1":
         pykeops.set_verbose(False)

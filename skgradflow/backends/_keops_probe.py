@@ -17,6 +17,7 @@ import ctypes.util
 import hashlib
 import importlib.metadata
 import importlib.util
+import inspect
 import json
 import os
 import platform
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from dataclasses import asdict, dataclass
 
 try:
@@ -38,9 +40,52 @@ NOT_INSTALLED = "PyKeOps is not installed"
 
 PROBE_TIMEOUT_S = float(os.environ.get("SKGRADFLOW_KEOPS_PROBE_TIMEOUT", "600"))
 
-# The child is self-contained (no import of skgradflow): it must work from any sys.path.
-_CHILD = r"""
+
+
+def remove_unreadable_keops_caches() -> list:
+    """Remove the cache files of KeOps' build folder that cannot be read; their paths.
+
+    KeOps keeps the parameters of its compiled formulas in pickle files (``*_cache.pkl``)
+    that ``import pykeops`` reads: one left truncated or empty (a process killed while it
+    wrote it, a full disk) makes every import fail until it is deleted.  KeOps writes them
+    anew.  The half-imported KeOps modules are forgotten, so that the import can be retried.
+    The probe's child runs this function's source too: it imports nothing of skgradflow.
+    """
+    import glob
+    import os
+    import pickle
+    import sys
+
+    try:
+        import keopscore
+
+        folder = keopscore.config.get_build_folder()
+    except Exception:
+        return []
+    removed = []
+    for path in glob.glob(os.path.join(folder, "*_cache.pkl")):
+        try:
+            with open(path, "rb") as fh:
+                pickle.load(fh)
+        except Exception:
+            try:
+                os.remove(path)
+                removed.append(path)
+            except OSError:
+                pass
+    if removed:
+        for name in [m for m in sys.modules if m.split(".")[0] in ("pykeops", "keopscore")]:
+            del sys.modules[name]
+    return removed
+
+
+# The child is self-contained (no import of skgradflow).  It runs isolated (python -I: no
+# working directory, PYTHONPATH or user site on its path, no PYTHON* variables) with the
+# parent's search path, less the working directory, passed as its second argument: a
+# json.py or numpy.py where the user happens to be is never run.
+_CHILD = inspect.getsource(remove_unreadable_keops_caches) + r"""
 import ctypes, ctypes.util, json, os, sys
+sys.path[:] = json.loads(sys.argv[2])
 os.environ.setdefault("PYKEOPS_VERBOSE", "0")
 os.environ.setdefault("KEOPS_VERBOSE", os.environ["PYKEOPS_VERBOSE"])
 lib = ctypes.util.find_library("stdc++")
@@ -51,16 +96,26 @@ def say(**record):
     sys.__stdout__.write("SKGRADFLOW-PROBE " + json.dumps(record) + "\n")
     sys.__stdout__.flush()
 
-try:
+def load():
     import numpy as np
     import pykeops
     from pykeops.numpy import LazyTensor
     config = getattr(pykeops, "config", None)
-    gpu = bool(getattr(config, "gpu_available", False))
+    return np, LazyTensor, bool(getattr(config, "gpu_available", False))
+
+repaired = []
+try:
+    try:
+        np, LazyTensor, gpu = load()
+    except Exception:
+        repaired = remove_unreadable_keops_caches()
+        if not repaired:
+            raise
+        np, LazyTensor, gpu = load()
 except BaseException as exc:
     say(stage="import", ok=False, cause=f"{type(exc).__name__}: {exc}")
     sys.exit(1)
-say(stage="import", ok=True, gpu_available=gpu)
+say(stage="import", ok=True, gpu_available=gpu, repaired=repaired)
 
 x = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
 expected = np.exp(-0.5 * ((x[:, None] - x[None]) ** 2).sum(-1)).sum(1)
@@ -117,7 +172,7 @@ def _run_child(devices: str) -> tuple[dict[str, dict], str]:
     env.setdefault("PYKEOPS_VERBOSE", "0")
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", _CHILD, devices],
+            [sys.executable, "-I", "-c", _CHILD, devices, json.dumps(_child_path())],
             capture_output=True,
             text=True,
             timeout=PROBE_TIMEOUT_S,
@@ -134,6 +189,20 @@ def _run_child(devices: str) -> tuple[dict[str, dict], str]:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no message"]
         return records, f"the process exited with status {proc.returncode}: {tail[0]}"
     return records, ""
+
+
+def _child_path() -> list[str]:
+    """Where the child looks for modules: this process's path (where PyKeOps was found),
+    made absolute, without the working directory."""
+    here = os.getcwd()
+    path = []
+    for entry in sys.path:
+        if not entry or not isinstance(entry, str):
+            continue
+        entry = os.path.abspath(entry)
+        if entry != here and entry not in path:
+            path.append(entry)
+    return path
 
 
 def _records(stdout: str) -> dict[str, dict]:
@@ -159,6 +228,9 @@ def run_probe() -> KeOpsStatus:
     """
     records, ended = _run_child("GPU,CPU")
     imported, cause = _stage_result(records, "import", ended)
+    repaired = records.get("import", {}).get("repaired") or []
+    if repaired:
+        warn_repaired(repaired)
     if not imported:
         return KeOpsStatus(cpu=False, gpu=False, gpu_seen=False, cause=cause)
     gpu_seen = bool(records["import"].get("gpu_available"))
@@ -215,12 +287,58 @@ def _record_path() -> str:
     return os.path.join(cache_dir(), f"keops-probe-{environment_key()}.json")
 
 
-def _load(path: str) -> KeOpsStatus | None:
+def warn_repaired(removed: list[str]) -> None:
+    """One warning: unreadable cache files of KeOps' build folder were removed."""
+    folder = os.path.dirname(removed[0])
+    names = ", ".join(os.path.basename(path) for path in removed)
+    warnings.warn(
+        f"The KeOps build folder {folder} held unreadable cache files ({names}), which made "
+        "PyKeOps fail to import; they were removed, and KeOps compiles what they described "
+        "again.",
+        RuntimeWarning,
+        stacklevel=5,
+    )
+
+
+# what a probe record holds, and the type of each field
+_RECORD_FIELDS = {"cpu": bool, "gpu": bool, "gpu_seen": bool, "cause": str}
+
+
+def _load(path: str) -> tuple[KeOpsStatus | None, str]:
+    """The record at ``path``, or None and why it cannot be used ("" when there is none).
+
+    The record is checked field by field: a file that another program, an older version or
+    a damaged disk wrote (``{"cpu": "no"}``) must not decide whether KeOps runs.
+    """
     try:
-        with open(path) as fh:
-            return KeOpsStatus(**json.load(fh))
-    except (OSError, ValueError, TypeError):
-        return None
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None, "is not valid JSON"
+    if not isinstance(record, dict) or set(record) != set(_RECORD_FIELDS):
+        keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+        return None, f"has the fields {keys}, not {sorted(_RECORD_FIELDS)}"
+    for name, kind in _RECORD_FIELDS.items():
+        if type(record[name]) is not kind:
+            return None, (f"has {name}={record[name]!r}, not a {kind.__name__}")
+    return KeOpsStatus(**record), ""
+
+
+def _discard_bad_record(path: str, problem: str) -> None:
+    warnings.warn(
+        f"The KeOps probe record {path} {problem}; it was discarded and KeOps is checked "
+        "again.",
+        RuntimeWarning,
+        stacklevel=5,
+    )
+    with contextlib.suppress(OSError):
+        os.remove(path)
 
 
 def _store(path: str, status: KeOpsStatus) -> None:
@@ -314,10 +432,12 @@ def _find_status() -> KeOpsStatus:
     if importlib.util.find_spec("pykeops") is None:
         return KeOpsStatus(False, False, False, NOT_INSTALLED)
     path = _record_path()
-    status = _load(path)
+    status, _ = _load(path)
     if status is None:
         with _probe_lock(path):
-            status = _load(path)  # another process may have probed meanwhile
+            status, problem = _load(path)  # another process may have probed meanwhile
+            if problem:
+                _discard_bad_record(path, problem)
             if status is None:
                 with notice_if_slow("probe", "checking that KeOps compiles and runs here "
                                     "(once per environment, in a child process)..."):
