@@ -37,7 +37,7 @@ RUNNER = textwrap.dedent(
     import skgradflow
 
     def interrupt():
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), getattr(signal, os.environ.get("FAULT_SIGNAL", "SIGINT")))
 
     fit = skgradflow.IFTSampler.fit
 
@@ -101,9 +101,10 @@ def cli_env(**extra) -> dict:
     return {**env, **extra}
 
 
-def run_cli(args, cwd, hook="", **kwargs) -> subprocess.CompletedProcess:
+def run_cli(args, cwd, hook="", signal_name="SIGINT", **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", RUNNER, *map(str, args)], cwd=cwd, env=cli_env(FAULT_HOOK=hook),
+        [sys.executable, "-c", RUNNER, *map(str, args)], cwd=cwd,
+        env=cli_env(FAULT_HOOK=hook, FAULT_SIGNAL=signal_name),
         capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, stdin=subprocess.DEVNULL,
         **kwargs,
     )  # fmt: skip
@@ -124,26 +125,35 @@ def sample_args(out, n_samples=400, *extra):
 # --- interrupts ---------------------------------------------------------------------------
 
 
+# how the command line ends on each signal
+ENDINGS = {"SIGINT": (130, "skgradflow: interrupted"), "SIGTERM": (143, "skgradflow: terminated")}
+
+
+@pytest.mark.parametrize("signal_name", ENDINGS)
 @pytest.mark.parametrize("hook, out_name, save_model", [
     ("csv", "samples.csv", False),
     ("npy", "samples.npy", False),
     ("joblib", "samples.csv", True),
 ])
-def test_sigint_while_writing_leaves_no_partial_file(tmp_path, hook, out_name, save_model):
+def test_a_signal_while_writing_leaves_no_partial_file(tmp_path, hook, out_name, save_model,
+                                                       signal_name):
     out, model = tmp_path / out_name, tmp_path / "model.joblib"
     out.write_bytes(b"the previous samples\n")
     extra = ["--save-model", model] if save_model else []
-    proc = run_cli(sample_args(out, 400, *extra), tmp_path, hook=hook)
-    assert proc.returncode == 130, proc.stderr
-    assert messages(proc.stderr) == ["skgradflow: interrupted"]
+    proc = run_cli(sample_args(out, 400, *extra), tmp_path, hook=hook, signal_name=signal_name)
+    status, line = ENDINGS[signal_name]
+    assert proc.returncode == status, proc.stderr
+    assert messages(proc.stderr) == [line]
     # the old file as it was, no model, and no temporary file left beside them
     assert out.read_bytes() == b"the previous samples\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [out_name]
     assert proc.stdout == ""
 
 
-def test_sigint_while_fitting(tmp_path):
-    """A real Ctrl-C from outside once the fit runs (its progress bar is on stderr)."""
+@pytest.mark.parametrize("signal_name", ENDINGS)
+def test_a_signal_while_fitting(tmp_path, signal_name):
+    """A real Ctrl-C (or kill) from outside once the fit runs (its progress bar is on
+    stderr)."""
     out = tmp_path / "samples.csv"
     args = ["sample", "--estimator", "ift", "--data", "gmm2d", "--n-samples", "10",
             "--out", out, "--backend", "numpy", "--max-iter", "100000", "--save-model",
@@ -158,16 +168,17 @@ def test_sigint_while_fitting(tmp_path):
             chunk = os.read(proc.stderr.fileno(), 4096)
             assert chunk and time.monotonic() < deadline, err.decode()
             err += chunk
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, signal_name))
         out_text, rest = proc.communicate(timeout=CHILD_TIMEOUT_S)
     finally:
         proc.kill()
         proc.wait()
     err = (err + rest).decode()
-    assert proc.returncode == 130
+    status, line = ENDINGS[signal_name]
+    assert proc.returncode == status
     assert "Traceback" not in err
-    assert err.rstrip().endswith("skgradflow: interrupted")
-    assert err.count("skgradflow: interrupted") == 1
+    assert err.rstrip().endswith(line)
+    assert err.count(line) == 1
     assert out_text == b"" and list(tmp_path.iterdir()) == []
 
 

@@ -15,7 +15,9 @@ The parser and the option types are in :mod:`._parser`, reading and writing file
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 
 from ._commands import COMMANDS
@@ -26,6 +28,8 @@ __all__ = ["ESTIMATORS", "main"]
 
 # the exit status of a program that SIGPIPE stopped (128 + 13), as a shell reports it
 _BROKEN_PIPE_STATUS = 141
+# the exit status of a program that SIGTERM stopped (128 + 15)
+_TERMINATED_STATUS = 143
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         The exit status: 0 on success; 1 when the run failed (the flow diverged: its
         energy went up or became non-finite; nothing is written); 2 on a usage, data or
         estimator error (both reported as one line ``skgradflow: error: ...`` on stderr);
-        130 when interrupted; 141 when standard output was closed early (a broken pipe,
-        as in ``skgradflow datasets | head -1``), silently.
+        130 when interrupted (Ctrl-C); 141 when standard output was closed early (a broken
+        pipe, as in ``skgradflow datasets | head -1``), silently; 143 when terminated
+        (SIGTERM).  An interrupted or terminated run writes no file.
 
     Examples
     --------
@@ -54,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     0
     """
     parser = _build_parser()
+    with _terminate_as_exception():
+        return _run(parser, argv)
+
+
+def _run(parser, argv: list[str] | None) -> int:
     try:
         try:
             args = parser.parse_args(argv)
@@ -64,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         # interpreter's exit
         _flush_stdout()
         return status
+    except _Terminated:
+        print("skgradflow: terminated", file=sys.stderr)
+        return _TERMINATED_STATUS
     except _CLIError as exc:
         if isinstance(exc, _StdoutFailed):
             _silence_stdout()  # the interpreter's last flush must not fail again
@@ -82,6 +95,32 @@ def main(argv: list[str] | None = None) -> int:
         # interpreter's last flush of stdout must not fail again
         _silence_stdout()
         return _BROKEN_PIPE_STATUS
+
+
+class _Terminated(BaseException):
+    """SIGTERM (``kill``, a job scheduler's time limit), raised where the process is, so
+    that the files being written are removed as for Ctrl-C.  A BaseException, like
+    KeyboardInterrupt: no ``except Exception`` on the way swallows it."""
+
+
+@contextlib.contextmanager
+def _terminate_as_exception():
+    """SIGTERM raises :class:`_Terminated` while the command runs (the previous handler is
+    restored after; nothing changes where signals cannot be handled: a thread other than
+    the main one)."""
+
+    def terminate(signum, frame):
+        raise _Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except (ValueError, OSError, AttributeError):  # not the main thread, or no SIGTERM
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupted() -> int:
