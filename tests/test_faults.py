@@ -460,3 +460,59 @@ def test_an_animation_interrupted_half_way_leaves_the_old_file(tmp_path, monkeyp
     plt.close("all")
     assert out.read_bytes() == b"GIF89a the previous animation"
     assert list(tmp_path.iterdir()) == [out]
+
+
+# --- guards: transactions and sizes -------------------------------------------------------
+
+
+class _Toy:
+    """An estimator whose fit updates a previous fit's array in place, then fails."""
+
+    def __init__(self, scale=1.0):
+        self.scale = scale
+
+    @classmethod
+    def _get_param_names(cls):
+        return ["scale"]
+
+    def fit(self, X, fail_with=None):
+        from skgradflow._guards import fit_transaction
+
+        with fit_transaction(self):
+            if hasattr(self, "coef_"):
+                self.coef_ *= 10.0  # in place, as a warm start may
+            else:
+                self.coef_ = np.asarray(X, dtype=float) * self.scale
+            self.n_features_in_ = np.shape(X)[-1]
+            if fail_with is not None:
+                raise fail_with
+        return self
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), FloatingPointError("diverged"),
+                                   ValueError("bad")])
+def test_a_failed_fit_leaves_the_previous_fit(error):
+    toy = _Toy(scale=[2.0]).fit(np.ones(2))
+    scale, coef = toy.scale, toy.coef_.copy()
+    with pytest.raises(type(error)):
+        toy.fit(np.ones(5), fail_with=error)
+    assert toy.scale is scale  # the parameter object itself
+    assert np.array_equal(toy.coef_, coef) and toy.n_features_in_ == 2
+
+
+def test_a_failed_first_fit_leaves_an_unfitted_estimator():
+    toy = _Toy()
+    with pytest.raises(KeyboardInterrupt):
+        toy.fit(np.ones(3), fail_with=KeyboardInterrupt())
+    assert vars(toy) == {"scale": 1.0}
+
+
+def test_a_draw_larger_than_memory_is_refused_before_allocating(monkeypatch):
+    from skgradflow import _guards
+
+    monkeypatch.setattr(_guards, "available_memory", lambda: 2**30)
+    _guards.check_sample_size(10**6, 10, np.float64)  # 2 × 88 MB: fine
+    with pytest.raises(_guards.SampleSizeError, match=r"n_samples=100000000 .* 1 GiB"):
+        _guards.check_sample_size(10**8, 10, np.float64)
+    assert issubclass(_guards.SampleSizeError, MemoryError)
+    assert issubclass(_guards.SampleSizeError, ValueError)  # for code that handles bad input
