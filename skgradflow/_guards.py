@@ -80,3 +80,60 @@ def check_sample_size(n_samples: int, n_features: int, dtype, *, copies: int = 2
             f"the {_size(available)} available. Draw fewer at a time, e.g. in batches of "
             f"{max(1, int(available // (4 * row * copies)))}."
         )
+
+
+def representable_range(dtype) -> tuple[float, float]:
+    """The scales ``(lo, hi)`` whose squares, summed over features and divided by one
+    another, stay normal numbers of ``dtype``: a margin of 10⁴ inside the square roots of
+    its smallest normal and largest finite number (float64: 1.5e-150 to 1.3e150)."""
+    info = np.finfo(dtype)
+    return float(np.sqrt(info.tiny)) * 1e4, float(np.sqrt(info.max)) / 1e4
+
+
+def check_data_range(max_abs: float, spread: float, dtype, name: str = "X") -> None:
+    """Refuse data whose squared distances float arithmetic cannot hold.
+
+    ``max_abs`` is the largest absolute value, ``spread`` the largest standard deviation of
+    a feature.  Values beyond ``hi`` (:func:`representable_range`) overflow when squared;
+    a spread below ``lo`` (but not 0: identical rows are data) underflows, and every
+    distance becomes 0.
+    """
+    lo, hi = representable_range(dtype)
+    dtype_name = np.dtype(dtype).name
+    if not max_abs <= hi:
+        raise ValueError(
+            f"{name} holds values up to {max_abs:.3g} in absolute value: the flows work with "
+            f"squared distances, which {dtype_name} holds only for values up to about "
+            f"{hi:.0e}. Rescale {name} (divide it by {max_abs:.0e}, or use "
+            "sklearn.preprocessing.StandardScaler) and map the samples back."
+        )
+    if 0 < spread < lo:
+        raise ValueError(
+            f"{name} varies by only {spread:.3g} (the largest standard deviation of a "
+            f"feature): the flows work with squared distances, which underflow in "
+            f"{dtype_name} below a scale of about {lo:.0e}. Rescale {name} (multiply it by "
+            f"{1 / spread:.0e}, or use sklearn.preprocessing.StandardScaler) and map the "
+            "samples back."
+        )
+
+
+def check_bandwidth_range(bandwidth: float, dtype, name: str = "bandwidth") -> None:
+    """Refuse a bandwidth whose square under- or overflows ``dtype``."""
+    lo, hi = representable_range(dtype)
+    if not lo <= bandwidth <= hi:
+        raise ValueError(
+            f"{name}={bandwidth!r} is outside what {np.dtype(dtype).name} can square and divide "
+            f"by (about {lo:.0e} to {hi:.0e}); choose a bandwidth on the scale of the data "
+            "(or a rule: 'median', 'scott', 'silverman')."
+        )
+
+
+def normalised_weights(weights: np.ndarray) -> np.ndarray:
+    """``weights / weights.sum()`` without overflow: scaled by their maximum first, so that
+    weights near the largest float (1e308 each) sum to a finite number."""
+    weights = np.asarray(weights, dtype=np.float64)
+    top = float(weights.max())
+    if not top > 0 or not np.isfinite(top):
+        raise ValueError("sample_weight must be finite, non-negative and not all zero.")
+    scaled = weights / top
+    return scaled / scaled.sum()
