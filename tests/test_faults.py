@@ -491,7 +491,7 @@ class _Toy:
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt(), FloatingPointError("diverged"),
                                    ValueError("bad")])
-def test_a_failed_fit_leaves_the_previous_fit(error):
+def test_fit_transaction_restores_the_previous_fit(error):
     toy = _Toy(scale=[2.0]).fit(np.ones(2))
     scale, coef = toy.scale, toy.coef_.copy()
     with pytest.raises(type(error)):
@@ -500,7 +500,7 @@ def test_a_failed_fit_leaves_the_previous_fit(error):
     assert np.array_equal(toy.coef_, coef) and toy.n_features_in_ == 2
 
 
-def test_a_failed_first_fit_leaves_an_unfitted_estimator():
+def test_fit_transaction_restores_an_unfitted_estimator():
     toy = _Toy()
     with pytest.raises(KeyboardInterrupt):
         toy.fit(np.ones(3), fail_with=KeyboardInterrupt())
