@@ -3,9 +3,11 @@ missing or broken Numba.  Its reductions are checked against the dense formulas 
 other backend in ``test_backends.py``, and its fits in the estimators' tests."""
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -320,3 +322,81 @@ def test_busy_sibling_processes_do_not_make_all_threads_slower_than_one():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert float(proc.stdout.strip()) <= 2.0
+
+
+_ONE_REDUCTION = """
+    import warnings
+    import numpy as np
+    from skgradflow.backends import NumbaBackend, NumpyBackend
+    from skgradflow.kernels import Kernel
+    warnings.simplefilter("always")
+    x = np.random.default_rng(0).normal(size=(50, 2))
+    k = Kernel("gaussian", 1.0)
+    got = NumbaBackend().matvec(k, x, x, np.ones((50, 1)))
+    assert np.allclose(got, NumpyBackend().matvec(k, x, x, np.ones((50, 1))), rtol=1e-12)
+    print("ok")
+"""
+
+
+def _warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "RuntimeWarning" in line]
+
+
+def test_nowhere_to_write_the_cache_compiles_in_memory_with_one_warning(tmp_path):
+    # Numba's own locators only (no folder next to the package), pointed at a folder that
+    # cannot be made: a regular file stands where its parent should be
+    (tmp_path / "file").write_text("")
+    proc = run(_ONE_REDUCTION, NUMBA_CACHE_LOCATOR_CLASSES="UserProvidedCacheLocator",
+               NUMBA_CACHE_DIR=str(tmp_path / "file" / "cache"))
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+    (warning,) = _warnings(proc.stderr)
+    assert "compiled in memory" in warning and "NUMBA_CACHE_DIR" in warning
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage"])
+@pytest.mark.parametrize("which", ["nbi", "nbc"])
+def test_a_damaged_cache_is_discarded_and_rebuilt_with_one_warning(tmp_path, damage, which):
+    first = run(_ONE_REDUCTION, NUMBA_CACHE_DIR=str(tmp_path))
+    assert first.returncode == 0 and not _warnings(first.stderr), first.stderr[-2000:]
+    files = sorted(tmp_path.rglob(f"*.{which}"))
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        path.write_bytes({"empty": b"", "truncated": data[: len(data) // 2],
+                          "garbage": b"not a pickle" * 10}[damage])
+    second = run(_ONE_REDUCTION, NUMBA_CACHE_DIR=str(tmp_path))
+    assert second.returncode == 0 and second.stdout.strip() == "ok", second.stderr[-2000:]
+    (warning,) = _warnings(second.stderr)
+    assert "could not be read" in warning and str(tmp_path) in warning
+    third = run(_ONE_REDUCTION, NUMBA_CACHE_DIR=str(tmp_path))  # rebuilt: loads cleanly
+    assert third.returncode == 0 and not _warnings(third.stderr), third.stderr[-2000:]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_ctrl_c_inside_a_long_reduction_raises_keyboard_interrupt(threads):
+    program = textwrap.dedent(f"""
+        import sys, time
+        import numpy as np
+        from skgradflow.backends import NumbaBackend
+        from skgradflow.kernels import Kernel
+        rng = np.random.default_rng(0)
+        Z, S = rng.normal(size=(200_000, 2)), rng.normal(size=(200_000, 2))
+        engine = NumbaBackend(n_threads={threads})
+        engine.matvec(Kernel("gaussian", 1.0), Z[:10], S[:10], np.ones((10, 1)))  # compiled
+        print("ready", flush=True)
+        try:
+            engine.matvec(Kernel("gaussian", 1.0), Z, S, np.ones((200_000, 1)))  # about a minute
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and out.strip() == "interrupted", err[-2000:]
+    assert "SystemError" not in err

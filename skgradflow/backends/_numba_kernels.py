@@ -18,10 +18,16 @@ float64, 1.02 in float32, over 2·10⁶ arguments).
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import os
+import warnings
+
 import numpy as np
 from llvmlite import ir
 from numba import njit
 from numba.core import cgutils, types
+from numba.core.caching import FunctionCache
 from numba.extending import intrinsic, overload
 
 # Sources per block: a few KiB of buffers per row, which stay in L1.
@@ -121,8 +127,62 @@ def _fast_exp_overload(x):
     return None
 
 
-# the reductions: compiled once per machine (cached on disk), released from the GIL
-_jit = njit(cache=True, nogil=True, fastmath=_FAST)
+# --- the disk cache, which must never stop a fit ------------------------------------------------
+_cache_warnings: set[str] = set()
+
+
+def _warn_once(what: str, message: str) -> None:
+    if what not in _cache_warnings:
+        _cache_warnings.add(what)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+_NOWHERE = ("no writable folder for the Numba backend's compiled-code cache ({cause}); its "
+            "loops are compiled in memory, again in every process (about a minute). Fix: set "
+            "NUMBA_CACHE_DIR to a writable folder.")
+
+
+class _RepairingCache(FunctionCache):
+    """Numba's disk cache of one function, where an entry that cannot be read (a truncated or
+    corrupted index or data file) is discarded and compiled again, and an entry that cannot
+    be written leaves the function compiled in memory: each with one warning."""
+
+    def load_overload(self, sig, target_context):
+        try:
+            return super().load_overload(sig, target_context)
+        except Exception as exc:
+            self._discard()
+            _warn_once("unreadable", (
+                f"the Numba backend's compiled-code cache in {self._cache_path} could not be "
+                f"read ({type(exc).__name__}: {exc}); its entries were discarded and are being "
+                "compiled again."))
+            return None
+
+    def save_overload(self, sig, data):
+        try:
+            super().save_overload(sig, data)
+        except Exception as exc:
+            self.disable()
+            _warn_once("nowhere", _NOWHERE.format(cause=f"{type(exc).__name__}: {exc}"))
+
+    def _discard(self) -> None:
+        index = self._cache_file._index_path
+        for path in [index, *glob.glob(glob.escape(index[:-len(".nbi")]) + ".*.nbc")]:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+
+def _jit(fn):
+    """Compiled without the GIL, and cached on disk where Numba finds a writable folder."""
+    dispatcher = njit(nogil=True, fastmath=_FAST)(fn)
+    try:
+        dispatcher.enable_caching()
+    except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+        _warn_once("nowhere", _NOWHERE.format(cause=exc))
+    else:
+        dispatcher._cache.__class__ = _RepairingCache
+    return dispatcher
+
 
 
 @_jit
