@@ -1,13 +1,15 @@
 """The Numba backend: fused, vectorised, multi-core CPU reductions, compiled once per machine.
 
 One pass over the pairs per reduction, with the distance, the kernel (its exponential by a
-vectorised polynomial, not a libm call per pair) and every output channel fused, on all cores.
+vectorised polynomial, not a libm call per pair) and every output channel fused, on the cores
+that are free (threads of its own claim chunks of rows; see ``_Job``).
 On a CPU it runs the flows 2-3x faster than KeOps and the blockwise NumPy backend, and its
 compiled loops are cached on disk by Numba: about a minute of compiling on first use in a new
 environment (all reductions, both dtypes), then a fraction of a second per process.
 
-Numba is an optional dependency (``pip install "skgradflow[numba]"``); ``backend="auto"`` uses
-this backend on CPUs whenever it is installed.
+Numba is a dependency of the package; ``backend="auto"`` uses this backend for every CPU run
+above its work threshold.  Where Numba cannot be imported (one built for another NumPy),
+``"auto"`` does without it and ``backend="numba"`` raises :class:`NumbaUnavailableError`.
 """
 
 from __future__ import annotations
