@@ -91,12 +91,12 @@ def representable_range(dtype) -> tuple[float, float]:
 
 
 def check_data_range(max_abs: float, spread: float, dtype, name: str = "X") -> None:
-    """Refuse data whose squared distances float arithmetic cannot hold.
+    """Refuse data whose squared distances floating point cannot hold.
 
-    ``max_abs`` is the largest absolute value, ``spread`` the largest standard deviation of
-    a feature.  Values beyond ``hi`` (:func:`representable_range`) overflow when squared;
-    a spread below ``lo`` (but not 0: identical rows are data) underflows, and every
-    distance becomes 0.
+    ``max_abs`` is the largest absolute value, ``spread`` the largest range (maximum less
+    minimum) of a feature.  Values beyond ``hi`` (:func:`representable_range`) overflow
+    when squared; a spread below ``lo`` (but not 0: identical rows are data) underflows, and
+    every distance becomes 0.
     """
     lo, hi = representable_range(dtype)
     dtype_name = np.dtype(dtype).name
@@ -109,11 +109,10 @@ def check_data_range(max_abs: float, spread: float, dtype, name: str = "X") -> N
         )
     if 0 < spread < lo:
         raise ValueError(
-            f"{name} varies by only {spread:.3g} (the largest standard deviation of a "
-            f"feature): the flows work with squared distances, which underflow in "
-            f"{dtype_name} below a scale of about {lo:.0e}. Rescale {name} (multiply it by "
-            f"{1 / spread:.0e}, or use sklearn.preprocessing.StandardScaler) and map the "
-            "samples back."
+            f"{name} varies by only {spread:.3g} (the largest range of a feature): the flows "
+            f"work with squared distances, which underflow in {dtype_name} below a scale of "
+            f"about {lo:.0e}. Rescale {name} (multiply it by {1 / spread:.0e}, or use "
+            "sklearn.preprocessing.StandardScaler) and map the samples back."
         )
 
 
@@ -127,13 +126,3 @@ def check_bandwidth_range(bandwidth: float, dtype, name: str = "bandwidth") -> N
             "(or a rule: 'median', 'scott', 'silverman')."
         )
 
-
-def normalised_weights(weights: np.ndarray) -> np.ndarray:
-    """``weights / weights.sum()`` without overflow: scaled by their maximum first, so that
-    weights near the largest float (1e308 each) sum to a finite number."""
-    weights = np.asarray(weights, dtype=np.float64)
-    top = float(weights.max())
-    if not top > 0 or not np.isfinite(top):
-        raise ValueError("sample_weight must be finite, non-negative and not all zero.")
-    scaled = weights / top
-    return scaled / scaled.sum()

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ._guards import representable_range
 from .backends import Backend, check_backend
 from .data import Data, as_data, placed_together, session
 from .inspection import fitted_measure, split_pipeline
@@ -88,6 +89,15 @@ def _mmd(first: Data, second: Data, kernel: str, h: float | None, backend) -> fl
         )
     first, second = placed_together(first, second)
     pool = first.pooled_with(second)
+    # Squared distances beyond the dtype's range (points at 1e160 overflow; at 1e-170 they
+    # underflow to 0) are computed on the rows divided by a power of two, which is exact:
+    # the kernels are functions of r/h, so the value is unchanged with h divided too, and
+    # the energy kernel -r scales with the rows.
+    factor = _rescaling(*pool.extent(), pool.dtype)
+    if factor != 1.0:
+        pool = pool.with_rows(pool.rows / pool.dtype.type(factor))
+        if h is not None and kernel != "energy":
+            h = h / factor
     if h is None:
         # the median over the pooled sample (so that mmd is symmetric), rows drawn by |a|/2
         h = pool.median_distance(np.random.default_rng(0))
@@ -98,7 +108,19 @@ def _mmd(first: Data, second: Data, kernel: str, h: float | None, backend) -> fl
         raise FloatingPointError(
             "The MMD is not finite: the points are too far apart for their dtype (overflow)."
         )
-    return value if value > 64 * np.finfo(pool.dtype).eps * size else 0.0
+    value = value if value > 64 * np.finfo(pool.dtype).eps * size else 0.0
+    return value * factor if kernel == "energy" else value
+
+
+def _rescaling(largest: float, spread: float, dtype) -> float:
+    """1, or the power of two that brings rows of this extent into the range where their
+    squared distances are normal numbers of ``dtype``."""
+    lo, hi = representable_range(dtype)
+    if largest > hi and np.isfinite(largest):
+        return float(2.0 ** np.floor(np.log2(largest)))
+    if 0 < spread < lo and largest <= hi:
+        return float(2.0 ** np.floor(np.log2(spread)))
+    return 1.0
 
 
 def _energy_distance(first: Data, second: Data, backend) -> float:

@@ -9,18 +9,21 @@ child process, bounded in time; the child is this checkout's CLI with a few hook
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 
-from skgradflow import IFTSampler, cli
+from skgradflow import IFTSampler, InclusiveKLFitter, WFRMMDFlow, cli
 from skgradflow._atomic import StagedFile, atomic_open, atomic_path, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -516,3 +519,181 @@ def test_a_draw_larger_than_memory_is_refused_before_allocating(monkeypatch):
         _guards.check_sample_size(10**8, 10, np.float64)
     assert issubclass(_guards.SampleSizeError, MemoryError)
     assert issubclass(_guards.SampleSizeError, ValueError)  # for code that handles bad input
+
+
+# --- fits are transactions ----------------------------------------------------------------
+
+ESTIMATOR_CLASSES = [IFTSampler, WFRMMDFlow, InclusiveKLFitter]
+
+
+def small(cls, **params):
+    size = "n_components" if cls is InclusiveKLFitter else "n_particles"
+    return cls(**{size: 12, "max_iter": 15, "random_state": 0, "backend": "numpy", **params})
+
+
+def raise_at(n_iter, error):
+    def callback(state):
+        if state.n_iter >= n_iter:
+            raise error
+
+    return callback
+
+
+def same_state(before: dict, after: dict) -> bool:
+    if set(before) != set(after):
+        return False
+    for name, value in before.items():
+        other = after[name]
+        if isinstance(value, np.ndarray):
+            if not (isinstance(other, np.ndarray) and np.array_equal(value, other)):
+                return False
+        elif value is not other and not (type(value) is type(other) and value == other):
+            return False
+    return True
+
+
+def snapshot(estimator) -> dict:
+    return {name: value.copy() if isinstance(value, np.ndarray) else value
+            for name, value in vars(estimator).items()}
+
+
+@pytest.mark.parametrize("cls", ESTIMATOR_CLASSES)
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), FloatingPointError("diverged"),
+                                   ValueError("mid-fit")], ids=type)
+def test_a_failed_refit_leaves_the_previous_fit(cls, error):
+    rng = np.random.default_rng(0)
+    X2, X5 = rng.normal(size=(90, 2)), rng.normal(size=(90, 5))
+    estimator = small(cls).fit(X2)
+    samples, score = estimator.sample(7, random_state=1), estimator.score(X2)
+    estimator.set_params(callback=raise_at(3, error))
+    before = snapshot(estimator)
+    with pytest.raises(type(error)):
+        estimator.fit(X5)
+    assert same_state(before, vars(estimator))
+    assert estimator.n_features_in_ == 2
+    assert np.array_equal(estimator.sample(7, random_state=1), samples)
+    assert estimator.score(X2) == score
+
+
+@pytest.mark.parametrize("cls", ESTIMATOR_CLASSES)
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), FloatingPointError("diverged")],
+                         ids=type)
+def test_a_failed_first_fit_leaves_an_unfitted_estimator(cls, error):
+    from sklearn.exceptions import NotFittedError
+
+    estimator = small(cls, callback=raise_at(2, error))
+    before = snapshot(estimator)
+    with pytest.raises(type(error)):
+        estimator.fit(np.random.default_rng(0).normal(size=(90, 3)))
+    assert same_state(before, vars(estimator))
+    with pytest.raises(NotFittedError):
+        estimator.sample(3)
+
+
+@pytest.mark.parametrize("cls", ESTIMATOR_CLASSES)
+def test_an_interrupted_warm_start_keeps_the_previous_atoms(cls):
+    X = np.random.default_rng(0).normal(size=(90, 2))
+    estimator = small(cls, warm_start=True).fit(X)
+    before = snapshot(estimator)
+    estimator.set_params(callback=raise_at(1, KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        estimator.fit(X + 5.0)
+    before["callback"] = estimator.callback
+    assert same_state(before, vars(estimator))
+
+
+# --- degenerate and extreme data ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", ESTIMATOR_CLASSES)
+@pytest.mark.parametrize("row", [[0.0, 0.0], [1.0, 1.0], [31.4, -160.5], [2e-4, -3e-4]])
+def test_identical_rows_give_that_row(cls, row):
+    X = np.repeat([row], 50, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        estimator = cls(random_state=0).fit(X)
+    samples = estimator.sample(200, random_state=0)
+    scale = 1e-9 * (1.0 + np.abs(row).max())
+    assert np.all(np.isfinite(samples)) and np.abs(samples - row).max() <= scale
+
+
+@pytest.mark.parametrize("cls", ESTIMATOR_CLASSES)
+@pytest.mark.parametrize("scale, words", [(1e-300, "varies by only"), (1e-170, "varies by only"),
+                                          (1e300, "holds values up to"),
+                                          (1e170, "holds values up to")])
+def test_data_beyond_float64_squares_are_refused(cls, scale, words):
+    X = np.random.default_rng(0).normal(size=(60, 2)) * scale
+    with pytest.raises(ValueError, match=rf"^X {words} .* Rescale X"):
+        small(cls).fit(X)
+
+
+@pytest.mark.parametrize("cls", ESTIMATOR_CLASSES)
+@pytest.mark.parametrize("scale", [1e-120, 1e120])
+def test_data_far_from_unit_scale_inside_the_range_fit(cls, scale):
+    """Inside the range a fit is as good, in the data's units, as at unit scale (within a
+    factor of 3 in energy distance: the step-size rule is not exactly scale-free)."""
+    from skgradflow.metrics import energy_distance
+
+    X = np.random.default_rng(0).normal(size=(60, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        unit = small(cls).fit(X).sample(100, random_state=0)
+        scaled = small(cls).fit(X * scale).sample(100, random_state=0) / scale
+    assert np.all(np.isfinite(scaled))
+    assert energy_distance(scaled, X) <= 3 * energy_distance(unit, X) + 1e-3
+
+
+@pytest.mark.parametrize("cls", ESTIMATOR_CLASSES)
+def test_tiny_equal_weights_are_uniform_weights(cls):
+    X = np.random.default_rng(0).normal(size=(60, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        uniform = small(cls).fit(X).sample(50, random_state=0)
+        tiny = small(cls).fit(X, sample_weight=np.full(60, 1e-320)).sample(50, random_state=0)
+    assert np.allclose(tiny, uniform, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", ESTIMATOR_CLASSES)
+def test_weights_that_overflow_their_sum_are_refused_before_the_fit(cls):
+    estimator = small(cls)
+    with pytest.raises(ValueError, match=r"^sample_weight sums to inf: .* Divide the weights"):
+        estimator.fit(np.ones((60, 2)) * np.arange(60)[:, None],
+                      sample_weight=np.full(60, 1e308))
+    assert vars(estimator) == vars(small(cls))
+
+
+@pytest.mark.parametrize("cls", ESTIMATOR_CLASSES)
+@pytest.mark.parametrize("bandwidth", [1e-300, 1e300])
+def test_a_bandwidth_beyond_float64_squares_is_refused(cls, bandwidth):
+    X = np.random.default_rng(0).normal(size=(60, 2))
+    with pytest.raises(ValueError, match="^" + re.escape(f"bandwidth={bandwidth!r} is outside")):
+        small(cls, bandwidth=bandwidth).fit(X)
+
+
+@pytest.mark.parametrize("scale", [1e-170, 1e160, 1e300])
+def test_metrics_at_extreme_scales_are_those_of_the_unit_data(scale):
+    """The median-rule MMD is scale-free and the energy distance scales with the data:
+    computed at 1e160 (where squared distances overflow) they match the unit-scale values."""
+    from skgradflow.metrics import energy_distance, mmd
+
+    X = np.random.default_rng(0).normal(size=(80, 2))
+    assert mmd(X * scale, (X + 3) * scale) == pytest.approx(mmd(X, X + 3), rel=1e-10)
+    assert energy_distance(X * scale, (X + 0.3) * scale) / scale == pytest.approx(
+        energy_distance(X, X + 0.3), rel=1e-10)
+
+
+@pytest.mark.parametrize("cls", ESTIMATOR_CLASSES)
+def test_a_draw_larger_than_memory_is_refused(cls):
+    estimator = small(cls).fit(np.random.default_rng(0).normal(size=(60, 2)))
+    with pytest.raises(MemoryError, match=r"^n_samples=1000000000000 would need"):
+        estimator.sample(10**12)
+
+
+def test_the_command_line_refuses_a_draw_larger_than_memory(tmp_path, capsys):
+    out = tmp_path / "x.csv"
+    args = ["sample", "--estimator", "ift", "--data", "gmm2d", "--n-samples", str(10**12),
+            "--out", str(out), *FAST]
+    assert cli.main(args) == 2
+    (line,) = capsys.readouterr().err.splitlines()[-1:]
+    assert line.startswith("skgradflow: error: IFTSampler: n_samples=1000000000000 would need")
+    assert not out.exists()

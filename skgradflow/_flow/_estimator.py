@@ -19,6 +19,12 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._clustering import cluster_centers
+from .._guards import (
+    check_bandwidth_range,
+    check_data_range,
+    check_sample_size,
+    fit_transaction,
+)
 from ..backends import BACKEND_NAMES, Backend
 from ..data import Data, as_data, session
 from ..kernels import BANDWIDTH_RULES, Kernel, _seed_from
@@ -100,11 +106,20 @@ class _BaseParticleFlow(RunLoop, BaseEstimator, metaclass=ABCMeta):
         ``X`` (and ``sample_weight``) may be dask arrays: the run then goes to the Dask
         engine (:class:`skgradflow.backends.DaskBackend`, whose workers use ``backend``
         as their inner engine), and the rows stay on the workers.
+
+        A fit is a transaction: one that raises (``KeyboardInterrupt`` included) leaves the
+        estimator as it was before the call, fitted as before or not fitted.  ``X`` whose
+        squared distances its dtype cannot hold (values beyond about 1e150, or a spread
+        below about 1e-150, in float64), and such a ``bandwidth``, are refused with a
+        ``ValueError`` that says how to rescale.
         """
         self._validate_params()
-        with session(self.backend, X, sample_weight):
+        with fit_transaction(self), session(self.backend, X, sample_weight):
             data = as_data(X, sample_weight, estimator=self, dtype=[np.float64, np.float32],
                            min_samples=2)
+            check_data_range(*data.extent(), data.dtype)
+            if isinstance(self.bandwidth, numbers.Real):
+                check_bandwidth_range(float(self.bandwidth), data.dtype)
             return self._fit(data.merged())
 
     def _fit(self, data: Data):
@@ -308,10 +323,14 @@ class _BaseParticleFlow(RunLoop, BaseEstimator, metaclass=ABCMeta):
         rows = rng.choice(atoms.shape[0], size=int(n_samples), replace=True, p=w)
         return atoms[rows] + self._sample_noise(int(n_samples), atoms.shape[1], rng)
 
-    @staticmethod
-    def _check_n_samples(n_samples) -> int:
+    def _check_n_samples(self, n_samples) -> int:
         if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
+        atoms = getattr(self, self._atoms_attr, None)
+        if atoms is not None:
+            # refused in a second, before allocating, rather than swapping until killed; the
+            # draw, its noise and the rows' indices are held at once
+            check_sample_size(int(n_samples), atoms.shape[1], atoms.dtype, copies=3)
         return int(n_samples)
 
     def _sample_noise(self, n_samples: int, n_features: int, rng) -> np.ndarray | float:

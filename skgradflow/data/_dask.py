@@ -19,6 +19,7 @@ import numpy as np
 from ..backends import Backend, DaskBackend, Targets, resolve_backend
 from ..backends._dask import _client, _draw, _require_dask, _session_lock, worker_engine
 from ..kernels import _MEDIAN_MAX_ROWS, Kernel, median_of_draws
+from ._memory import _extent
 from ._protocol import Data
 from ._validation import check_rows, check_weight_facts, check_weights, raise_for_defect
 
@@ -187,6 +188,11 @@ class DaskData(Data):
         self.weights = (weights / weights.sum()).rechunk((rows.chunks[0],))
         self.signs = signs
         self._positive: int | None = None
+
+    def extent(self) -> tuple[float, float]:
+        import dask
+
+        return _extent(*dask.compute(self.rows.min(axis=0), self.rows.max(axis=0)))
 
     # --- a data set like this one ------------------------------------------------------
     def with_rows(self, rows) -> DaskData:

@@ -37,6 +37,9 @@ class InMemoryData(Data):
         # rows of positive weight as given (merging keeps the count of the input)
         self._positive = int(np.count_nonzero(self._raw))
 
+    def extent(self) -> tuple[float, float]:
+        return _extent(self.rows.min(axis=0), self.rows.max(axis=0))
+
     # --- a data set like this one ------------------------------------------------------
     def with_rows(self, rows) -> InMemoryData:
         data = InMemoryData(np.asarray(rows), self.weights, self.held_here, self.signs)
@@ -128,3 +131,11 @@ class InMemoryData(Data):
 
     def map_rows(self, fn, backend: str | Backend, width: int) -> Any:
         return fn(self.rows, resolve_backend(backend, self.n_samples * width))
+
+
+def _extent(lowest: np.ndarray, highest: np.ndarray) -> tuple[float, float]:
+    """``extent()`` from the columns' minima and maxima (wherever computed)."""
+    lowest, highest = np.asarray(lowest, np.float64), np.asarray(highest, np.float64)
+    largest = float(max(np.abs(lowest).max(), np.abs(highest).max()))
+    with np.errstate(over="ignore"):  # a range past the largest float is inf: too large
+        return largest, float((highest - lowest).max())

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .._guards import representable_range
 from ..backends import Backend, Targets
 from ..kernels import Kernel, bandwidth_rule
 
@@ -48,6 +49,11 @@ class Data(ABC):
     @property
     def dtype(self) -> np.dtype:
         return np.dtype(self.rows.dtype)
+
+    @abstractmethod
+    def extent(self) -> tuple[float, float]:
+        """The largest absolute value of the rows, and the largest range (maximum less
+        minimum, in float64) of a feature: whether squared distances fit the dtype."""
 
     # --- a data set like this one ------------------------------------------------------
     @abstractmethod
@@ -104,9 +110,18 @@ class Data(ABC):
                   n_samples: float | None = None) -> float:
         """The bandwidth of a float or a rule, from this data set's statistics: the median
         heuristic, or Scott's or Silverman's rule with ``n = n_samples`` (by default the
-        effective sample size) and ``σ`` the root mean weighted variance of the features."""
+        effective sample size) and ``σ`` the root mean weighted variance of the features.
+
+        Rows that are all the same have no scale for a rule to measure: their bandwidth is
+        their resolution, the dtype's epsilon times their largest absolute value (the
+        smallest scale whose squares the dtype holds, for rows of zeros), so that the fit
+        is the point they sit on rather than a spread of a size taken from nowhere."""
         if not isinstance(rule, str):
             return float(rule)
+        largest, spread = self.extent()
+        if spread == 0.0:
+            lo, _ = representable_range(self.dtype)
+            return max(float(np.finfo(self.dtype).eps) * largest, lo)
         if rule == "median":
             return self.median_distance(rng)
         sigma = self.root_mean_variance()
