@@ -697,3 +697,23 @@ def test_the_command_line_refuses_a_draw_larger_than_memory(tmp_path, capsys):
     (line,) = capsys.readouterr().err.splitlines()[-1:]
     assert line.startswith("skgradflow: error: IFTSampler: n_samples=1000000000000 would need")
     assert not out.exists()
+
+
+def test_a_benchmark_table_is_written_whole_or_not_at_all(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from _common import write_table
+
+    from skgradflow import _atomic
+
+    out = tmp_path / "table.md"
+    write_table("| old |\n", str(out))
+    assert out.read_text() == "| old |\n"
+
+    def interrupted_replace(source, target):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_atomic.os, "replace", interrupted_replace)
+    with pytest.raises(KeyboardInterrupt):
+        write_table("| new |\n", str(out))
+    assert out.read_text() == "| old |\n" and list(tmp_path.iterdir()) == [out]
+    assert capsys.readouterr().out == "| old |\n| new |\n"
