@@ -74,6 +74,51 @@ def test_blocks_of_every_length_give_the_dense_result(name, dtype):
                 np.testing.assert_allclose(g, w, rtol=tol, atol=tol * np.abs(w).max())
 
 
+@pytest.mark.parametrize("dims", [8, 17])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_blocked_distances_in_many_dims_give_the_dense_result(dims, dtype):
+    # From BLOCKED_MIN_DIMS coordinates the distances come from matrix products: checked
+    # against the NumPy backend's differences on data far from the origin (the product
+    # cancels there unless centred), with points repeated among the sources (r = 0 exactly,
+    # where the cusp kernels' gradient factor is 0, not 1/r of a rounding error), tiles of
+    # rows cut short and blocks of every length, on one thread and on two.
+    from skgradflow.backends._numba import BLOCKED_MIN_DIMS
+
+    assert dims >= BLOCKED_MIN_DIMS
+    rng = np.random.default_rng(4)
+    # far enough that |z|² + |s|² - 2 z·s about the origin would miss the tolerance (float32:
+    # less far, where the float32 oracle's own moments still meet it)
+    offset = 1000.0 if dtype == np.float64 else 20.0
+    Z = (offset + rng.normal(size=(45, dims))).astype(dtype)
+    S = np.concatenate([Z[:7], offset + rng.normal(size=(600, dims))]).astype(dtype)
+    V = rng.normal(size=(607, 2)).astype(dtype)
+    a = rng.normal(size=607).astype(dtype)
+    logv = rng.normal(size=607).astype(dtype)
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+
+    def close(got, want):
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == dtype
+            np.testing.assert_allclose(g, w, rtol=tol, atol=tol * np.abs(w).max())
+
+    for threads in (1, 2):
+        fast, dense = NumbaBackend(n_threads=threads), NumpyBackend()
+        for sources in (S, S[:1], S[:256], S[:257]):
+            m = sources.shape[0]
+            for name in KERNELS:
+                kern = Kernel(name, 0.5 * np.sqrt(dims))
+                for channels in (1, 2):
+                    close(fast.value_grad(kern, Z, sources, V[:m, :channels], a[:m]),
+                          dense.value_grad(kern, Z, sources, V[:m, :channels], a[:m]))
+                close([fast.matvec(kern, Z, sources, V[:m])],
+                      [dense.matvec(kern, Z, sources, V[:m])])
+            kern = Kernel("gaussian", 0.5 * np.sqrt(dims))
+            close([fast.logsumexp(kern, Z, sources, logv[:m])],
+                  [dense.logsumexp(kern, Z, sources, logv[:m])])
+            close(fast.softmax_moments(kern, Z, sources, logv[:m]),
+                  dense.softmax_moments(kern, Z, sources, logv[:m]))
+
+
 def test_one_thread_gives_the_result_of_all_threads_and_bad_counts_are_refused(rng):
     Z = rng.normal(size=(50, 2))
     S = rng.normal(size=(300, 2))
