@@ -81,11 +81,13 @@ DTYPES = [np.float64, np.float32]
 def _skip_costly(engine, dtype, d):
     if engine.name == "keops" and dtype == np.float32 and d == 1:
         pytest.skip("float32 is covered in d = 3 (one KeOps compile less per kernel)")
+    if engine.name in ("keops", "dask") and d == 9:
+        pytest.skip("d = 9 is for the Numba backend's blocked loops (KeOps: one compile more)")
 
 
 # --- the four reductions over explicit sources ------------------------------------------
 @pytest.mark.parametrize("name", KERNELS)
-@pytest.mark.parametrize("d", [1, 3])
+@pytest.mark.parametrize("d", [1, 3, 9])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_matvec_and_value_grad_match_dense_formulas(engine, name, d, dtype, rng):
     _skip_costly(engine, dtype, d)
@@ -106,7 +108,7 @@ def test_matvec_and_value_grad_match_dense_formulas(engine, name, d, dtype, rng)
     assert engine.matvec(kern, Z, S, V[:, :1]).shape == (Z.shape[0], 1)
 
 
-@pytest.mark.parametrize("d", [1, 3])
+@pytest.mark.parametrize("d", [1, 3, 9])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_log_domain_reductions_match_dense_formulas(engine, d, dtype, rng):
     _skip_costly(engine, dtype, d)
@@ -282,6 +284,78 @@ def test_auto_uses_numba_for_large_runs_on_a_cpu():
     if gpu_possible():
         pytest.skip("a GPU may be present: KeOps would be asked first")
     assert resolve_backend("auto", 10**10).device == "numba-cpu"
+
+
+@needs_numba
+def test_auto_weighs_the_numba_start_against_the_time_it_saves(monkeypatch):
+    from skgradflow.backends import _registry
+
+    if gpu_possible():
+        pytest.skip("a GPU may be present: KeOps would be asked first")
+    # the saving: NumPy's time less Numba's per kernel entry, times the work, so ten times
+    # the calls save ten times as much, and at 30 × 100 from d = 8 NumPy is the faster
+    one = _registry.numba_saving_s(500 * 1757, 16)
+    assert one > 0 and np.isclose(_registry.numba_saving_s(500 * 1757, 16, 10), 10 * one)
+    assert _registry.numba_saving_s(30 * 100, 16, 10**6) < 0
+    asked = []
+
+    def ready(answer):
+        return lambda n_dims: asked.append(n_dims) or answer
+
+    def pick(n_pairs, n_calls, n_dims):
+        return resolve_backend("auto", n_pairs, n_calls=n_calls, n_dims=n_dims).device
+
+    warm = _registry.AUTO_NUMBA_WARM_START_S
+    cold = _registry.AUTO_NUMBA_COLD_START_S
+    pairs = 500 * 1757
+    between = int(np.ceil(2 * warm / _registry.numba_saving_s(pairs, 16)))  # saves 2x a load
+    assert _registry.numba_saving_s(pairs, 16, between) < cold
+    # cached loops: a load pays off; loops to compile: it does not
+    monkeypatch.setattr(_registry, "loops_ready", ready(True))
+    assert pick(pairs, between, 16) == "numba-cpu"
+    monkeypatch.setattr(_registry, "loops_ready", ready(False))
+    assert pick(pairs, between, 16) == "numpy"
+    assert asked == [16, 16]
+    # a saving above a compile: Numba without asking; NumPy's faster calls: NumPy
+    large = int(np.ceil(2 * cold / _registry.numba_saving_s(pairs, 16)))
+    assert pick(pairs, large, 16) == "numba-cpu"
+    assert pick(30 * 100, 10**6, 16) == "numpy"
+    assert asked == [16, 16]
+
+
+@needs_numba
+def test_a_small_auto_run_does_not_import_numba():
+    # in a fresh process: the run saves less than Numba's import would cost
+    program = (
+        "import sys\n"
+        "from skgradflow.backends import resolve_backend\n"
+        "engine = resolve_backend('auto', 100 * 400, n_calls=100, n_dims=16)\n"
+        "print(engine.device, 'numba' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         timeout=300, check=True).stdout.split()
+    assert out == ["numpy", "False"]
+
+
+@needs_numba
+def test_loops_ready_reads_the_cache_and_the_loops_loaded_here(tmp_path):
+    from skgradflow.backends._numba import loops_ready
+
+    kern = Kernel("gaussian", 1.0)
+    Z = np.random.default_rng(0).normal(size=(5, 9))
+    engine = resolve_backend("numba", 1)
+    engine.value_grad(kern, Z, Z, Z[:, :1], Z[:, 0])
+    engine.matvec(kern, Z, Z, Z[:, :1])
+    engine.logsumexp(kern, Z, Z, Z[:, 0])
+    engine.softmax_moments(kern, Z, Z, Z[:, 0])
+    assert loops_ready(9)
+    # an empty cache, in a fresh process: nothing loaded, nothing cached
+    program = ("from skgradflow.backends._numba import loops_ready\n"
+               "print(loops_ready(2), loops_ready(9))\n")
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path)), timeout=300,
+                         check=True).stdout.split()
+    assert out == ["False", "False"]
 
 
 @needs_keops
