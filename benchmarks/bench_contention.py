@@ -19,8 +19,9 @@ as the rows take (started by this script, at its own priority, and stopped after
 3. **calls**: one ``value_grad`` reduction (the MMD flows' witness and gradient) of ``N``
    points against ``M`` sources, for ``d`` in ``--dims``, on every engine in ``--engines``
    (``numba, per-pair loop``: the Numba backend without its blocked loops for d >= 8): the
-   best of ``--repeats`` warm calls, quiet only, and the engine ``backend="auto"`` picks for
-   one such call and for 500; then NumPy's time less Numba's per kernel entry, the figures
+   best of ``--repeats`` warm calls, quiet only, and from how many such calls in a run
+   ``backend="auto"`` picks Numba (its loops loaded in the process, in its disk cache, or to
+   compile); then NumPy's time less Numba's per kernel entry, the figures
    ``AUTO_NUMBA_SAVES_NS`` in ``skgradflow/backends/_registry.py`` holds.
 4. **starts**: Numba's start in a fresh process, for each ``d``: importing it, then the first
    ``value_grad`` and ``matvec`` (compiled with an empty ``NUMBA_CACHE_DIR``, then loaded from
@@ -147,14 +148,26 @@ def grid(args) -> list[str]:
     return lines + [""]
 
 
+def auto_from(n_pairs: int, d: int) -> list[str]:
+    """The number of such calls in a run from which ``backend="auto"`` picks Numba: with its
+    loops loaded in the process, in its disk cache, and still to compile (the rule of
+    ``_registry._numba_pays_off``, from the savings and starts it holds)."""
+    from skgradflow.backends import _registry
+
+    saving = _registry.numba_saving_s(n_pairs, d)
+    if saving <= 0:
+        return ["never"] * 3
+    starts = (0.0, _registry.AUTO_NUMBA_WARM_START_S, _registry.AUTO_NUMBA_COLD_START_S)
+    return [f"{max(1, int(np.ceil(start / saving))):,}" for start in starts]
+
+
 def calls(args) -> list[str]:
-    from skgradflow.backends import resolve_backend
     from skgradflow.kernels import Kernel
 
     lines = ["### One value_grad reduction, warm (best of repeats)", "",
              "| N | M | d | " + " | ".join(f"{e} ms" for e in args.engines)
-             + " | numpy / numba | auto, 1 call | auto, 500 calls |",
-             "|---:|---:|---:|" + "---:|" * (len(args.engines) + 1) + "---|---|"]
+             + " | numpy / numba | auto: Numba from calls, loops loaded | cached | compiled |",
+             "|---:|---:|---:|" + "---:|" * (len(args.engines) + 4)]
     saved: dict[int, list[float]] = {}
     rng = np.random.default_rng(0)
     for n, m in args.sizes:
@@ -179,10 +192,9 @@ def calls(args) -> list[str]:
             if {"numpy", "numba"} <= row.keys():
                 ratio = f"{row['numpy'] / row['numba']:.1f}"
                 saved.setdefault(d, []).append(1e6 * (row["numpy"] - row["numba"]) / (n * m))
-            auto = [resolve_backend("auto", n * m, n_calls=k, n_dims=d).device for k in (1, 500)]
             lines.append(f"| {n} | {m} | {d} | " + " | ".join(f"{row[e]:.3g}" for e in
                                                               args.engines)
-                         + f" | {ratio} | {auto[0]} | {auto[1]} |")
+                         + f" | {ratio} | " + " | ".join(auto_from(n * m, d)) + " |")
     lines += [""]
     if saved:
         lines += ["NumPy's time less Numba's (default threads) per kernel entry, ns, at each size "

@@ -74,7 +74,7 @@ def test_blocks_of_every_length_give_the_dense_result(name, dtype):
                 np.testing.assert_allclose(g, w, rtol=tol, atol=tol * np.abs(w).max())
 
 
-@pytest.mark.parametrize("dims", [8, 17])
+@pytest.mark.parametrize("dims", [8, 17, 40])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_blocked_distances_in_many_dims_give_the_dense_result(dims, dtype):
     # From BLOCKED_MIN_DIMS coordinates the distances come from matrix products: checked

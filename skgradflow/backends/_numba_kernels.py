@@ -500,6 +500,16 @@ def softmax_moments_chunks(Z, ST, cw, c, mass, first, bounds, state, owner, me, 
 # 2⁻⁴⁴ ≈ 6·10⁻¹⁴ relative to r² (d ≤ 128) where the product is kept.
 SMALL_R2 = 1.0 / 512.0
 TILE_ROWS = 32
+# Rows per tile times coordinates at most this: each product then has at most
+# 256 · 1024 = 2¹⁸ multiply-adds, which OpenBLAS (SciPy's, which Numba calls) computes on the
+# calling thread; above that it would start threads of its own inside every helper thread's
+# product.
+TILE_ROW_COORDS = 1024
+
+
+@njit(inline="always")
+def _tile_rows(d):
+    return max(1, min(TILE_ROWS, TILE_ROW_COORDS // d))
 
 
 @njit(inline="always", fastmath=_FAST)
@@ -548,8 +558,9 @@ def value_grad_tiles(Z, Z64, nz, SB, ns, S64, SP, VT, a, kind, c, val, grad, i0,
     acc = np.zeros((TILE_ROWS, p), dtype=np.float64)
     g = np.zeros((TILE_ROWS, d), dtype=np.float64)
     mass = np.zeros(TILE_ROWS, dtype=np.float64)
-    for t0 in range(i0, i1, TILE_ROWS):
-        nr = min(TILE_ROWS, i1 - t0)
+    tile = _tile_rows(Z.shape[1])
+    for t0 in range(i0, i1, tile):
+        nr = min(tile, i1 - t0)
         acc[:] = 0.0
         g[:] = 0.0
         mass[:] = 0.0
@@ -591,8 +602,9 @@ def matvec_tiles(Z, Z64, nz, SB, ns, S64, VT, kind, c, out, i0, i1):
     r2 = np.empty(BLOCK, dtype=Z.dtype)
     kv = np.empty(BLOCK, dtype=Z.dtype)
     acc = np.zeros((TILE_ROWS, p), dtype=np.float64)
-    for t0 in range(i0, i1, TILE_ROWS):
-        nr = min(TILE_ROWS, i1 - t0)
+    tile = _tile_rows(Z.shape[1])
+    for t0 in range(i0, i1, tile):
+        nr = min(tile, i1 - t0)
         acc[:] = 0.0
         for b in range(SB.shape[0]):
             j0 = b * BLOCK
@@ -618,8 +630,9 @@ def logsumexp_tiles(Z, Z64, nz, SB, ns, S64, logv, c, out, i0, i1):
     r2 = np.empty(BLOCK, dtype=Z.dtype)
     top = np.empty(TILE_ROWS, dtype=Z.dtype)
     total = np.zeros(TILE_ROWS, dtype=np.float64)
-    for t0 in range(i0, i1, TILE_ROWS):
-        nr = min(TILE_ROWS, i1 - t0)
+    tile = _tile_rows(Z.shape[1])
+    for t0 in range(i0, i1, tile):
+        nr = min(tile, i1 - t0)
         top[:] = -np.inf
         total[:] = 0.0
         for b in range(SB.shape[0]):
@@ -656,8 +669,9 @@ def softmax_moments_tiles(Z, Z64, nz, SB, ns, S64, SP, cw, c, mass, first, i0, i
     moment = np.empty((TILE_ROWS, d), dtype=Z.dtype)
     g = np.zeros((TILE_ROWS, d), dtype=np.float64)
     total = np.zeros(TILE_ROWS, dtype=np.float64)
-    for t0 in range(i0, i1, TILE_ROWS):
-        nr = min(TILE_ROWS, i1 - t0)
+    tile = _tile_rows(Z.shape[1])
+    for t0 in range(i0, i1, tile):
+        nr = min(tile, i1 - t0)
         g[:] = 0.0
         total[:] = 0.0
         for b in range(SB.shape[0]):
