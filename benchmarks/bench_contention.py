@@ -5,8 +5,8 @@ Run on demand (never part of the test suite)::
     python benchmarks/bench_contention.py                    # every table, a few minutes
     python benchmarks/bench_contention.py --tables calls --dims 2 16 --out contention.md
 
-Four tables, every row measured in this one invocation, so that their ratios compare like with
-like on a shared machine.  *Busy* means beside two processes that spin on the CPU for as long
+Five tables, the first four measured in this one invocation, so that their ratios compare like
+with like on a shared machine.  *Busy* means beside two processes that spin on the CPU for as long
 as the rows take (started by this script, at its own priority, and stopped after them).
 
 1. **fits**: one default ``IFTSampler(random_state=0)`` fit plus ``sample(1000)`` on the
@@ -19,13 +19,14 @@ as the rows take (started by this script, at its own priority, and stopped after
 3. **calls**: one ``value_grad`` reduction (the MMD flows' witness and gradient) of ``N``
    points against ``M`` sources, for ``d`` in ``--dims``, on every engine in ``--engines``
    (``numba, per-pair loop``: the Numba backend without its blocked loops for d >= 8): the
-   best of ``--repeats`` warm calls, quiet only, and from how many such calls in a run
-   ``backend="auto"`` picks Numba (its loops loaded in the process, in its disk cache, or to
-   compile); then NumPy's time less Numba's per kernel entry, the figures
-   ``AUTO_NUMBA_SAVES_NS`` in ``skgradflow/backends/_registry.py`` holds.
+   best of ``--repeats`` warm calls, quiet only; then NumPy's time less Numba's per kernel
+   entry, the figures ``AUTO_NUMBA_SAVES_NS`` in ``skgradflow/backends/_registry.py`` holds.
 4. **starts**: Numba's start in a fresh process, for each ``d``: importing it, then the first
    ``value_grad`` and ``matvec`` (compiled with an empty ``NUMBA_CACHE_DIR``, then loaded from
    the cache that run filled): ``AUTO_NUMBA_WARM_START_S`` and ``AUTO_NUMBA_COLD_START_S``.
+5. **crossovers**: no measurement: from how many calls of each size ``backend="auto"`` picks
+   Numba, with its loops loaded in the process, in its disk cache, or to compile, from the
+   figures the registry holds.
 
 Progress goes to stderr, the markdown tables to stdout (and to ``--out``).
 """
@@ -161,13 +162,23 @@ def auto_from(n_pairs: int, d: int) -> list[str]:
     return [f"{max(1, int(np.ceil(start / saving))):,}" for start in starts]
 
 
+def crossovers(args) -> list[str]:
+    """No measurement: what ``backend="auto"`` makes of the figures it holds, at each size."""
+    lines = ["### backend=\"auto\": from how many value_grad calls of N × M a run goes to Numba",
+             "", "| N | M | d | Numba's loops loaded | in its disk cache | to compile |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for n, m in args.sizes:
+        for d in args.dims:
+            lines.append(f"| {n} | {m} | {d} | " + " | ".join(auto_from(n * m, d)) + " |")
+    return lines + [""]
+
+
 def calls(args) -> list[str]:
     from skgradflow.kernels import Kernel
 
     lines = ["### One value_grad reduction, warm (best of repeats)", "",
              "| N | M | d | " + " | ".join(f"{e} ms" for e in args.engines)
-             + " | numpy / numba | auto: Numba from calls, loops loaded | cached | compiled |",
-             "|---:|---:|---:|" + "---:|" * (len(args.engines) + 4)]
+             + " | numpy / numba |", "|---:|---:|---:|" + "---:|" * (len(args.engines) + 1)]
     saved: dict[int, list[float]] = {}
     rng = np.random.default_rng(0)
     for n, m in args.sizes:
@@ -194,7 +205,7 @@ def calls(args) -> list[str]:
                 saved.setdefault(d, []).append(1e6 * (row["numpy"] - row["numba"]) / (n * m))
             lines.append(f"| {n} | {m} | {d} | " + " | ".join(f"{row[e]:.3g}" for e in
                                                               args.engines)
-                         + f" | {ratio} | " + " | ".join(auto_from(n * m, d)) + " |")
+                         + f" | {ratio} |")
     lines += [""]
     if saved:
         lines += ["NumPy's time less Numba's (default threads) per kernel entry, ns, at each size "
@@ -254,8 +265,9 @@ def starts(args) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tables", nargs="+", choices=["fits", "grid", "calls", "starts"],
-                   default=["fits", "grid", "calls", "starts"])
+    p.add_argument("--tables", nargs="+",
+                   choices=["fits", "grid", "calls", "starts", "crossovers"],
+                   default=["fits", "grid", "calls", "starts", "crossovers"])
     p.add_argument("--fit-engines", nargs="+", default=["auto", "numba", "numba, 1 thread",
                                                          "numpy"])
     p.add_argument("--engines", nargs="+",
@@ -280,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{time.strftime('%Y-%m-%d %H:%M')}; load average before: "
              f"{os.getloadavg()[0]:.1f}.", ""]
     for table in args.tables:
-        lines += {"fits": fits, "grid": grid, "calls": calls, "starts": starts}[table](args)
+        lines += {"fits": fits, "grid": grid, "calls": calls, "starts": starts,
+                  "crossovers": crossovers}[table](args)
     write_table("\n".join(lines), args.out)
     return 0
 

@@ -78,6 +78,15 @@ def engine(request):
 DTYPES = [np.float64, np.float32]
 
 
+def _blocked_loops_at_nine_dims(d, monkeypatch):
+    """At d = 9, the Numba backend's blocked loops, which it uses from 8 coordinates in calls
+    of 10⁵ kernel entries and more, also in these small calls."""
+    if d == 9:
+        from skgradflow.backends import _numba
+
+        monkeypatch.setattr(_numba, "BLOCKED_MIN_PAIRS", 0)
+
+
 def _skip_costly(engine, dtype, d):
     if engine.name == "keops" and dtype == np.float32 and d == 1:
         pytest.skip("float32 is covered in d = 3 (one KeOps compile less per kernel)")
@@ -89,8 +98,9 @@ def _skip_costly(engine, dtype, d):
 @pytest.mark.parametrize("name", KERNELS)
 @pytest.mark.parametrize("d", [1, 3, 9])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_matvec_and_value_grad_match_dense_formulas(engine, name, d, dtype, rng):
+def test_matvec_and_value_grad_match_dense_formulas(engine, name, d, dtype, rng, monkeypatch):
     _skip_costly(engine, dtype, d)
+    _blocked_loops_at_nine_dims(d, monkeypatch)
     Z, S, V, a = make_inputs(rng, d, dtype)
     K, G = dense_kernel(name, Z.astype(float), S.astype(float), H)
     kern = Kernel(name, H)
@@ -110,8 +120,9 @@ def test_matvec_and_value_grad_match_dense_formulas(engine, name, d, dtype, rng)
 
 @pytest.mark.parametrize("d", [1, 3, 9])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_log_domain_reductions_match_dense_formulas(engine, d, dtype, rng):
+def test_log_domain_reductions_match_dense_formulas(engine, d, dtype, rng, monkeypatch):
     _skip_costly(engine, dtype, d)
+    _blocked_loops_at_nine_dims(d, monkeypatch)
     Z, S, _, _ = make_inputs(rng, d, dtype)
     logv = rng.normal(size=S.shape[0]).astype(dtype)
     r2 = ((Z[:, None, :].astype(float) - S[None, :, :]) ** 2).sum(-1) / H**2
@@ -338,17 +349,19 @@ def test_a_small_auto_run_does_not_import_numba():
 
 
 @needs_numba
-def test_loops_ready_reads_the_cache_and_the_loops_loaded_here(tmp_path):
-    from skgradflow.backends._numba import loops_ready
+def test_loops_ready_reads_the_cache_and_the_loops_loaded_here(tmp_path, monkeypatch):
+    from skgradflow.backends import _numba
 
     kern = Kernel("gaussian", 1.0)
     Z = np.random.default_rng(0).normal(size=(5, 9))
     engine = resolve_backend("numba", 1)
-    engine.value_grad(kern, Z, Z, Z[:, :1], Z[:, 0])
-    engine.matvec(kern, Z, Z, Z[:, :1])
-    engine.logsumexp(kern, Z, Z, Z[:, 0])
-    engine.softmax_moments(kern, Z, Z, Z[:, 0])
-    assert loops_ready(9)
+    for blocked_from in (10**9, 0):  # the per-pair loops, then the blocked ones
+        monkeypatch.setattr(_numba, "BLOCKED_MIN_PAIRS", blocked_from)
+        engine.value_grad(kern, Z, Z, Z[:, :1], Z[:, 0])
+        engine.matvec(kern, Z, Z, Z[:, :1])
+        engine.logsumexp(kern, Z, Z, Z[:, 0])
+        engine.softmax_moments(kern, Z, Z, Z[:, 0])
+    assert _numba.loops_ready(9)
     # an empty cache, in a fresh process: nothing loaded, nothing cached
     program = ("from skgradflow.backends._numba import loops_ready\n"
                "print(loops_ready(2), loops_ready(9))\n")

@@ -76,15 +76,17 @@ def test_blocks_of_every_length_give_the_dense_result(name, dtype):
 
 @pytest.mark.parametrize("dims", [8, 17, 40])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_blocked_distances_in_many_dims_give_the_dense_result(dims, dtype):
-    # From BLOCKED_MIN_DIMS coordinates the distances come from matrix products: checked
+def test_blocked_distances_in_many_dims_give_the_dense_result(dims, dtype, monkeypatch):
+    # From BLOCKED_MIN_DIMS coordinates (in large calls; here in every call) the distances
+    # come from matrix products: checked
     # against the NumPy backend's differences on data far from the origin (the product
     # cancels there unless centred), with points repeated among the sources (r = 0 exactly,
     # where the cusp kernels' gradient factor is 0, not 1/r of a rounding error), tiles of
     # rows cut short and blocks of every length, on one thread and on two.
-    from skgradflow.backends._numba import BLOCKED_MIN_DIMS
+    from skgradflow.backends import _numba
 
-    assert dims >= BLOCKED_MIN_DIMS
+    assert dims >= _numba.BLOCKED_MIN_DIMS
+    monkeypatch.setattr(_numba, "BLOCKED_MIN_PAIRS", 0)  # small calls too
     rng = np.random.default_rng(4)
     # far enough that |z|² + |s|² - 2 z·s about the origin would miss the tolerance (float32:
     # less far, where the float32 oracle's own moments still meet it)

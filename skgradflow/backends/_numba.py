@@ -7,9 +7,10 @@ On a CPU it runs the flows 2-3x faster than KeOps and the blockwise NumPy backen
 compiled loops are cached on disk by Numba: about a minute of compiling on first use in a new
 environment (all reductions, both dtypes), then a fraction of a second per process.
 
-Numba is a dependency of the package; ``backend="auto"`` uses this backend for every CPU run
-above its work threshold.  Where Numba cannot be imported (one built for another NumPy),
-``"auto"`` does without it and ``backend="numba"`` raises :class:`NumbaUnavailableError`.
+Numba is a dependency of the package; ``backend="auto"`` uses this backend on a CPU where the
+time it saves over NumPy exceeds its start (see ``_registry.py``).  Where Numba cannot be
+imported (one built for another NumPy), ``"auto"`` does without it and ``backend="numba"``
+raises :class:`NumbaUnavailableError`.
 """
 
 from __future__ import annotations
@@ -43,18 +44,22 @@ _CALLER_CLAIMS = 4
 _compiled: set[tuple] = set()
 
 
-# From this many coordinates on, distances and first moments come from matrix products over
-# tiles of rows and blocks of sources (the ``*_tiles`` loops) rather than a loop over the
-# coordinates of every pair.  Measured with ``python benchmarks/bench_contention.py --tables
-# calls`` (column "numba, per-pair loop"; docs/benchmarks.md), one value_grad at N × M =
-# 500 × 1757: the products cost about 0.3 ms more at d = 4 (1.85 against 1.55 ms, one
-# thread), break even at d = 8 (2.1 against 2.4 ms), and are 3x faster at d = 16 (2.6 against
-# 7.8 ms) and 4x at d = 32 (3.7 against 15.5 ms).
+# From BLOCKED_MIN_DIMS coordinates and BLOCKED_MIN_PAIRS kernel entries a call on, distances
+# and first moments come from matrix products over tiles of rows and blocks of sources (the
+# ``*_tiles`` loops) rather than a loop over the coordinates of every pair.  Measured with
+# ``python benchmarks/bench_contention.py --tables calls`` (column "numba, per-pair loop";
+# docs/benchmarks.md), best of 11 value_grad calls, 2 shared cores: at N × M = 500 × 1757 the
+# products are as fast at d = 8 (2.2 against 2.3 ms), 3x faster at d = 16 (2.7 against 8.3
+# ms) and 4x at d = 32 (3.8 against 15.6 ms); at 100 × 400 preparing their inputs (about 40
+# µs) costs as much as they save at d = 16 (0.20 ms either way), more at d = 8 (0.17 against
+# 0.12 ms); at 30 × 100 twice the call.  (With the threshold lowered to d = 4, once: 1.85
+# against 1.55 ms at 500 × 1757, one thread.)
 BLOCKED_MIN_DIMS = 8
+BLOCKED_MIN_PAIRS = 100_000
 
 
-def _blocked(Z: np.ndarray) -> bool:
-    return Z.shape[1] >= BLOCKED_MIN_DIMS
+def _blocked(Z: np.ndarray, S: np.ndarray) -> bool:
+    return Z.shape[1] >= BLOCKED_MIN_DIMS and Z.shape[0] * S.shape[0] >= BLOCKED_MIN_PAIRS
 
 
 class NumbaUnavailableError(ImportError):
@@ -281,9 +286,10 @@ def numba_installed() -> bool:
 
 
 def loops_ready(n_dims: int) -> bool:
-    """Whether the four reductions for data of ``n_dims`` coordinates start without a
-    compile: loaded in this process already, or in Numba's disk cache (compiled since the
-    loops' source last changed).  Imports Numba (about a second) unless it already is.
+    """Whether the four reductions for data of ``n_dims`` coordinates (their per-pair loops,
+    and their blocked loops from ``BLOCKED_MIN_DIMS``) start without a compile: loaded in
+    this process already, or in Numba's disk cache (compiled since the loops' source last
+    changed).  Imports Numba (about a second) unless it already is.
 
     Examples
     --------
@@ -291,8 +297,8 @@ def loops_ready(n_dims: int) -> bool:
     >>> isinstance(loops_ready(2), bool)
     True
     """
-    suffix = "_tiles" if n_dims >= BLOCKED_MIN_DIMS else ""
-    names = [f"{r}{suffix}" for r in ("value_grad", "matvec", "logsumexp", "softmax_moments")]
+    reductions = ("value_grad", "matvec", "logsumexp", "softmax_moments")
+    names = [*reductions, *(f"{r}_tiles" for r in reductions if n_dims >= BLOCKED_MIN_DIMS)]
     loaded = {name for name, _ in _compiled}
     if all(name in loaded for name in names):
         return True
@@ -301,7 +307,7 @@ def loops_ready(n_dims: int) -> bool:
     except NumbaUnavailableError:
         return False
     for name in names:
-        for fn in (f"{name}_chunks", name if suffix else f"{name}_rows"):
+        for fn in (f"{name}_chunks", name if name.endswith("_tiles") else f"{name}_rows"):
             try:  # an index that holds compiled code for the current source
                 if not getattr(nk, fn)._cache._cache_file._load_index():
                     return False
@@ -323,8 +329,12 @@ class NumbaBackend(Backend):
     Notes
     -----
     Distances come from differences, as in the other backends, so nothing is lost near
-    ``r = 0``.  The exponential is a range-reduced polynomial accurate to about 1 ulp in
-    float64 and float32.  Results agree with the NumPy backend to 1e-10 (float64) and 1e-4
+    ``r = 0``; from ``BLOCKED_MIN_DIMS`` (8) coordinates on (in calls of at least
+    ``BLOCKED_MIN_PAIRS`` kernel entries), from the matrix product
+    ``|z|² + |s|² - 2 z·s`` in float64 on coordinates centred on the sources' mean, and again
+    from differences for each pair where the product cancels (``r² < (|z|² + |s|²) / 512``).
+    The exponential is a range-reduced polynomial accurate to about 1 ulp in float64 and
+    float32.  Results agree with the NumPy backend to 1e-10 (float64) and 1e-4
     (float32), relative.  Compiled loops are cached on disk by Numba (next to the package, or
     in Numba's user cache directory, or ``NUMBA_CACHE_DIR``).
 
@@ -422,7 +432,7 @@ class NumbaBackend(Backend):
     def matvec(self, kernel: Kernel, Z: np.ndarray, S: np.ndarray, V: np.ndarray) -> np.ndarray:
         VT = np.ascontiguousarray(V.T, dtype=Z.dtype)
         out = np.zeros((Z.shape[0], V.shape[1]), dtype=Z.dtype)
-        if _blocked(Z):
+        if _blocked(Z, S):
             tiles, _, c = self._prepare_tiles(kernel, Z, S)
             self._call("matvec_tiles", S.shape[0],
                        (*tiles, VT, KERNELS.index(kernel.name), c), (out,))
@@ -439,7 +449,7 @@ class NumbaBackend(Backend):
         a = np.ascontiguousarray(a.reshape(-1), dtype=Z.dtype)
         val = np.zeros((Z.shape[0], V.shape[1]), dtype=Z.dtype)
         grad = np.zeros(Z.shape, dtype=Z.dtype)
-        if _blocked(Z):
+        if _blocked(Z, S):
             tiles, SP, c = self._prepare_tiles(kernel, Z, S)
             self._call("value_grad_tiles", S.shape[0],
                        (*tiles, SP, VT, a, KERNELS.index(kernel.name), c), (val, grad))
@@ -455,7 +465,7 @@ class NumbaBackend(Backend):
         check_log_domain_kernel(kernel)
         logv = np.ascontiguousarray(logv, dtype=Z.dtype)
         out = np.empty(Z.shape[0], dtype=Z.dtype)
-        if _blocked(Z):
+        if _blocked(Z, S):
             tiles, _, c = self._prepare_tiles(kernel, Z, S)
             self._call("logsumexp_tiles", S.shape[0], (*tiles, logv, c), (out,))
             return out
@@ -470,7 +480,7 @@ class NumbaBackend(Backend):
         cw = np.ascontiguousarray(c, dtype=Z.dtype)
         mass = np.zeros(Z.shape[0], dtype=Z.dtype)
         first = np.zeros(Z.shape, dtype=Z.dtype)
-        if _blocked(Z):
+        if _blocked(Z, S):
             tiles, SP, consts = self._prepare_tiles(kernel, Z, S)
             self._call("softmax_moments_tiles", S.shape[0], (*tiles, SP, cw, consts),
                        (mass, first))

@@ -2,7 +2,7 @@
 
 Never more than ``BLOCK_ROWS × BLOCK_COLS`` kernel entries exist at once.  It needs no
 compiler, is the test oracle of the other backends, and is what ``backend="auto"`` picks for
-small runs, where a KeOps compile would dominate.
+small runs, where starting the Numba backend would cost more than it saves.
 """
 
 from __future__ import annotations
