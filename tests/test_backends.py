@@ -303,35 +303,42 @@ def test_auto_weighs_the_numba_start_against_the_time_it_saves(monkeypatch):
 
     if gpu_possible():
         pytest.skip("a GPU may be present: KeOps would be asked first")
-    # the saving: NumPy's time less Numba's per kernel entry, times the work, so ten times
-    # the calls save ten times as much, and at 30 × 100 from d = 8 NumPy is the faster
-    one = _registry.numba_saving_s(500 * 1757, 16)
-    assert one > 0 and np.isclose(_registry.numba_saving_s(500 * 1757, 16, 10), 10 * one)
-    assert _registry.numba_saving_s(30 * 100, 16, 10**6) < 0
+    # a table of savings made up here: 10 ns an entry from the third size on at every d, and
+    # NumPy the faster at the first size
+    sizes = _registry.AUTO_NUMBA_SIZES
+    monkeypatch.setattr(_registry, "AUTO_NUMBA_SAVES_NS",
+                        {2: (-5.0, 0.0, 10.0, 10.0), 32: (-5.0, 0.0, 10.0, 10.0)})
+    pairs = sizes[2]
+    assert np.isclose(_registry.numba_saving_s(pairs, 16, 7), 7 * pairs * 10e-9)
+    assert np.isclose(_registry.numba_saving_s(sizes[0], 16), -5e-9 * sizes[0])
     asked = []
 
     def ready(answer):
         return lambda n_dims: asked.append(n_dims) or answer
 
-    def pick(n_pairs, n_calls, n_dims):
+    def pick(n_pairs, n_calls, n_dims=16):
         return resolve_backend("auto", n_pairs, n_calls=n_calls, n_dims=n_dims).device
 
     warm = _registry.AUTO_NUMBA_WARM_START_S
     cold = _registry.AUTO_NUMBA_COLD_START_S
-    pairs = 500 * 1757
-    between = int(np.ceil(2 * warm / _registry.numba_saving_s(pairs, 16)))  # saves 2x a load
-    assert _registry.numba_saving_s(pairs, 16, between) < cold
+    between = int(np.ceil(2 * warm / (pairs * 10e-9)))  # saves twice a load
+    assert between * pairs * 10e-9 < cold
     # cached loops: a load pays off; loops to compile: it does not
     monkeypatch.setattr(_registry, "loops_ready", ready(True))
-    assert pick(pairs, between, 16) == "numba-cpu"
+    assert pick(pairs, between) == "numba-cpu"
     monkeypatch.setattr(_registry, "loops_ready", ready(False))
-    assert pick(pairs, between, 16) == "numpy"
+    assert pick(pairs, between) == "numpy"
     assert asked == [16, 16]
-    # a saving above a compile: Numba without asking; NumPy's faster calls: NumPy
-    large = int(np.ceil(2 * cold / _registry.numba_saving_s(pairs, 16)))
-    assert pick(pairs, large, 16) == "numba-cpu"
-    assert pick(30 * 100, 10**6, 16) == "numpy"
+    # a saving above a compile: Numba without asking; NumPy's faster calls: NumPy, however many
+    assert pick(pairs, int(np.ceil(2 * cold / (pairs * 10e-9)))) == "numba-cpu"
+    assert pick(sizes[0], 10**9) == "numpy"
     assert asked == [16, 16]
+    # by dimension: the saving is read at the run's d
+    monkeypatch.setattr(_registry, "AUTO_NUMBA_SAVES_NS",
+                        {2: (0.0, 0.0, 1e-3, 1e-3), 32: (0.0, 0.0, 100.0, 100.0)})
+    calls = int(np.ceil(2 * cold / (pairs * 100e-9)))
+    assert pick(pairs, calls, n_dims=32) == "numba-cpu"
+    assert pick(pairs, calls, n_dims=2) == "numpy"
 
 
 @needs_numba

@@ -26,29 +26,31 @@ from ._protocol import Backend
 AUTO_KEOPS_MIN_WORK = 500_000_000
 
 # The Numba backend against the blockwise NumPy one, measured with
-#     python benchmarks/bench_contention.py --tables calls starts
+#     python benchmarks/bench_contention.py --tables calls --repeats 11
 # (docs/benchmarks.md, "Busy CPUs, small and medium problems": 2 cores shared with other jobs,
-# load average about 10, x86-64 with AVX-512; float64 value_grad, Gaussian kernel, the best of
+# load average about 9, x86-64 with AVX-512; float64 value_grad, Gaussian kernel, the best of
 # 11 warm calls, Numba on its default threads): NumPy's time less Numba's, in ns per kernel
 # entry, at N × M = 30 × 100, 100 × 400, 500 × 1757 and 2000 × 8000 (interpolated in
-# log N·M and in d, held beyond the ends).  Negative: NumPy is the faster, as at 30 × 100 from
-# d = 8, where preparing the blocked loops' inputs costs more than the call.  The saving grows
-# with the size (NumPy's BLAS calls wait for threads on a busy machine) and with d (NumPy's
-# distances are a loop over coordinates, Numba's a matrix product from d = 8 on).
+# log N·M and in d, held beyond the ends).  Negative: NumPy is the faster (30 × 100, d = 2).
+# The saving grows with the size up to about 10⁶ entries a call, and with d (NumPy's distances
+# are a loop over coordinates, Numba's a matrix product from d = 8 on); NumPy's BLAS calls
+# wait for their threads on a busy machine, which the medium sizes show most (and 100 × 400 at
+# d = 32, where NumPy's product of the gradient is large enough to use threads: 13.6 ms).
 AUTO_NUMBA_SIZES = (3_000, 40_000, 878_500, 16_000_000)
 AUTO_NUMBA_SAVES_NS = {
-    2: (-0.3, 1.6, 39.6, 26.1),
-    8: (-11.1, 0.9, 56.7, 28.0),
-    16: (-10.0, 2.4, 49.8, 34.5),
-    # at 100 × 400 NumPy's call took 15.6 ms once (its BLAS waited for a thread; 384 ns an
-    # entry saved): taken as at d = 16
-    32: (-10.0, 2.4, 64.1, 52.6),
+    2: (-0.5, 1.5, 40.2, 24.4),
+    8: (0.4, 1.7, 47.4, 18.2),
+    16: (1.3, 2.4, 46.5, 36.4),
+    32: (3.3, 329.9, 68.6, 38.9),
 }
-# What Numba costs a process before its first reduction: importing it and loading the loops
-# from its disk cache (about 1.5 s), or compiling them on a machine that has not yet (10-25 s
-# a reduction, two or three reductions a run).  "auto" picks Numba for a run whose NumPy time
-# it cuts by more than that start: nothing where the loops are loaded in this process already.
-# So a small run never waits for a compile, nor for Numba's import.
+# What Numba costs a process before its first reduction, measured with
+#     python benchmarks/bench_contention.py --tables starts
+# (same page; importing Numba and the loops' module, then the first value_grad and matvec):
+# 0.6-0.8 s where its disk cache holds the loops, 8.5-11.3 s where they are compiled (2 of the
+# 4 reductions; a run uses 2 to 4).  With a margin for busier machines, "auto" picks Numba for
+# a run whose NumPy time it cuts by more than its start: 1.5 s (cached), 40 s (to compile),
+# nothing where the loops are loaded in this process already.  So a small run never waits for
+# a compile, nor for Numba's import.
 AUTO_NUMBA_WARM_START_S = 1.5
 AUTO_NUMBA_COLD_START_S = 40.0
 
