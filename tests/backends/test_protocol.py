@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, needs_keops, needs_numba
 from scipy.special import logsumexp
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
@@ -29,29 +28,10 @@ from skgradflow.backends import (
 from skgradflow.backends import _numpy as numpy_module
 from skgradflow.kernels import KERNELS, Kernel
 from skgradflow.metrics import mmd
+from tests.helpers import BACKENDS, needs_keops, needs_numba
+from tests.oracles import dense_kernel
 
 H = 0.8
-
-
-def dense_kernel(name, Z, S, h):
-    """k(z_i, s_j) and ∇_z k(z_i, s_j), from the kernel table of the design page."""
-    D = Z[:, None, :] - S[None, :, :]
-    r = np.sqrt((D**2).sum(-1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        unit = np.where(r[..., None] > 0, D / r[..., None], 0.0)
-    if name == "gaussian":
-        K = np.exp(-(r**2) / (2 * h**2))
-        G = -D * K[..., None] / h**2
-    elif name == "laplacian":
-        K = np.exp(-r / h)
-        G = -unit * K[..., None] / h
-    elif name == "imq":
-        K = (1 + r**2 / h**2) ** -0.5
-        G = -D * ((1 + r**2 / h**2) ** -1.5)[..., None] / h**2
-    else:
-        K = -r
-        G = -unit
-    return K, G
 
 
 def make_inputs(rng, d, dtype, n=40, m=60):

@@ -11,11 +11,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import needs_numba
 
 from skgradflow import IFTSampler, InclusiveKLFitter, WFRMMDFlow
 from skgradflow.backends import NumbaBackend, NumbaUnavailableError, NumpyBackend
 from skgradflow.kernels import KERNELS, Kernel
+from tests.helpers import needs_numba
 
 pytestmark = needs_numba
 
