@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # A LazyTensor over dense NumPy arrays, enough for the probe's reduction; it crashes where
 # STANDIN_CRASH says: "all" (every reduction), "gpu" (GPU reductions only) or "none".

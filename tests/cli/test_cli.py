@@ -749,7 +749,7 @@ def test_broken_pipe_in_process(monkeypatch, capsys):
 
 # --- the CLI page against the parser ------------------------------------------------------
 
-CLI_PAGE = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+CLI_PAGE = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 
 
 def parser_options() -> dict[str, argparse.Action]:
