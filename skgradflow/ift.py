@@ -4,7 +4,7 @@ Zhu, NeurIPS 2024).
 PDE: ``∂_t μ = α div(μ ∇K(μ - π)) - β (μ - π)``, projected to keep mass 1.  One JKO
 splitting step of length ``τ``:
 
-1. Wasserstein step: ``x_i ← x_i - τα ∇f(x_i)``, ``f`` the MMD witness (``_base.py``).
+1. Wasserstein step: ``x_i ← x_i - τα ∇f(x_i)``, ``f`` the MMD witness (``_flow/_mmd.py``).
 2. MMD step on the weights, at the new positions, with ``η = τβ``::
 
        w ← argmin_{w ∈ Δ} ½ wᵀKw - wᵀc + 1/(2η) (w - w⁻)ᵀ K (w - w⁻),  K = K_xx, c = K_xy b
@@ -20,7 +20,7 @@ import numbers
 import numpy as np
 from sklearn.utils._param_validation import Interval
 
-from ._base import _BaseMMDFlow, _Problem
+from ._flow import Problem, _BaseMMDFlow
 
 
 def project_simplex(v: np.ndarray) -> np.ndarray:
@@ -196,7 +196,7 @@ default="gaussian"
         self.callback = callback
         self.warm_start = warm_start
 
-    def _weight_step(self, problem: _Problem, x, w, targets, tau: float):
+    def _weight_step(self, problem: Problem, x, w, targets, tau: float):
         dtype = x.dtype
         eta = tau * self.beta
         # At the new positions: K w⁻ - c, c = K_xy b and the row sums of K = K_xx.

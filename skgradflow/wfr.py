@@ -3,7 +3,7 @@
 PDE: ``∂_t μ = α div(μ ∇f) - β μ f``, ``f`` the MMD witness, normalised to mass 1 when
 mass is conserved.  One splitting step of length ``τ``:
 
-1. Wasserstein step: ``x_i ← x_i - τα ∇f(x_i)`` (``_base.py``).
+1. Wasserstein step: ``x_i ← x_i - τα ∇f(x_i)`` (``_flow/_mmd.py``).
 2. Fisher–Rao step, the mirror (KL) step on the weights with ``f`` at the new positions:
    ``w_i ← w_i exp(-τ_R β f(x_i))``, divided by ``Σ w`` when mass is conserved; ``τ_R`` is
    the reaction's own step (``τ`` for an explicit step size).
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp
 
-from ._base import _BaseMMDFlow, _Evaluation, _Problem
+from ._flow import Evaluation, FlowState, Problem, _BaseMMDFlow
 
 # step_size="auto": the reaction step keeps τ_R β (max f - min f) at most this, over the
 # initial particles
@@ -128,7 +128,8 @@ backend_, n_features_in_, feature_names_in_
         self.callback = callback
         self.warm_start = warm_start
 
-    def _after_fit(self) -> None:
+    def _set_fitted_state(self, state: FlowState) -> None:
+        super()._set_fitted_state(state)
         if self.beta == 0:
             self.reaction_step_size_ = 0.0
             return
@@ -140,7 +141,7 @@ backend_, n_features_in_, feature_names_in_
         """``Σ weights_``: 1 when mass is conserved."""
         return float(self.weights_.sum())
 
-    def _auto_step_size(self, problem: _Problem, ev: _Evaluation) -> float:
+    def _auto_step_size(self, problem: Problem, ev: Evaluation) -> float:
         """The transport step; the reaction gets its own, ``_reaction_ratio`` times it."""
         transport = super()._auto_step_size(problem, ev) if self.alpha > 0 else np.inf
         if self.beta == 0 or not problem.update_weights:  # no reaction (or a transform)
@@ -153,7 +154,7 @@ backend_, n_features_in_, feature_names_in_
         self._set_reaction_ratio(reaction / transport)
         return float(transport)
 
-    def _reaction_step(self, problem: _Problem, f: np.ndarray) -> float:
+    def _reaction_step(self, problem: Problem, f: np.ndarray) -> float:
         """``τ_R`` with ``τ_R β (max f - min f) ≤ 0.1``: one step changes the ratio of two
         weights by at most 10%.  With a bound of 1 the weights of particles that start far
         from the target pile onto the few nearest it (effective sample size 6 of 200) before
@@ -170,7 +171,7 @@ backend_, n_features_in_, feature_names_in_
         self._reaction_ratio = min(1.0, float(ratio))
         self._reaction_beta = self.beta
 
-    def _weight_step(self, problem: _Problem, x, w, targets, tau: float):
+    def _weight_step(self, problem: Problem, x, w, targets, tau: float):
         # the witness at the new positions: f = K w - c, from a reduction over the particles
         # and one over the targets
         out, carry = self._reduce_at_moved(problem, x, w, targets)
