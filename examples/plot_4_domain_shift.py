@@ -9,7 +9,9 @@ distribution by optimal transport, so fitting the sampler on the *source* featur
 transforming the shifted test batch brings it back where the classifier expects it -- without
 any labels from the test domain.  Re-standardising the test batch with its own mean
 and standard deviation (moment matching) undoes the translation and the scaling but not the
-rotation; matching the whole distribution does better.
+rotation; neither does optimal transport, which moves the points as little as it can (a
+rotation back is not the least displacement).  Both bring the accuracy from 0.59 back to about
+0.9 (0.89 and 0.86 in the run this example prints).
 """
 
 # %%
