@@ -174,7 +174,7 @@ def _potentials(points, plan: _Plan, b: np.ndarray, eps: float, desc: str) -> np
                     f"{desc}: the transport plan onto the fitted measure did not converge in "
                     f"{_MAX_PASSES} passes (the largest relative error of an atom's mass is "
                     f"{error:.2g}); the result lands on the fitted measure only approximately.",
-                    ConvergenceWarning, stacklevel=4)
+                    ConvergenceWarning, stacklevel=3)
                 return g
             if error > 2.0 * best:
                 omega = 1.0
@@ -217,8 +217,8 @@ class _MMDMatching:
         check_is_fitted(self)
         desc = f"{type(self).__name__}.transform"
         with session(self.backend, X, arrays_only=True):
-            points = as_data(X, estimator=self, dtype=[np.float64, np.float32], reset=False,
-                             copy=True)
+            # X is only read: every pass computes in float64 chunks, the map into a new array
+            points = as_data(X, estimator=self, dtype=[np.float64, np.float32], reset=False)
             Y, b = _atoms(*self._fitted_measure())
             mean_x, cov_x = points.mean_covariance()
             mean_y = b @ Y
