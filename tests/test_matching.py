@@ -164,7 +164,7 @@ def test_readme_transform_line_runs_without_a_warning():
     X = np.random.default_rng(0).normal(size=(2000, 2))
     X_train, X_test = train_test_split(X, random_state=0)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # the fit's own (issue of fit)
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the fit's own, not transform's
         sampler = IFTSampler(n_particles=300, random_state=0).fit(X_train)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
