@@ -266,9 +266,10 @@ class _MMDMatching:
 
     def _move(self, Z: np.ndarray, desc: str, max_iter: int | None = None,
               verbose: int | None = None, warn: bool = True, final: bool = False) -> np.ndarray:
-        """The points ``Z`` (validated, owned) after the transport flow of ``transform``,
-        through the bandwidths of the fit's phases in turn (the last only with ``final``),
-        each for a share of ``max_iter``."""
+        """The points ``Z`` (validated, owned) after the transport part of the flow (the
+        Wasserstein gradient flow of the MMD toward the fitted measure, weights fixed), through
+        the bandwidths of the fit's phases in turn (the last only with ``final``), each for a
+        share of ``max_iter``: what ``sample`` runs on its jittered draws."""
         if self.alpha == 0 or Z.shape[0] == 0:
             return Z
         atoms, b = self._fitted_measure()
