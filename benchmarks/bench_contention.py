@@ -5,8 +5,8 @@ Run on demand (never part of the test suite)::
     python benchmarks/bench_contention.py                    # every table, a few minutes
     python benchmarks/bench_contention.py --tables calls --dims 2 16 --out contention.md
 
-Three tables, every row measured in this one invocation, so that their ratios compare like with
-like on a shared machine.  *Busy* means beside two processes that spin on the CPU for as long
+Five tables, the first four measured in this one invocation, so that their ratios compare like
+with like on a shared machine.  *Busy* means beside two processes that spin on the CPU for as long
 as the rows take (started by this script, at its own priority, and stopped after them).
 
 1. **fits**: one default ``IFTSampler(random_state=0)`` fit plus ``sample(1000)`` on the
@@ -17,9 +17,16 @@ as the rows take (started by this script, at its own priority, and stopped after
    [0.3, 1, 3], "beta": [0, 1]}, cv=3)`` on 1500 2-D points, ``n_jobs=1`` against ``n_jobs=2``,
    quiet and busy.
 3. **calls**: one ``value_grad`` reduction (the MMD flows' witness and gradient) of ``N``
-   points against ``M`` sources, for ``d`` in ``--dims``, on every engine in ``--engines``:
-   the median of ``--repeats`` warm calls, quiet only; the crossovers ``backend="auto"`` uses
-   are in ``skgradflow/backends/_registry.py``.
+   points against ``M`` sources, for ``d`` in ``--dims``, on every engine in ``--engines``
+   (``numba, per-pair loop``: the Numba backend without its blocked loops for d >= 8): the
+   best of ``--repeats`` warm calls, quiet only; then NumPy's time less Numba's per kernel
+   entry, the figures ``AUTO_NUMBA_SAVES_NS`` in ``skgradflow/backends/_registry.py`` holds.
+4. **starts**: Numba's start in a fresh process, for each ``d``: importing it, then the first
+   ``value_grad`` and ``matvec`` (compiled with an empty ``NUMBA_CACHE_DIR``, then loaded from
+   the cache that run filled): ``AUTO_NUMBA_WARM_START_S`` and ``AUTO_NUMBA_COLD_START_S``.
+5. **crossovers**: no measurement: from how many calls of each size ``backend="auto"`` picks
+   Numba, with its loops loaded in the process, in its disk cache, or to compile, from the
+   figures the registry holds.
 
 Progress goes to stderr, the markdown tables to stdout (and to ``--out``).
 """
@@ -57,11 +64,31 @@ def busy(n: int):
             proc.wait()
 
 
+class PerPairLoop:
+    """The Numba backend with the per-pair loop over coordinates at every d (its blocked
+    loops, the matrix products it uses from ``BLOCKED_MIN_DIMS`` coordinates, turned off)."""
+
+    def __init__(self) -> None:
+        from skgradflow.backends import NumbaBackend
+
+        self.engine = NumbaBackend()
+
+    def value_grad(self, *args):
+        from skgradflow.backends import _numba
+
+        blocked_from, _numba.BLOCKED_MIN_DIMS = _numba.BLOCKED_MIN_DIMS, 10**9
+        try:
+            return self.engine.value_grad(*args)
+        finally:
+            _numba.BLOCKED_MIN_DIMS = blocked_from
+
+
 def engine(name: str):
     from skgradflow.backends import KeOpsBackend, NumbaBackend, NumpyBackend
 
     return {"auto": lambda: "auto", "numba": NumbaBackend,
-            "numba, 1 thread": lambda: NumbaBackend(n_threads=1), "numpy": NumpyBackend,
+            "numba, 1 thread": lambda: NumbaBackend(n_threads=1),
+            "numba, per-pair loop": PerPairLoop, "numpy": NumpyBackend,
             "keops": lambda: KeOpsBackend("cpu")}[name]()
 
 
@@ -122,12 +149,37 @@ def grid(args) -> list[str]:
     return lines + [""]
 
 
+def auto_from(n_pairs: int, d: int) -> list[str]:
+    """The number of such calls in a run from which ``backend="auto"`` picks Numba: with its
+    loops loaded in the process, in its disk cache, and still to compile (the rule of
+    ``_registry._numba_pays_off``, from the savings and starts it holds)."""
+    from skgradflow.backends import _registry
+
+    saving = _registry.numba_saving_s(n_pairs, d)
+    if saving <= 0:
+        return ["never"] * 3
+    starts = (0.0, _registry.AUTO_NUMBA_WARM_START_S, _registry.AUTO_NUMBA_COLD_START_S)
+    return [f"{max(1, int(np.ceil(start / saving))):,}" for start in starts]
+
+
+def crossovers(args) -> list[str]:
+    """No measurement: what ``backend="auto"`` makes of the figures it holds, at each size."""
+    lines = ["### backend=\"auto\": from how many value_grad calls of N × M a run goes to Numba",
+             "", "| N | M | d | Numba's loops loaded | in its disk cache | to compile |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for n, m in args.sizes:
+        for d in args.dims:
+            lines.append(f"| {n} | {m} | {d} | " + " | ".join(auto_from(n * m, d)) + " |")
+    return lines + [""]
+
+
 def calls(args) -> list[str]:
     from skgradflow.kernels import Kernel
 
-    lines = ["### One value_grad reduction, warm (median), quiet", "",
+    lines = ["### One value_grad reduction, warm (best of repeats)", "",
              "| N | M | d | " + " | ".join(f"{e} ms" for e in args.engines)
              + " | numpy / numba |", "|---:|---:|---:|" + "---:|" * (len(args.engines) + 1)]
+    saved: dict[int, list[float]] = {}
     rng = np.random.default_rng(0)
     for n, m in args.sizes:
         for d in args.dims:
@@ -143,37 +195,105 @@ def calls(args) -> list[str]:
                     t0 = time.perf_counter()
                     be.value_grad(kernel, Z, S, V, V[:, 0])
                     times.append(time.perf_counter() - t0)
-                row[name] = 1e3 * float(np.median(times))
+                # the best of the repeats: on a shared machine, the calls that other jobs did
+                # not interrupt
+                row[name] = 1e3 * float(np.min(times))
             log(f"calls, N={n} M={m} d={d}: {row}")
-            ratio = (f"{row['numpy'] / row['numba']:.1f}" if {"numpy", "numba"} <= row.keys()
-                     else "")
-            lines.append(f"| {n} | {m} | {d} | " + " | ".join(f"{row[e]:.2f}" for e in
-                                                              args.engines) + f" | {ratio} |")
+            ratio = ""
+            if {"numpy", "numba"} <= row.keys():
+                ratio = f"{row['numpy'] / row['numba']:.1f}"
+                saved.setdefault(d, []).append(1e6 * (row["numpy"] - row["numba"]) / (n * m))
+            lines.append(f"| {n} | {m} | {d} | " + " | ".join(f"{row[e]:.3g}" for e in
+                                                              args.engines)
+                         + f" | {ratio} |")
+    lines += [""]
+    if saved:
+        lines += ["NumPy's time less Numba's (default threads) per kernel entry, ns, at each size "
+                  "above (the figures `backend=\"auto\"` weighs against Numba's start):", "",
+                  "| d | " + " | ".join(f"{n}×{m}" for n, m in args.sizes) + " |",
+                  "|---:|" + "---:|" * len(args.sizes)]
+        lines += [f"| {d} | " + " | ".join(f"{v:.1f}" for v in values) + " |"
+                  for d, values in saved.items()]
+        lines += [""]
+    return lines
+
+
+# --- Numba's start in a fresh process: an empty cache, then the cache it filled ---------------
+def start_worker(d: int) -> dict:
+    import skgradflow  # noqa: F401 (imported before the clock starts: a fit has it already)
+    from skgradflow.backends import NumbaBackend
+    from skgradflow.kernels import Kernel
+
+    t0 = time.perf_counter()
+    from skgradflow.backends import _numba_kernels  # noqa: F401 (imports Numba)
+
+    result = {"import": time.perf_counter() - t0}
+    rng = np.random.default_rng(0)
+    Z, S = rng.normal(size=(100, d)), rng.normal(size=(300, d))
+    V = np.full((300, 1), 1.0 / 300)
+    kernel = Kernel("gaussian", 1.0)
+    for name, call in (("value_grad", lambda: NumbaBackend().value_grad(kernel, Z, S, V, V[:, 0])),
+                       ("matvec", lambda: NumbaBackend().matvec(kernel, Z, S, V))):
+        t0 = time.perf_counter()
+        call()
+        result[name] = time.perf_counter() - t0
+    return result
+
+
+def starts(args) -> list[str]:
+    import json
+    import tempfile
+
+    lines = ["### Numba's start in a fresh process (float64): importing Numba and the loops' "
+             "module (skgradflow imported already), first value_grad, first matvec", "",
+             "| d | cache | import s | value_grad s | matvec s | total s |",
+             "|---:|---|---:|---:|---:|---:|"]
+    for d in args.dims:
+        with tempfile.TemporaryDirectory(prefix="skgradflow-bench-start-") as tmp:
+            for cache in ("empty", "filled"):
+                proc = subprocess.run(
+                    [sys.executable, os.path.abspath(__file__), "--start-worker", str(d)],
+                    env=dict(os.environ, NUMBA_CACHE_DIR=tmp), stdout=subprocess.PIPE,
+                    text=True, check=True)
+                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                total = sum(r.values())
+                log(f"start, d={d}, {cache} cache: {r}")
+                lines.append(f"| {d} | {cache} | {r['import']:.2f} | {r['value_grad']:.2f} | "
+                             f"{r['matvec']:.2f} | {total:.2f} |")
     return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tables", nargs="+", choices=["fits", "grid", "calls"],
-                   default=["fits", "grid", "calls"])
+    p.add_argument("--tables", nargs="+",
+                   choices=["fits", "grid", "calls", "starts", "crossovers"],
+                   default=["fits", "grid", "calls", "starts", "crossovers"])
     p.add_argument("--fit-engines", nargs="+", default=["auto", "numba", "numba, 1 thread",
                                                          "numpy"])
-    p.add_argument("--engines", nargs="+", choices=["numba", "numba, 1 thread", "numpy", "keops"],
-                   default=["numba", "numba, 1 thread", "numpy"])
+    p.add_argument("--engines", nargs="+",
+                   choices=["numba", "numba, 1 thread", "numba, per-pair loop", "numpy", "keops"],
+                   default=["numba", "numba, 1 thread", "numba, per-pair loop", "numpy"])
     p.add_argument("--dims", type=int, nargs="+", default=[2, 8, 16, 32])
     p.add_argument("--sizes", type=lambda s: tuple(int(float(v)) for v in s.split("x")),
-                   nargs="+", default=[(100, 400), (500, 2257), (2000, 8000)],
+                   nargs="+", default=[(30, 100), (100, 400), (500, 1757), (2000, 8000)],
                    help="N x M pairs, e.g. 500x2257")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--out", help="also write the markdown tables to this file")
+    p.add_argument("--start-worker", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.start_worker is not None:
+        import json
+
+        print(json.dumps(start_worker(args.start_worker)))
+        return 0
     lines = ["## Busy CPUs, small and medium problems", "",
              f"{platform.platform()}; {len(os.sched_getaffinity(0))} CPU cores; Python "
              f"{platform.python_version()}, NumPy {np.__version__}; "
              f"{time.strftime('%Y-%m-%d %H:%M')}; load average before: "
              f"{os.getloadavg()[0]:.1f}.", ""]
     for table in args.tables:
-        lines += {"fits": fits, "grid": grid, "calls": calls}[table](args)
+        lines += {"fits": fits, "grid": grid, "calls": calls, "starts": starts,
+                  "crossovers": crossovers}[table](args)
     write_table("\n".join(lines), args.out)
     return 0
 

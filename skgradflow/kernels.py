@@ -1,5 +1,7 @@
-"""Kernel formulas, for the NumPy and KeOps backends, and bandwidth rules.
+"""The kernels (what each is, in scaled coordinates) and the bandwidth rules.
 
+Each engine has its own code for every kernel, once: ``backends/_numpy.py`` (NumPy arrays),
+``backends/_keops.py`` (KeOps formulas), ``backends/_numba_kernels.py`` (compiled loops).
 Every kernel is written in *scaled* coordinates ``u = z / h``: ``k(z, s) = κ(|u - v|²)``
 and ``∇_z k(z, s) = γ(|u - v|²) (u - v) / h``.  The bandwidth therefore never enters a
 KeOps formula: one compiled formula serves every bandwidth, and a grid search over
@@ -39,9 +41,8 @@ class Kernel:
     >>> import numpy as np
     >>> from skgradflow.kernels import Kernel
     >>> k = Kernel("gaussian", 2.0)
-    >>> r2 = np.array([1.0]) / k.scale**2  # |z - s| = 1, in scaled coordinates
-    >>> round(float(k.value(r2)[0]), 12)  # exp(-1 / (2 · 2²))
-    0.882496902585
+    >>> k.scale, k.diagonal  # coordinates are divided by h = 2; k(x, x) = 1
+    (2.0, 1.0)
     """
 
     name: str
@@ -60,73 +61,6 @@ class Kernel:
     def diagonal(self) -> float:
         """``k(x, x)``."""
         return 0.0 if self.name == "energy" else 1.0
-
-    # --- NumPy ----------------------------------------------------------------
-    def value(self, r2: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """``κ(r2)``: the kernel as a function of the squared *scaled* distance.
-
-        ``out`` (which may be ``r2`` itself) receives the result without a temporary array:
-        on kernel blocks, writing into memory already in use is several times faster than
-        allocating fresh arrays for each intermediate."""
-        if out is None:
-            out = np.empty_like(r2)
-        if self.name == "gaussian":
-            np.multiply(r2, -0.5, out=out)
-            return np.exp(out, out=out)
-        np.sqrt(r2, out=out) if self.name != "imq" else np.add(r2, 1.0, out=out)
-        if self.name == "laplacian":
-            np.negative(out, out=out)
-            return np.exp(out, out=out)
-        if self.name == "imq":
-            np.sqrt(out, out=out)
-            return np.reciprocal(out, out=out)
-        return np.negative(out, out=out)
-
-    @property
-    def grad_needs_r2(self) -> bool:
-        """Whether :meth:`grad_factor` reads ``r2`` (the cusp kernels) or only ``κ``."""
-        return self.name in ("laplacian", "energy")
-
-    def grad_factor(self, r2: np.ndarray, k: np.ndarray) -> np.ndarray:
-        """``γ(r2)`` with ``∇_u κ(|u - v|²) = γ (u - v)``; ``k`` is ``κ(r2)``, reused.
-
-        The Laplacian and energy kernels have a cusp at ``r = 0``; their gradient is taken
-        to be 0 there (the value KeOps' ``rsqrt(0) = 0`` gives).
-        """
-        if self.name == "gaussian":
-            return -k
-        if self.name == "imq":
-            return -(k**3)
-        with np.errstate(divide="ignore"):
-            inv_r = np.where(r2 > 0, 1.0 / np.sqrt(np.where(r2 > 0, r2, 1.0)), 0.0)
-        inv_r = inv_r.astype(r2.dtype, copy=False)
-        return -k * inv_r if self.name == "laplacian" else -inv_r
-
-    # --- KeOps ----------------------------------------------------------------
-    def keops_value(self, r2: Any) -> Any:
-        """``κ`` on a KeOps LazyTensor of squared scaled distances."""
-        if self.name == "gaussian":
-            return (-0.5 * r2).exp()
-        if self.name == "laplacian":
-            return (-(r2.sqrt())).exp()
-        if self.name == "imq":
-            return (1.0 + r2).rsqrt()
-        return -(r2.sqrt())
-
-    def keops_value_and_grad(self, r2: Any, v: Any, aD: Any) -> Any:
-        """The summand ``[κ v_j, γ a_j (u_i - v_j)]`` on KeOps LazyTensors.
-
-        KeOps does not share subexpressions between the parts of a formula, so the
-        exponential is factored out and evaluated once per pair: ``κ [v_j, (γ/κ) a_j D]``.
-        """
-        if self.name == "gaussian":
-            return self.keops_value(r2) * v.concat(-aD)
-        if self.name == "laplacian":
-            return self.keops_value(r2) * v.concat(-(r2.rsqrt()) * aD)
-        if self.name == "imq":
-            inv = 1.0 / (1.0 + r2)
-            return inv.sqrt() * v.concat(-inv * aD)
-        return (-(r2.sqrt()) * v).concat(-(r2.rsqrt()) * aD)
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:

@@ -3,17 +3,11 @@
 import numpy as np
 import pytest
 import scipy.stats
-from conftest import BACKENDS
 
 from skgradflow.kernels import median_heuristic, resolve_bandwidth
 from skgradflow.metrics import energy_distance, mmd
-
-
-def dense_mmd2(X, Y, wx, wy, h):
-    def k(A, B):
-        return np.exp(-((A[:, None] - B[None]) ** 2).sum(-1) / (2 * h * h))
-
-    return wx @ k(X, X) @ wx - 2 * wx @ k(X, Y) @ wy + wy @ k(Y, Y) @ wy
+from tests.helpers import BACKENDS
+from tests.oracles import dense_mmd2
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -45,6 +45,34 @@ DEVICES = ("auto", "cpu", "gpu")
 SHAPED_MAX_DIM = 8
 
 
+# --- the kernels, as KeOps formulas on LazyTensors of squared scaled distances --------------
+def keops_value(kernel: Kernel, r2: Any) -> Any:
+    """``κ`` on a KeOps LazyTensor of squared scaled distances."""
+    if kernel.name == "gaussian":
+        return (-0.5 * r2).exp()
+    if kernel.name == "laplacian":
+        return (-(r2.sqrt())).exp()
+    if kernel.name == "imq":
+        return (1.0 + r2).rsqrt()
+    return -(r2.sqrt())
+
+
+def keops_value_and_grad(kernel: Kernel, r2: Any, v: Any, aD: Any) -> Any:
+    """The summand ``[κ v_j, γ a_j (u_i - v_j)]`` on KeOps LazyTensors.
+
+    KeOps does not share subexpressions between the parts of a formula, so the
+    exponential is factored out and evaluated once per pair: ``κ [v_j, (γ/κ) a_j D]``.
+    """
+    if kernel.name == "gaussian":
+        return keops_value(kernel, r2) * v.concat(-aD)
+    if kernel.name == "laplacian":
+        return keops_value(kernel, r2) * v.concat(-(r2.rsqrt()) * aD)
+    if kernel.name == "imq":
+        inv = 1.0 / (1.0 + r2)
+        return inv.sqrt() * v.concat(-inv * aD)
+    return (-(r2.sqrt()) * v).concat(-(r2.rsqrt()) * aD)
+
+
 class KeOpsUnavailableError(RuntimeError):
     """KeOps cannot run here (the probe failed or crashed); the message says why and what
     to do."""
@@ -166,7 +194,7 @@ class KeOpsBackend(Backend):
         _, r2 = self._pairs(LazyTensor, kernel, Z, S)
         vj = LazyTensor(self._pad(V, MATVEC_WIDTH)[None, :, :])
         key = ("matvec", kernel.name, Z.shape[1], Z.dtype.str)
-        return self._reduce(kernel.keops_value(r2) * vj, Z.dtype, key, where)[:, :p]
+        return self._reduce(keops_value(kernel, r2) * vj, Z.dtype, key, where)[:, :p]
 
     def value_grad(
         self, kernel: Kernel, Z: np.ndarray, S: np.ndarray, V: np.ndarray, a: np.ndarray
@@ -178,7 +206,7 @@ class KeOpsBackend(Backend):
         vj = LazyTensor(self._pad(V, VALUE_GRAD_WIDTH)[None, :, :])
         aj = self._column(LazyTensor, a)
         key = ("value_grad", kernel.name, d, Z.dtype.str)
-        out = self._reduce(kernel.keops_value_and_grad(r2, vj, aj * D), Z.dtype, key, where)
+        out = self._reduce(keops_value_and_grad(kernel, r2, vj, aj * D), Z.dtype, key, where)
         width = max(p, VALUE_GRAD_WIDTH)
         return out[:, :p], out[:, width:] / kernel.scale
 

@@ -7,9 +7,10 @@ On a CPU it runs the flows 2-3x faster than KeOps and the blockwise NumPy backen
 compiled loops are cached on disk by Numba: about a minute of compiling on first use in a new
 environment (all reductions, both dtypes), then a fraction of a second per process.
 
-Numba is a dependency of the package; ``backend="auto"`` uses this backend for every CPU run
-above its work threshold.  Where Numba cannot be imported (one built for another NumPy),
-``"auto"`` does without it and ``backend="numba"`` raises :class:`NumbaUnavailableError`.
+Numba is a dependency of the package; ``backend="auto"`` uses this backend on a CPU where the
+time it saves over NumPy exceeds its start (see ``_registry.py``).  Where Numba cannot be
+imported (one built for another NumPy), ``"auto"`` does without it and ``backend="numba"``
+raises :class:`NumbaUnavailableError`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,24 @@ _MIN_PAIRS_PER_CHUNK = 1 << 16
 # chunks the calling thread computes per compiled call: a Ctrl-C is seen between calls
 _CALLER_CLAIMS = 4
 _compiled: set[tuple] = set()
+
+
+# From BLOCKED_MIN_DIMS coordinates and BLOCKED_MIN_PAIRS kernel entries a call on, distances
+# and first moments come from matrix products over tiles of rows and blocks of sources (the
+# ``*_tiles`` loops) rather than a loop over the coordinates of every pair.  Measured with
+# ``python benchmarks/bench_contention.py --tables calls`` (column "numba, per-pair loop";
+# docs/benchmarks.md), best of 11 value_grad calls, 2 shared cores: at N × M = 500 × 1757 the
+# products are as fast at d = 8 (2.2 against 2.3 ms), 3x faster at d = 16 (2.7 against 8.3
+# ms) and 4x at d = 32 (3.8 against 15.6 ms); at 100 × 400 preparing their inputs (about 40
+# µs) costs as much as they save at d = 16 (0.20 ms either way), more at d = 8 (0.17 against
+# 0.12 ms); at 30 × 100 twice the call.  (With the threshold lowered to d = 4, once: 1.85
+# against 1.55 ms at 500 × 1757, one thread.)
+BLOCKED_MIN_DIMS = 8
+BLOCKED_MIN_PAIRS = 100_000
+
+
+def _blocked(Z: np.ndarray, S: np.ndarray) -> bool:
+    return Z.shape[1] >= BLOCKED_MIN_DIMS and Z.shape[0] * S.shape[0] >= BLOCKED_MIN_PAIRS
 
 
 class NumbaUnavailableError(ImportError):
@@ -266,6 +285,37 @@ def numba_installed() -> bool:
     return True
 
 
+def loops_ready(n_dims: int) -> bool:
+    """Whether the four reductions for data of ``n_dims`` coordinates (their per-pair loops,
+    and their blocked loops from ``BLOCKED_MIN_DIMS``) start without a compile: loaded in
+    this process already, or in Numba's disk cache (compiled since the loops' source last
+    changed).  Imports Numba (about a second) unless it already is.
+
+    Examples
+    --------
+    >>> from skgradflow.backends._numba import loops_ready
+    >>> isinstance(loops_ready(2), bool)
+    True
+    """
+    reductions = ("value_grad", "matvec", "logsumexp", "softmax_moments")
+    names = [*reductions, *(f"{r}_tiles" for r in reductions if n_dims >= BLOCKED_MIN_DIMS)]
+    loaded = {name for name, _ in _compiled}
+    if all(name in loaded for name in names):
+        return True
+    try:
+        nk = _kernels()
+    except NumbaUnavailableError:
+        return False
+    for name in names:
+        for fn in (f"{name}_chunks", name if name.endswith("_tiles") else f"{name}_rows"):
+            try:  # an index that holds compiled code for the current source
+                if not getattr(nk, fn)._cache._cache_file._load_index():
+                    return False
+            except Exception:  # no disk cache (Numba's NullCache), or one it cannot read
+                return False
+    return True
+
+
 class NumbaBackend(Backend):
     """Fused, vectorised reductions on every CPU core, compiled by Numba.
 
@@ -279,8 +329,12 @@ class NumbaBackend(Backend):
     Notes
     -----
     Distances come from differences, as in the other backends, so nothing is lost near
-    ``r = 0``.  The exponential is a range-reduced polynomial accurate to about 1 ulp in
-    float64 and float32.  Results agree with the NumPy backend to 1e-10 (float64) and 1e-4
+    ``r = 0``; from ``BLOCKED_MIN_DIMS`` (8) coordinates on (in calls of at least
+    ``BLOCKED_MIN_PAIRS`` kernel entries), from the matrix product
+    ``|z|² + |s|² - 2 z·s`` in float64 on coordinates centred on the sources' mean, and again
+    from differences for each pair where the product cancels (``r² < (|z|² + |s|²) / 512``).
+    The exponential is a range-reduced polynomial accurate to about 1 ulp in float64 and
+    float32.  Results agree with the NumPy backend to 1e-10 (float64) and 1e-4
     (float32), relative.  Compiled loops are cached on disk by Numba (next to the package, or
     in Numba's user cache directory, or ``NUMBA_CACHE_DIR``).
 
@@ -327,7 +381,8 @@ class NumbaBackend(Backend):
         while a first compile takes long (the first call of each loop and dtype compiles it,
         or loads it from the disk cache)."""
         nk = _kernels()
-        chunks_fn, rows_fn = getattr(nk, f"{name}_chunks"), getattr(nk, f"{name}_rows")
+        chunks_fn = getattr(nk, f"{name}_chunks")
+        rows_fn = getattr(nk, name if name.endswith("_tiles") else f"{name}_rows")
         key = (name, inputs[0].dtype.str)
         if key not in _compiled:
             with notice_if_slow("numba-compile", "compiling the Numba backend's loops, once "
@@ -338,6 +393,30 @@ class NumbaBackend(Backend):
                 rows_fn(*inputs, *outputs, 0, 0)
             _compiled.add(key)
         _run_rows(chunks_fn, rows_fn, inputs, outputs, n_sources, self.threads())
+
+    @staticmethod
+    def _prepare_tiles(kernel: Kernel, Z: np.ndarray, S: np.ndarray) -> tuple:
+        """The inputs of the blocked loops (``*_tiles`` in ``_numba_kernels``): coordinates
+        divided by the bandwidth and centred on the sources' mean, in the dtype of the data
+        (``Z``) and in float64 (``Z64``), their squared norms, and the sources in blocks of
+        ``BLOCK``, padded with zero rows: transposed per block (``SB``), and as rows in float64
+        (``S64``) and in the dtype of the data (``SP``)."""
+        nk = _kernels()
+        h = kernel.scale
+        Ss = np.asarray(S, dtype=np.float64) / h
+        centre = Ss.mean(axis=0)
+        Z64 = np.ascontiguousarray(np.asarray(Z, dtype=np.float64) / h - centre)
+        m, d = S.shape
+        n_blocks = -(-m // nk.BLOCK)
+        S64 = np.zeros((n_blocks * nk.BLOCK, d))
+        np.subtract(Ss, centre, out=S64[:m])
+        SB = np.ascontiguousarray(S64.reshape(n_blocks, nk.BLOCK, d).transpose(0, 2, 1))
+        nz = np.einsum("ij,ij->i", Z64, Z64)
+        ns = np.einsum("ij,ij->i", S64[:m], S64[:m])
+        dtype = Z.dtype
+        Zd = Z64 if dtype == np.float64 else np.ascontiguousarray(Z64, dtype=dtype)
+        SP = S64 if dtype == np.float64 else np.ascontiguousarray(S64, dtype=dtype)
+        return (Zd, Z64, nz, SB, ns, S64), SP, np.array([0.5, 1.0, 0.0], dtype=dtype)
 
     @staticmethod
     def _prepare(kernel: Kernel, Z: np.ndarray, S: np.ndarray):
@@ -351,9 +430,14 @@ class NumbaBackend(Backend):
 
     # --- the four reductions ---------------------------------------------------------------------
     def matvec(self, kernel: Kernel, Z: np.ndarray, S: np.ndarray, V: np.ndarray) -> np.ndarray:
-        Zs, ST, c = self._prepare(kernel, Z, S)
         VT = np.ascontiguousarray(V.T, dtype=Z.dtype)
         out = np.zeros((Z.shape[0], V.shape[1]), dtype=Z.dtype)
+        if _blocked(Z, S):
+            tiles, _, c = self._prepare_tiles(kernel, Z, S)
+            self._call("matvec_tiles", S.shape[0],
+                       (*tiles, VT, KERNELS.index(kernel.name), c), (out,))
+            return out
+        Zs, ST, c = self._prepare(kernel, Z, S)
         self._call("matvec", S.shape[0], (Zs, ST, VT, KERNELS.index(kernel.name), c),
                    (out,))
         return out
@@ -361,11 +445,16 @@ class NumbaBackend(Backend):
     def value_grad(
         self, kernel: Kernel, Z: np.ndarray, S: np.ndarray, V: np.ndarray, a: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        Zs, ST, c = self._prepare(kernel, Z, S)
         VT = np.ascontiguousarray(V.T, dtype=Z.dtype)
         a = np.ascontiguousarray(a.reshape(-1), dtype=Z.dtype)
         val = np.zeros((Z.shape[0], V.shape[1]), dtype=Z.dtype)
         grad = np.zeros(Z.shape, dtype=Z.dtype)
+        if _blocked(Z, S):
+            tiles, SP, c = self._prepare_tiles(kernel, Z, S)
+            self._call("value_grad_tiles", S.shape[0],
+                       (*tiles, SP, VT, a, KERNELS.index(kernel.name), c), (val, grad))
+            return val, grad / np.asarray(kernel.scale, dtype=Z.dtype)
+        Zs, ST, c = self._prepare(kernel, Z, S)
         self._call("value_grad", S.shape[0], (Zs, ST, VT, a, KERNELS.index(kernel.name), c),
                    (val, grad))
         return val, grad / np.asarray(kernel.scale, dtype=Z.dtype)
@@ -374,9 +463,13 @@ class NumbaBackend(Backend):
         self, kernel: Kernel, Z: np.ndarray, S: np.ndarray, logv: np.ndarray
     ) -> np.ndarray:
         check_log_domain_kernel(kernel)
-        Zs, ST, c = self._prepare(kernel, Z, S)
         logv = np.ascontiguousarray(logv, dtype=Z.dtype)
         out = np.empty(Z.shape[0], dtype=Z.dtype)
+        if _blocked(Z, S):
+            tiles, _, c = self._prepare_tiles(kernel, Z, S)
+            self._call("logsumexp_tiles", S.shape[0], (*tiles, logv, c), (out,))
+            return out
+        Zs, ST, c = self._prepare(kernel, Z, S)
         self._call("logsumexp", S.shape[0], (Zs, ST, logv, c), (out,))
         return out
 
@@ -384,10 +477,15 @@ class NumbaBackend(Backend):
         self, kernel: Kernel, Z: np.ndarray, S: np.ndarray, c: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         check_log_domain_kernel(kernel)
-        Zs, ST, consts = self._prepare(kernel, Z, S)
         cw = np.ascontiguousarray(c, dtype=Z.dtype)
         mass = np.zeros(Z.shape[0], dtype=Z.dtype)
         first = np.zeros(Z.shape, dtype=Z.dtype)
+        if _blocked(Z, S):
+            tiles, SP, consts = self._prepare_tiles(kernel, Z, S)
+            self._call("softmax_moments_tiles", S.shape[0], (*tiles, SP, cw, consts),
+                       (mass, first))
+            return mass, first * np.asarray(kernel.scale, dtype=Z.dtype)
+        Zs, ST, consts = self._prepare(kernel, Z, S)
         self._call("softmax_moments", S.shape[0], (Zs, ST, cw, consts), (mass, first))
         # the moment ran in coordinates divided by h
         return mass, first * np.asarray(kernel.scale, dtype=Z.dtype)

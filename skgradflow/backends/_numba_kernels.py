@@ -483,3 +483,270 @@ def softmax_moments_chunks(Z, ST, cw, c, mass, first, bounds, state, owner, me, 
         softmax_moments_rows(Z, ST, cw, c, mass, first, bounds[k], bounds[k + 1])
         _claim(owner, k, me)
         claims += 1
+
+
+# --- the blocked reductions, for d >= BLOCKED_MIN_DIMS ---------------------------------------
+# From d of about 8, the d subtractions and multiply-adds of each distance, and the d of each
+# first moment, cost more than the exponential: each is a pass over an L1 buffer per
+# coordinate.  Here a tile of ``TILE_ROWS`` rows against a block of ``BLOCK`` sources gets its
+# inner products from one matrix product (BLAS, with the accumulators in registers):
+# ``r² = |z|² + |s|² - 2 z·s``, clamped at 0, in float64 whatever the data's dtype; and every
+# first moment ``Σ_j w_ij s_j`` from a second product.  The coordinates are centred on the
+# sources' mean first (distances do not change), so that |z|² and |s|² stay of the order of
+# r² for data far from the origin.  Where ``r² < SMALL_R2 (|z|² + |s|²)`` the product has lost
+# too many digits (a pair near or at ``r = 0``, where the cusp kernels need ``r`` itself): that
+# pair's distance is computed again from differences, exactly as in the per-pair loops.
+# Rounding leaves an error of about (d + 2)·2⁻⁵³·(|z|² + |s|²) in r², so at most
+# 2⁻⁴⁴ ≈ 6·10⁻¹⁴ relative to r² (d ≤ 128) where the product is kept.
+SMALL_R2 = 1.0 / 512.0
+TILE_ROWS = 32
+# Rows per tile times coordinates at most this: each product then has at most
+# 256 · 1024 = 2¹⁸ multiply-adds, which OpenBLAS (SciPy's, which Numba calls) computes on the
+# calling thread; above that it would start threads of its own inside every helper thread's
+# product.
+TILE_ROW_COORDS = 1024
+
+
+@njit(inline="always")
+def _tile_rows(d):
+    return max(1, min(TILE_ROWS, TILE_ROW_COORDS // d))
+
+
+@njit(inline="always", fastmath=_FAST)
+def _sq_dist_tile(Z64, nz, SB, ns, S64, i0, nr, b, nb, dot, r2t):
+    """``r2t[q, j] = |z_{i0+q} - s_{b·BLOCK+j}|²`` for ``q < nr``, ``j < nb``: from the
+    product ``Z64[i0:i0+nr] @ SB[b]``, or from differences where it cancels."""
+    j0 = b * BLOCK
+    d = Z64.shape[1]
+    np.dot(Z64[i0:i0 + nr], SB[b], dot[:nr])
+    for q in range(nr):
+        zz = nz[i0 + q]
+        dq = dot[q]
+        rq = r2t[q]
+        small = 0
+        for j in range(nb):
+            both = zz + ns[j0 + j]
+            v = both - 2.0 * dq[j]
+            small += v < SMALL_R2 * both
+            rq[j] = max(v, 0.0)
+        if small:
+            z = Z64[i0 + q]
+            for j in range(nb):
+                both = zz + ns[j0 + j]
+                if rq[j] < SMALL_R2 * both:
+                    s = S64[j0 + j]
+                    t = 0.0
+                    for k in range(d):
+                        u = s[k] - z[k]
+                        t += u * u
+                    rq[j] = t
+
+
+@_jit
+def value_grad_tiles(Z, Z64, nz, SB, ns, S64, SP, VT, a, kind, c, val, grad, i0, i1):
+    """``value_grad_rows`` with blocked distances and first moments (``SP``: the sources,
+    in the loop's dtype, padded with zero rows to whole blocks)."""
+    d = Z.shape[1]
+    m = ns.shape[0]
+    p = VT.shape[0]
+    r2t = np.empty((TILE_ROWS, BLOCK), dtype=np.float64)
+    dot = np.empty((TILE_ROWS, BLOCK), dtype=np.float64)
+    r2 = np.empty(BLOCK, dtype=Z.dtype)
+    kv = np.empty(BLOCK, dtype=Z.dtype)
+    gat = np.zeros((TILE_ROWS, BLOCK), dtype=Z.dtype)
+    moment = np.empty((TILE_ROWS, d), dtype=Z.dtype)
+    acc = np.zeros((TILE_ROWS, p), dtype=np.float64)
+    g = np.zeros((TILE_ROWS, d), dtype=np.float64)
+    mass = np.zeros(TILE_ROWS, dtype=np.float64)
+    tile = _tile_rows(Z.shape[1])
+    for t0 in range(i0, i1, tile):
+        nr = min(tile, i1 - t0)
+        acc[:] = 0.0
+        g[:] = 0.0
+        mass[:] = 0.0
+        for b in range(SB.shape[0]):
+            j0 = b * BLOCK
+            nb = min(BLOCK, m - j0)
+            _sq_dist_tile(Z64, nz, SB, ns, S64, t0, nr, b, nb, dot, r2t)
+            for q in range(nr):
+                rq = r2t[q]
+                for j in range(nb):
+                    r2[j] = rq[j]
+                _kernel(kind, r2, kv, nb, c)
+                _add_channels(kv, VT, j0, nb, acc[q], c[2])
+                gq = gat[q]
+                _grad_factor(kind, r2, kv, gq, a, j0, nb, c)
+                s = c[2]
+                for j in range(nb):
+                    s += gq[j]
+                mass[q] += s
+                gq[nb:] = 0.0
+            np.dot(gat[:nr], SP[j0:j0 + BLOCK], moment[:nr])
+            for q in range(nr):
+                for k in range(d):
+                    g[q, k] += moment[q, k]
+        for q in range(nr):
+            for e in range(p):
+                val[t0 + q, e] = acc[q, e]
+            for k in range(d):
+                grad[t0 + q, k] = g[q, k] - mass[q] * Z[t0 + q, k]
+
+
+@_jit
+def matvec_tiles(Z, Z64, nz, SB, ns, S64, VT, kind, c, out, i0, i1):
+    """``matvec_rows`` with blocked distances."""
+    m = ns.shape[0]
+    p = VT.shape[0]
+    r2t = np.empty((TILE_ROWS, BLOCK), dtype=np.float64)
+    dot = np.empty((TILE_ROWS, BLOCK), dtype=np.float64)
+    r2 = np.empty(BLOCK, dtype=Z.dtype)
+    kv = np.empty(BLOCK, dtype=Z.dtype)
+    acc = np.zeros((TILE_ROWS, p), dtype=np.float64)
+    tile = _tile_rows(Z.shape[1])
+    for t0 in range(i0, i1, tile):
+        nr = min(tile, i1 - t0)
+        acc[:] = 0.0
+        for b in range(SB.shape[0]):
+            j0 = b * BLOCK
+            nb = min(BLOCK, m - j0)
+            _sq_dist_tile(Z64, nz, SB, ns, S64, t0, nr, b, nb, dot, r2t)
+            for q in range(nr):
+                rq = r2t[q]
+                for j in range(nb):
+                    r2[j] = rq[j]
+                _kernel(kind, r2, kv, nb, c)
+                _add_channels(kv, VT, j0, nb, acc[q], c[2])
+        for q in range(nr):
+            for e in range(p):
+                out[t0 + q, e] = acc[q, e]
+
+
+@_jit
+def logsumexp_tiles(Z, Z64, nz, SB, ns, S64, logv, c, out, i0, i1):
+    """``logsumexp_rows`` with blocked distances."""
+    m = ns.shape[0]
+    r2t = np.empty((TILE_ROWS, BLOCK), dtype=np.float64)
+    dot = np.empty((TILE_ROWS, BLOCK), dtype=np.float64)
+    r2 = np.empty(BLOCK, dtype=Z.dtype)
+    top = np.empty(TILE_ROWS, dtype=Z.dtype)
+    total = np.zeros(TILE_ROWS, dtype=np.float64)
+    tile = _tile_rows(Z.shape[1])
+    for t0 in range(i0, i1, tile):
+        nr = min(tile, i1 - t0)
+        top[:] = -np.inf
+        total[:] = 0.0
+        for b in range(SB.shape[0]):
+            j0 = b * BLOCK
+            nb = min(BLOCK, m - j0)
+            _sq_dist_tile(Z64, nz, SB, ns, S64, t0, nr, b, nb, dot, r2t)
+            lv = logv[j0:j0 + nb]
+            for q in range(nr):
+                rq = r2t[q]
+                block_top = -np.inf
+                for j in range(nb):
+                    r2[j] = lv[j] - c[0] * rq[j]
+                    block_top = max(block_top, r2[j])
+                if block_top > top[q]:
+                    total[q] *= np.exp(top[q] - block_top)
+                    top[q] = block_top
+                t = top[q]
+                s = c[2]
+                for j in range(nb):
+                    s += fast_exp(r2[j] - t)
+                total[q] += s
+        for q in range(nr):
+            out[t0 + q] = top[q] + np.log(total[q])
+
+
+@_jit
+def softmax_moments_tiles(Z, Z64, nz, SB, ns, S64, SP, cw, c, mass, first, i0, i1):
+    """``softmax_moments_rows`` with blocked distances and first moments."""
+    d = Z.shape[1]
+    m = ns.shape[0]
+    r2t = np.empty((TILE_ROWS, BLOCK), dtype=np.float64)
+    dot = np.empty((TILE_ROWS, BLOCK), dtype=np.float64)
+    et = np.zeros((TILE_ROWS, BLOCK), dtype=Z.dtype)
+    moment = np.empty((TILE_ROWS, d), dtype=Z.dtype)
+    g = np.zeros((TILE_ROWS, d), dtype=np.float64)
+    total = np.zeros(TILE_ROWS, dtype=np.float64)
+    tile = _tile_rows(Z.shape[1])
+    for t0 in range(i0, i1, tile):
+        nr = min(tile, i1 - t0)
+        g[:] = 0.0
+        total[:] = 0.0
+        for b in range(SB.shape[0]):
+            j0 = b * BLOCK
+            nb = min(BLOCK, m - j0)
+            _sq_dist_tile(Z64, nz, SB, ns, S64, t0, nr, b, nb, dot, r2t)
+            w = cw[j0:j0 + nb]
+            for q in range(nr):
+                rq = r2t[q]
+                eq = et[q]
+                s = c[2]
+                for j in range(nb):
+                    eq[j] = fast_exp(w[j] - c[0] * rq[j])
+                    s += eq[j]
+                total[q] += s
+                eq[nb:] = 0.0
+            np.dot(et[:nr], SP[j0:j0 + BLOCK], moment[:nr])
+            for q in range(nr):
+                for k in range(d):
+                    g[q, k] += moment[q, k]
+        for q in range(nr):
+            mass[t0 + q] = total[q]
+            for k in range(d):
+                first[t0 + q, k] = g[q, k] - total[q] * Z[t0 + q, k]
+
+
+@_jit
+def matvec_tiles_chunks(Z, Z64, nz, SB, ns, S64, VT, kind, c, out, bounds, state, owner, me,
+                        max_claims):
+    claims = 0
+    while True:
+        k = _next_chunk(bounds, state, claims, max_claims)
+        if k < 0:
+            return claims
+        matvec_tiles(Z, Z64, nz, SB, ns, S64, VT, kind, c, out, bounds[k], bounds[k + 1])
+        _claim(owner, k, me)
+        claims += 1
+
+
+@_jit
+def value_grad_tiles_chunks(Z, Z64, nz, SB, ns, S64, SP, VT, a, kind, c, val, grad, bounds,
+                            state, owner, me, max_claims):
+    claims = 0
+    while True:
+        k = _next_chunk(bounds, state, claims, max_claims)
+        if k < 0:
+            return claims
+        value_grad_tiles(Z, Z64, nz, SB, ns, S64, SP, VT, a, kind, c, val, grad, bounds[k],
+                         bounds[k + 1])
+        _claim(owner, k, me)
+        claims += 1
+
+
+@_jit
+def logsumexp_tiles_chunks(Z, Z64, nz, SB, ns, S64, logv, c, out, bounds, state, owner, me,
+                           max_claims):
+    claims = 0
+    while True:
+        k = _next_chunk(bounds, state, claims, max_claims)
+        if k < 0:
+            return claims
+        logsumexp_tiles(Z, Z64, nz, SB, ns, S64, logv, c, out, bounds[k], bounds[k + 1])
+        _claim(owner, k, me)
+        claims += 1
+
+
+@_jit
+def softmax_moments_tiles_chunks(Z, Z64, nz, SB, ns, S64, SP, cw, c, mass, first, bounds,
+                                 state, owner, me, max_claims):
+    claims = 0
+    while True:
+        k = _next_chunk(bounds, state, claims, max_claims)
+        if k < 0:
+            return claims
+        softmax_moments_tiles(Z, Z64, nz, SB, ns, S64, SP, cw, c, mass, first, bounds[k],
+                              bounds[k + 1])
+        _claim(owner, k, me)
+        claims += 1

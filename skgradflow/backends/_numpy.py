@@ -2,7 +2,7 @@
 
 Never more than ``BLOCK_ROWS × BLOCK_COLS`` kernel entries exist at once.  It needs no
 compiler, is the test oracle of the other backends, and is what ``backend="auto"`` picks for
-small runs, where a KeOps compile would dominate.
+small runs, where starting the Numba backend would cost more than it saves.
 """
 
 from __future__ import annotations
@@ -39,6 +39,49 @@ def _sq_dist_blocks(Zs: np.ndarray, Ss: np.ndarray):
             yield rows, cols, cdist(Zs[rows], Ss[cols], "sqeuclidean").astype(Zs.dtype, copy=False)
 
 
+# --- the kernels, on NumPy arrays of squared scaled distances ----------------------------------
+def kernel_value(kernel: Kernel, r2: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``κ(r2)``: the kernel as a function of the squared *scaled* distance.
+
+    ``out`` (which may be ``r2`` itself) receives the result without a temporary array:
+    on kernel blocks, writing into memory already in use is several times faster than
+    allocating fresh arrays for each intermediate."""
+    if out is None:
+        out = np.empty_like(r2)
+    if kernel.name == "gaussian":
+        np.multiply(r2, -0.5, out=out)
+        return np.exp(out, out=out)
+    np.sqrt(r2, out=out) if kernel.name != "imq" else np.add(r2, 1.0, out=out)
+    if kernel.name == "laplacian":
+        np.negative(out, out=out)
+        return np.exp(out, out=out)
+    if kernel.name == "imq":
+        np.sqrt(out, out=out)
+        return np.reciprocal(out, out=out)
+    return np.negative(out, out=out)
+
+
+def grad_needs_r2(kernel: Kernel) -> bool:
+    """Whether :func:`grad_factor` reads ``r2`` (the cusp kernels) or only ``κ``."""
+    return kernel.name in ("laplacian", "energy")
+
+
+def grad_factor(kernel: Kernel, r2: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """``γ(r2)`` with ``∇_u κ(|u - v|²) = γ (u - v)``; ``k`` is ``κ(r2)``, reused.
+
+    The Laplacian and energy kernels have a cusp at ``r = 0``; their gradient is taken
+    to be 0 there (the value KeOps' ``rsqrt(0) = 0`` gives).
+    """
+    if kernel.name == "gaussian":
+        return -k
+    if kernel.name == "imq":
+        return -(k**3)
+    with np.errstate(divide="ignore"):
+        inv_r = np.where(r2 > 0, 1.0 / np.sqrt(np.where(r2 > 0, r2, 1.0)), 0.0)
+    inv_r = inv_r.astype(r2.dtype, copy=False)
+    return -k * inv_r if kernel.name == "laplacian" else -inv_r
+
+
 class NumpyBackend(Backend):
     """Blockwise dense reductions with BLAS: no compiler, memory ``O(n + m)`` plus one block.
 
@@ -59,7 +102,7 @@ class NumpyBackend(Backend):
         out = np.zeros((Z.shape[0], V.shape[1]), dtype=Z.dtype)
         for rows, cols, r2 in _sq_dist_blocks(Z / h, S / h):
             # the block is ours: the kernel overwrites it
-            out[rows] += _narrow_matmul(kernel.value(r2, out=r2), V[cols])
+            out[rows] += _narrow_matmul(kernel_value(kernel, r2, out=r2), V[cols])
         return out
 
     def value_grad(
@@ -71,9 +114,9 @@ class NumpyBackend(Backend):
         val = np.zeros((Z.shape[0], V.shape[1]), dtype=Z.dtype)
         grad = np.zeros_like(Z)
         for rows, cols, r2 in _sq_dist_blocks(Zs, Ss):
-            K = kernel.value(r2, out=None if kernel.grad_needs_r2 else r2)
+            K = kernel_value(kernel, r2, out=None if grad_needs_r2(kernel) else r2)
             val[rows] += _narrow_matmul(K, V[cols])
-            Ga = kernel.grad_factor(r2, K) * a[cols]
+            Ga = grad_factor(kernel, r2, K) * a[cols]
             # Σ_j γ_ij a_j (u_i - v_j) = u_i Σ_j γ_ij a_j - Σ_j γ_ij a_j v_j, with BLAS
             grad[rows] += Zs[rows] * Ga.sum(axis=1, keepdims=True) - Ga @ Ss[cols]
         return val, grad / h

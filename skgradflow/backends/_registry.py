@@ -9,21 +9,63 @@ import threading
 import warnings
 from collections.abc import Callable
 
+import numpy as np
+
 from ._dask import DaskBackend
 from ._keops import KeOpsBackend, unavailable_message
 from ._keops_probe import keops_status
-from ._numba import NOT_INSTALLED_HINT, NumbaBackend, numba_installed
+from ._numba import NOT_INSTALLED_HINT, NumbaBackend, loops_ready, numba_installed
 from ._numpy import NumpyBackend
 from ._protocol import Backend
 
-# "auto" uses NumPy below this many kernel entries over a whole run: a few seconds of work,
-# which a first compile (Numba about 10 s per reduction, KeOps about 10 s per formula, once
-# per machine) would dominate; above it, KeOps on a GPU, else Numba (a dependency, so KeOps
-# is compiled for a CPU only where Numba cannot be imported).  Measured on 2 CPU cores,
-# d = 2, float64: the blockwise NumPy backend evaluates 1-3·10⁸ Gaussian kernel entries a
-# second, KeOps about 3·10⁸, the Numba backend 1.1·10⁹ (value and gradient) to 1.7·10⁹
-# (value only).
+# "auto" probes KeOps (a child process, then about 10 s of compiling per formula, once per
+# machine) only from this many kernel entries over a whole run, and only where a GPU may be
+# present or Numba cannot be imported: on a CPU the Numba backend is faster than KeOps (2
+# cores, d = 2, float64: KeOps about 3·10⁸ Gaussian kernel entries a second, Numba
+# 1.1·10⁹ to 1.7·10⁹; see docs/benchmarks.md).
 AUTO_KEOPS_MIN_WORK = 500_000_000
+
+# The Numba backend against the blockwise NumPy one, measured with
+#     python benchmarks/bench_contention.py --tables calls --repeats 11
+# (docs/benchmarks.md, "Busy CPUs, small and medium problems": 2 cores shared with other jobs,
+# load average about 9, x86-64 with AVX-512; float64 value_grad, Gaussian kernel, the best of
+# 11 warm calls, Numba on its default threads): NumPy's time less Numba's, in ns per kernel
+# entry, at N × M = 30 × 100, 100 × 400, 500 × 1757 and 2000 × 8000 (interpolated in
+# log N·M and in d, held beyond the ends).  Negative: NumPy is the faster (30 × 100, d = 2).
+# The saving grows with the size up to about 10⁶ entries a call, and with d (NumPy's distances
+# are a loop over coordinates, Numba's a matrix product from d = 8 on); NumPy's BLAS calls
+# wait for their threads on a busy machine, which the medium sizes show most (and 100 × 400 at
+# d = 32, where NumPy's product of the gradient is large enough to use threads: 13.6 ms).
+AUTO_NUMBA_SIZES = (3_000, 40_000, 878_500, 16_000_000)
+AUTO_NUMBA_SAVES_NS = {
+    2: (-0.5, 1.5, 40.2, 24.4),
+    8: (0.4, 1.7, 47.4, 18.2),
+    16: (1.3, 2.4, 46.5, 36.4),
+    32: (3.3, 329.9, 68.6, 38.9),
+}
+# What Numba costs a process before its first reduction, measured with
+#     python benchmarks/bench_contention.py --tables starts
+# (same page; importing Numba and the loops' module, then the first value_grad and matvec):
+# 0.6-0.8 s where its disk cache holds the loops, 8.5-11.3 s where they are compiled (2 of the
+# 4 reductions; a run uses 2 to 4).  With a margin for busier machines, "auto" picks Numba for
+# a run whose NumPy time it cuts by more than its start: 1.5 s (cached), 40 s (to compile),
+# nothing where the loops are loaded in this process already.  So a small run never waits for
+# a compile, nor for Numba's import.
+AUTO_NUMBA_WARM_START_S = 1.5
+AUTO_NUMBA_COLD_START_S = 40.0
+
+
+def numba_saving_s(n_pairs: int, n_dims: int, n_calls: int = 1) -> float:
+    """Seconds the Numba backend saves over NumPy on ``n_calls`` reductions of ``n_pairs``
+    kernel entries each, on data of ``n_dims`` coordinates, once started (negative where
+    NumPy is the faster)."""
+    dims = sorted(AUTO_NUMBA_SAVES_NS)
+    at = np.log10(max(n_pairs, 1))
+    sizes = np.log10(AUTO_NUMBA_SIZES)
+    by_dims = [np.interp(at, sizes, AUTO_NUMBA_SAVES_NS[d]) for d in dims]
+    ns = float(np.interp(n_dims, dims, by_dims))
+    return float(n_pairs) * float(n_calls) * ns * 1e-9
+
 
 _REGISTRY: dict[str, Callable[[], Backend]] = {
     "numpy": NumpyBackend,
@@ -128,14 +170,34 @@ def _compiled_for_auto() -> Backend:
     return engine
 
 
-def resolve_backend(backend: str | Backend, n_pairs: int, n_calls: int = 1) -> Backend:
-    """The engine for ``n_calls`` reductions of about ``n_pairs`` kernel entries each.
+def _numba_pays_off(n_pairs: int, n_calls: int, n_dims: int) -> bool:
+    """Whether the Numba backend saves more than its start: nothing where its loops are
+    loaded in this process, a load where they are in its disk cache, else a compile (its cache
+    is asked only where a load would pay, as asking imports Numba)."""
+    saving = numba_saving_s(n_pairs, n_dims, n_calls)
+    if saving <= 0.0:
+        return False
+    if saving >= AUTO_NUMBA_COLD_START_S:
+        return True
+    imported = "skgradflow.backends._numba_kernels" in sys.modules
+    if not imported and saving < AUTO_NUMBA_WARM_START_S:
+        return False
+    return loops_ready(n_dims)
+
+
+def resolve_backend(backend: str | Backend, n_pairs: int, n_calls: int = 1,
+                    n_dims: int | None = None) -> Backend:
+    """The engine for ``n_calls`` reductions of about ``n_pairs`` kernel entries each, on
+    data of ``n_dims`` coordinates (None: taken as 2, where Numba saves least).
 
     A :class:`Backend` instance is used as given; a registered name builds its backend;
-    ``"auto"`` picks NumPy for small runs (where a first compile would dominate), else KeOps
-    on a GPU where it passes its probe, else the Numba backend where Numba is installed,
-    else KeOps on the CPU, else NumPy.  The backend is checked (``ensure_ready``) before
-    it is returned: a KeOps that cannot run raises :class:`KeOpsUnavailableError` here.
+    ``"auto"`` picks, from the run's work ``n_pairs × n_calls``: KeOps on a GPU where one may
+    be present, the work is at least ``AUTO_KEOPS_MIN_WORK`` and KeOps passes its probe; else
+    the Numba backend where the time it saves over NumPy (``numba_saving_s``, measured by
+    size and dimension) exceeds its start (a load from its disk cache, or a compile; see the
+    comments above); else NumPy; and KeOps on the CPU, above ``AUTO_KEOPS_MIN_WORK``, only
+    where Numba cannot be imported.  The backend is checked (``ensure_ready``) before it is
+    returned: a KeOps that cannot run raises :class:`KeOpsUnavailableError` here.
 
     Examples
     --------
@@ -148,9 +210,13 @@ def resolve_backend(backend: str | Backend, n_pairs: int, n_calls: int = 1) -> B
         engine = backend
     elif backend != "auto":
         engine = _REGISTRY[backend]()
-    elif n_pairs * n_calls < AUTO_KEOPS_MIN_WORK:
-        engine = NumpyBackend()
     else:
-        engine = _compiled_for_auto()
+        work, dims = n_pairs * n_calls, 2 if n_dims is None else n_dims
+        if work >= AUTO_KEOPS_MIN_WORK and (gpu_possible() or not numba_installed()):
+            engine = _compiled_for_auto()
+        elif _numba_pays_off(n_pairs, n_calls, dims) and numba_installed():
+            engine = NumbaBackend()
+        else:
+            engine = NumpyBackend()
     engine.ensure_ready()
     return engine

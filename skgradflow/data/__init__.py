@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 
 from ..backends import Backend
-from ._dask import DaskData, as_dask_data, as_dask_engine, dask_session, is_dask_array
+from ._dask import DaskData, as_dask_data, dask_session, is_dask_array
 from ._memory import InMemoryData
 from ._protocol import Data
 from ._validation import check_rows, check_weights
 
-__all__ = ["Data", "DaskData", "InMemoryData", "as_data", "session", "placed_together"]
+__all__ = ["Data", "DaskData", "InMemoryData", "as_data", "held_here", "placed_together",
+           "session"]
 
 
 def _on_cluster(*arrays: Any) -> bool:
@@ -79,9 +80,3 @@ def _to_dask(data: Data) -> Data:
 
     rows = da.from_array(data.rows, chunks=data.rows.shape)
     return DaskData(rows, da.from_array(data.weights, chunks=data.weights.shape))
-
-
-def engine_for_points(backend: str | Backend, *arrays: Any) -> str | Backend:
-    """The engine named by ``backend`` for a computation on ``arrays``: the Dask engine's
-    inner engine when they are on a cluster."""
-    return as_dask_engine(backend).inner if _on_cluster(*arrays) else backend

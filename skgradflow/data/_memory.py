@@ -112,7 +112,7 @@ class InMemoryData(Data):
 
     # --- the engines ---------------------------------------------------------------------
     def engine(self, backend: str | Backend, n_pairs: int, n_calls: int = 1) -> Backend:
-        return resolve_backend(backend, n_pairs, n_calls=n_calls)
+        return resolve_backend(backend, n_pairs, n_calls=n_calls, n_dims=self.n_features)
 
     def bind(self, engine: Backend) -> Targets:
         if self.held_here:
@@ -121,14 +121,15 @@ class InMemoryData(Data):
 
     def quadratic_form(self, kernel: Kernel, backend: str | Backend) -> tuple[float, float]:
         a = 2.0 * self.signs * self.weights
-        engine = resolve_backend(backend, self.n_samples**2)
+        engine = resolve_backend(backend, self.n_samples**2, n_dims=self.n_features)
         V = np.stack([a, np.abs(a)], axis=1).astype(self.dtype)
         K_a = engine.matvec(kernel, self.rows, self.rows, V).astype(np.float64)
         return float(a @ K_a[:, 0]), abs(float(np.abs(a) @ K_a[:, 1]))
 
     def map_rows(self, fn, backend: str | Backend, width: int,
                  columns: int | None = None) -> Any:
-        return fn(self.rows, resolve_backend(backend, self.n_samples * width))
+        return fn(self.rows, resolve_backend(backend, self.n_samples * width,
+                                             n_dims=self.n_features))
 
     def sum_rows(self, fn) -> np.ndarray:
         return np.asarray(fn(self.rows), dtype=np.float64)

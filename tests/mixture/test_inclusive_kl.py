@@ -4,36 +4,14 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, three_mode_mixture
 from scipy.special import logsumexp
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neighbors import KernelDensity
 
 from skgradflow import InclusiveKLFitter
-
-
-def phi(Y, X, h):
-    """φ_h(y_m - x_i), the N(0, h² I) density, as an (M, N) matrix."""
-    d = Y.shape[1]
-    r2 = ((Y[:, None, :] - X[None, :, :]) ** 2).sum(-1)
-    return np.exp(-r2 / (2 * h * h)) / (2 * np.pi * h * h) ** (d / 2)
-
-
-def dense_inclusive_kl_iterations(x, w, y, b, h, tau, alpha, beta, n_iter):
-    """Section 1 of the design page with plain densities (fine in d = 2)."""
-    losses = [-b @ np.log(phi(y, x, h) @ w)]
-    for _ in range(n_iter):
-        P = phi(y, x, h)
-        mu = P @ w
-        pull = ((b / mu)[:, None, None] * P[:, :, None] * (y[:, None, :] - x[None, :, :])).sum(0)
-        x = x + tau * alpha / h**2 * pull
-        P = phi(y, x, h)
-        R = (b / (P @ w)) @ P
-        w = w * np.exp(tau * beta * (R - 1))
-        w = w / w.sum()
-        losses.append(-b @ np.log(phi(y, x, h) @ w))
-    return x, w, np.array(losses)
+from tests.helpers import BACKENDS, three_mode_mixture
+from tests.oracles import dense_inclusive_kl_iterations, phi
 
 
 @pytest.fixture

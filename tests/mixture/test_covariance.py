@@ -7,7 +7,6 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import BACKENDS
 from scipy.stats import gaussian_kde, multivariate_normal
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
@@ -17,6 +16,13 @@ from skgradflow import InclusiveKLFitter
 from skgradflow.backends import NumpyBackend, resolve_backend
 from skgradflow.backends._protocol import HostTargets
 from skgradflow.callbacks import PathRecorder
+from tests.helpers import BACKENDS
+from tests.oracles import (
+    dense_em_fraction_step,
+    dense_log_likelihood,
+    dense_tied_step,
+    dense_weight_step,
+)
 
 
 def correlated(n, rng, rho=0.95, scale=(3.0, 0.5)):
@@ -32,11 +38,6 @@ def whitener(X, b, reg):
     cov = np.atleast_2d(np.cov(X.T, aweights=b, bias=False))
     cov = cov + reg * np.trace(cov) / X.shape[1] * np.eye(X.shape[1])
     return b @ X / b.sum(), np.linalg.inv(np.linalg.cholesky(cov)).T, cov
-
-
-def dense_log_likelihood(y, b, x, C, w):
-    dens = np.stack([multivariate_normal(x[i], C[i]).pdf(y) for i in range(len(w))], axis=1)
-    return float(b @ np.log(dens @ w))
 
 
 @pytest.fixture
@@ -165,39 +166,9 @@ def test_full_gradients_match_finite_differences_of_the_log_likelihood(rng):
         assert 0.5 * w[i] * np.trace(G @ Sym) == pytest.approx(fd / (2 * eps), rel=1e-6)
 
 
-def dense_moments(y, b, x, C, w):
-    """``E_mi = b_m N(y_m; x_i, C_i) / μ(y_m)`` from dense densities."""
-    dens = np.stack([multivariate_normal(x[i], C[i]).pdf(y) for i in range(len(w))], axis=1)
-    return b[:, None] * dens / (dens @ w)[:, None]
-
-
-def dense_em_fraction_step(y, b, x, C, w, t, reg):
-    """Every component a fraction ``ρ_i = t R_i / (1 + t R_i)`` of the way to its M-step of
-    EM with the ``reg`` term (the responsibility-weighted mean, then the scatter about it
-    plus ``reg I / (w_i R_i)``)."""
-    E = dense_moments(y, b, x, C, w)
-    R = E.sum(0)
-    target = E.T @ y / R[:, None]
-    rho = t * R / (1 + t * R)
-    x_new = x + rho[:, None] * (target - x)
-    r = y[:, None, :] - x_new[None, :, :]
-    scatter = (np.einsum("mi,mid,mie->ide", E, r, r)
-               + (reg / w)[:, None, None] * np.eye(y.shape[1])) / R[:, None, None]
-    return x_new, C + rho[:, None, None] * (scatter - C)
-
-
 def penalty(C, reg, tied=False):
     """The ``reg`` term of the objective, ``(reg/2) Σ_i tr(C_i⁻¹)`` (one shape if tied)."""
     return 0.5 * reg * np.trace(np.linalg.inv(C[:1] if tied else C), axis1=1, axis2=2).sum()
-
-
-def dense_weight_step(y, b, x, C, w, t_beta):
-    """A fraction ``t_beta / (1 + t_beta)`` of the way to EM's weights ``Σ_m b_m γ_mi``, at
-    the moved state."""
-    dens = np.stack([multivariate_normal(x[i], C[i]).pdf(y) for i in range(len(w))], axis=1)
-    em = (b[:, None] * dens * w / (dens @ w)[:, None]).sum(0)
-    rho = t_beta / (1 + t_beta)
-    return (1 - rho) * w + rho * em / em.sum()
 
 
 def test_full_transport_is_the_natural_gradient_of_the_likelihood_to_first_order(data):
@@ -239,21 +210,6 @@ def test_full_transport_is_the_natural_gradient_of_the_likelihood_to_first_order
         natural = 2 * C[i] @ grad_C @ C[i] / w[i]
         np.testing.assert_allclose((moved_C[i] - C[i]) / t, natural + reg / w[i] * np.eye(2),
                                    rtol=1e-4, atol=1e-7)
-
-
-def dense_tied_step(y, b, x, C, w, t, reg):
-    """The means as in ``dense_em_fraction_step``; the shared shape a fraction
-    ``t r / (1 + t r)``, ``r = Σ_i w_i R_i``, of the way to the pooled scatter
-    ``(Σ_i w_i Σ_m E_mi (y_m - x_i)(y_m - x_i)ᵀ + reg I) / r`` (about the moved means)."""
-    E = dense_moments(y, b, x, C, w)
-    R = E.sum(0)
-    rho = t * R / (1 + t * R)
-    x_new = x + rho[:, None] * (E.T @ y / R[:, None] - x)
-    r = y[:, None, :] - x_new[None, :, :]
-    total = w @ R
-    pooled = (np.einsum("i,mi,mid,mie->de", w, E, r, r) + reg * np.eye(y.shape[1])) / total
-    shared = C[0] + t * total / (1 + t * total) * (pooled - C[0])
-    return x_new, np.repeat(shared[None], len(w), axis=0)
 
 
 @pytest.mark.parametrize("covariance", ["full", "tied"])

@@ -4,22 +4,12 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, assert_energy_never_increases, three_mode_mixture
 from sklearn.exceptions import ConvergenceWarning
-from test_ift import gauss, witness_grad
 
 from skgradflow import IFTSampler, WFRMMDFlow
 from skgradflow.data import InMemoryData
-
-
-def dense_wfr_iterations(x, w, y, b, h, tau, alpha, beta, n_iter, conserve_mass=True):
-    for _ in range(n_iter):
-        x = x - tau * alpha * witness_grad(x, w, y, b, h)
-        f = gauss(x, x, h) @ w - gauss(x, y, h) @ b  # the witness at the new positions
-        w = w * np.exp(-tau * beta * f)
-        if conserve_mass:
-            w = w / w.sum()
-    return x, w
+from tests.helpers import BACKENDS, assert_energy_never_increases, three_mode_mixture
+from tests.oracles import dense_wfr_iterations
 
 
 @pytest.fixture

@@ -5,61 +5,16 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, assert_energy_never_increases, three_mode_mixture
 from sklearn.exceptions import ConvergenceWarning
 
 from skgradflow import IFTSampler
 from skgradflow.callbacks import PathRecorder
 from skgradflow.data import InMemoryData
 from skgradflow.metrics import energy_distance, mmd
-
+from tests.helpers import BACKENDS, assert_energy_never_increases, three_mode_mixture
+from tests.oracles import dense_ift_iteration, energy, gauss, witness_grad
 
 # --- an independent dense implementation of one IFT iteration --------------------------
-def gauss(A, B, h):
-    r2 = ((A[:, None, :] - B[None, :, :]) ** 2).sum(-1)
-    return np.exp(-r2 / (2 * h * h))
-
-
-def witness_grad(x, w, y, b, h):
-    """∇f(x_i) for f(z) = Σ_j w_j k(z, x_j) - Σ_m b_m k(z, y_m)."""
-    Kx, Ky = gauss(x, x, h), gauss(x, y, h)
-    gx = -((x[:, None, :] - x[None, :, :]) * (Kx * w)[..., None]).sum(1) / h**2
-    gy = -((x[:, None, :] - y[None, :, :]) * (Ky * b)[..., None]).sum(1) / h**2
-    return gx - gy
-
-
-def energy(x, w, y, b, h):
-    return 0.5 * w @ gauss(x, x, h) @ w - w @ gauss(x, y, h) @ b + 0.5 * b @ gauss(y, y, h) @ b
-
-
-def simplex_projection_by_bisection(v):
-    """argmin_{w ∈ Δ} |w - v|: w = max(v - θ, 0) with θ found by bisection on Σ w = 1."""
-    lo, hi = v.min() - 1.0, v.max()
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if np.maximum(v - mid, 0).sum() > 1:
-            lo = mid
-        else:
-            hi = mid
-    w = np.maximum(v - 0.5 * (lo + hi), 0)
-    return w / w.sum()
-
-
-def dense_ift_iteration(x, w, y, b, h, tau, alpha, beta, weight_steps):
-    x1 = x - tau * alpha * witness_grad(x, w, y, b, h)
-    K, c, eta = gauss(x1, x1, h), gauss(x1, y, h) @ b, tau * beta
-    L = (1 + 1 / eta) * np.abs(K).sum(1).max()
-
-    def grad_q(v):  # ∇ of ½vᵀKv - vᵀc + 1/(2η)(v - w)ᵀK(v - w)
-        return K @ v - c + K @ (v - w) / eta
-
-    v_prev, z, t = w, w, 1.0
-    for _ in range(weight_steps):
-        v = simplex_projection_by_bisection(z - grad_q(z) / L)
-        t_next = (1 + np.sqrt(1 + 4 * t * t)) / 2
-        z = v + (t - 1) / t_next * (v - v_prev)
-        v_prev, t = v, t_next
-    return x1, v
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, needs_keops, needs_numba
 from scipy.special import logsumexp
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
@@ -29,29 +28,10 @@ from skgradflow.backends import (
 from skgradflow.backends import _numpy as numpy_module
 from skgradflow.kernels import KERNELS, Kernel
 from skgradflow.metrics import mmd
+from tests.helpers import BACKENDS, needs_keops, needs_numba
+from tests.oracles import dense_kernel
 
 H = 0.8
-
-
-def dense_kernel(name, Z, S, h):
-    """k(z_i, s_j) and ∇_z k(z_i, s_j), from the kernel table of the design page."""
-    D = Z[:, None, :] - S[None, :, :]
-    r = np.sqrt((D**2).sum(-1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        unit = np.where(r[..., None] > 0, D / r[..., None], 0.0)
-    if name == "gaussian":
-        K = np.exp(-(r**2) / (2 * h**2))
-        G = -D * K[..., None] / h**2
-    elif name == "laplacian":
-        K = np.exp(-r / h)
-        G = -unit * K[..., None] / h
-    elif name == "imq":
-        K = (1 + r**2 / h**2) ** -0.5
-        G = -D * ((1 + r**2 / h**2) ** -1.5)[..., None] / h**2
-    else:
-        K = -r
-        G = -unit
-    return K, G
 
 
 def make_inputs(rng, d, dtype, n=40, m=60):
@@ -78,17 +58,29 @@ def engine(request):
 DTYPES = [np.float64, np.float32]
 
 
+def _blocked_loops_at_nine_dims(d, monkeypatch):
+    """At d = 9, the Numba backend's blocked loops, which it uses from 8 coordinates in calls
+    of 10⁵ kernel entries and more, also in these small calls."""
+    if d == 9:
+        from skgradflow.backends import _numba
+
+        monkeypatch.setattr(_numba, "BLOCKED_MIN_PAIRS", 0)
+
+
 def _skip_costly(engine, dtype, d):
     if engine.name == "keops" and dtype == np.float32 and d == 1:
         pytest.skip("float32 is covered in d = 3 (one KeOps compile less per kernel)")
+    if engine.name in ("keops", "dask") and d == 9:
+        pytest.skip("d = 9 is for the Numba backend's blocked loops (KeOps: one compile more)")
 
 
 # --- the four reductions over explicit sources ------------------------------------------
 @pytest.mark.parametrize("name", KERNELS)
-@pytest.mark.parametrize("d", [1, 3])
+@pytest.mark.parametrize("d", [1, 3, 9])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_matvec_and_value_grad_match_dense_formulas(engine, name, d, dtype, rng):
+def test_matvec_and_value_grad_match_dense_formulas(engine, name, d, dtype, rng, monkeypatch):
     _skip_costly(engine, dtype, d)
+    _blocked_loops_at_nine_dims(d, monkeypatch)
     Z, S, V, a = make_inputs(rng, d, dtype)
     K, G = dense_kernel(name, Z.astype(float), S.astype(float), H)
     kern = Kernel(name, H)
@@ -106,10 +98,11 @@ def test_matvec_and_value_grad_match_dense_formulas(engine, name, d, dtype, rng)
     assert engine.matvec(kern, Z, S, V[:, :1]).shape == (Z.shape[0], 1)
 
 
-@pytest.mark.parametrize("d", [1, 3])
+@pytest.mark.parametrize("d", [1, 3, 9])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_log_domain_reductions_match_dense_formulas(engine, d, dtype, rng):
+def test_log_domain_reductions_match_dense_formulas(engine, d, dtype, rng, monkeypatch):
     _skip_costly(engine, dtype, d)
+    _blocked_loops_at_nine_dims(d, monkeypatch)
     Z, S, _, _ = make_inputs(rng, d, dtype)
     logv = rng.normal(size=S.shape[0]).astype(dtype)
     r2 = ((Z[:, None, :].astype(float) - S[None, :, :]) ** 2).sum(-1) / H**2
@@ -282,6 +275,87 @@ def test_auto_uses_numba_for_large_runs_on_a_cpu():
     if gpu_possible():
         pytest.skip("a GPU may be present: KeOps would be asked first")
     assert resolve_backend("auto", 10**10).device == "numba-cpu"
+
+
+@needs_numba
+def test_auto_weighs_the_numba_start_against_the_time_it_saves(monkeypatch):
+    from skgradflow.backends import _registry
+
+    if gpu_possible():
+        pytest.skip("a GPU may be present: KeOps would be asked first")
+    # a table of savings made up here: 10 ns an entry from the third size on at every d, and
+    # NumPy the faster at the first size
+    sizes = _registry.AUTO_NUMBA_SIZES
+    monkeypatch.setattr(_registry, "AUTO_NUMBA_SAVES_NS",
+                        {2: (-5.0, 0.0, 10.0, 10.0), 32: (-5.0, 0.0, 10.0, 10.0)})
+    pairs = sizes[2]
+    assert np.isclose(_registry.numba_saving_s(pairs, 16, 7), 7 * pairs * 10e-9)
+    assert np.isclose(_registry.numba_saving_s(sizes[0], 16), -5e-9 * sizes[0])
+    asked = []
+
+    def ready(answer):
+        return lambda n_dims: asked.append(n_dims) or answer
+
+    def pick(n_pairs, n_calls, n_dims=16):
+        return resolve_backend("auto", n_pairs, n_calls=n_calls, n_dims=n_dims).device
+
+    warm = _registry.AUTO_NUMBA_WARM_START_S
+    cold = _registry.AUTO_NUMBA_COLD_START_S
+    between = int(np.ceil(2 * warm / (pairs * 10e-9)))  # saves twice a load
+    assert between * pairs * 10e-9 < cold
+    # cached loops: a load pays off; loops to compile: it does not
+    monkeypatch.setattr(_registry, "loops_ready", ready(True))
+    assert pick(pairs, between) == "numba-cpu"
+    monkeypatch.setattr(_registry, "loops_ready", ready(False))
+    assert pick(pairs, between) == "numpy"
+    assert asked == [16, 16]
+    # a saving above a compile: Numba without asking; NumPy's faster calls: NumPy, however many
+    assert pick(pairs, int(np.ceil(2 * cold / (pairs * 10e-9)))) == "numba-cpu"
+    assert pick(sizes[0], 10**9) == "numpy"
+    assert asked == [16, 16]
+    # by dimension: the saving is read at the run's d
+    monkeypatch.setattr(_registry, "AUTO_NUMBA_SAVES_NS",
+                        {2: (0.0, 0.0, 1e-3, 1e-3), 32: (0.0, 0.0, 100.0, 100.0)})
+    calls = int(np.ceil(2 * cold / (pairs * 100e-9)))
+    assert pick(pairs, calls, n_dims=32) == "numba-cpu"
+    assert pick(pairs, calls, n_dims=2) == "numpy"
+
+
+@needs_numba
+def test_a_small_auto_run_does_not_import_numba():
+    # in a fresh process: the run saves less than Numba's import would cost
+    program = (
+        "import sys\n"
+        "from skgradflow.backends import resolve_backend\n"
+        "engine = resolve_backend('auto', 100 * 400, n_calls=100, n_dims=16)\n"
+        "print(engine.device, 'numba' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         timeout=300, check=True).stdout.split()
+    assert out == ["numpy", "False"]
+
+
+@needs_numba
+def test_loops_ready_reads_the_cache_and_the_loops_loaded_here(tmp_path, monkeypatch):
+    from skgradflow.backends import _numba
+
+    kern = Kernel("gaussian", 1.0)
+    Z = np.random.default_rng(0).normal(size=(5, 9))
+    engine = resolve_backend("numba", 1)
+    for blocked_from in (10**9, 0):  # the per-pair loops, then the blocked ones
+        monkeypatch.setattr(_numba, "BLOCKED_MIN_PAIRS", blocked_from)
+        engine.value_grad(kern, Z, Z, Z[:, :1], Z[:, 0])
+        engine.matvec(kern, Z, Z, Z[:, :1])
+        engine.logsumexp(kern, Z, Z, Z[:, 0])
+        engine.softmax_moments(kern, Z, Z, Z[:, 0])
+    assert _numba.loops_ready(9)
+    # an empty cache, in a fresh process: nothing loaded, nothing cached
+    program = ("from skgradflow.backends._numba import loops_ready\n"
+               "print(loops_ready(2), loops_ready(9))\n")
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path)), timeout=300,
+                         check=True).stdout.split()
+    assert out == ["False", "False"]
 
 
 @needs_keops

@@ -5,12 +5,12 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import three_mode_mixture
 from sklearn.exceptions import ConvergenceWarning
 
 from skgradflow import IFTSampler, WFRMMDFlow
 from skgradflow.backends import NumpyBackend
 from skgradflow.metrics import energy_distance
+from tests.helpers import three_mode_mixture
 
 SAMPLERS = pytest.mark.parametrize("cls", [IFTSampler, WFRMMDFlow])
 

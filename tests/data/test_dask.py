@@ -14,13 +14,12 @@ import pytest
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
-from conftest import needs_numba, three_mode_mixture  # noqa: E402
-from test_backends import test_bound_targets_match_dense_formulas as bound_oracle  # noqa: E402
-
 from skgradflow import IFTSampler, InclusiveKLFitter, WFRMMDFlow  # noqa: E402
 from skgradflow.backends import DaskBackend, DaskTargets, NumpyBackend  # noqa: E402
 from skgradflow.kernels import Kernel  # noqa: E402
 from skgradflow.metrics import energy_distance, mmd  # noqa: E402
+from tests.backends.test_protocol import test_bound_targets_match_dense_formulas as bound_oracle  # noqa: E402
+from tests.helpers import needs_numba, three_mode_mixture  # noqa: E402
 
 N_ATOMS = 12
 ITERATIONS = 8

@@ -11,11 +11,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import needs_numba
 
 from skgradflow import IFTSampler, InclusiveKLFitter, WFRMMDFlow
 from skgradflow.backends import NumbaBackend, NumbaUnavailableError, NumpyBackend
 from skgradflow.kernels import KERNELS, Kernel
+from tests.helpers import needs_numba
 
 pytestmark = needs_numba
 
@@ -72,6 +72,53 @@ def test_blocks_of_every_length_give_the_dense_result(name, dtype):
             want = NumpyBackend().value_grad(kern, Z, sources, V[:m, :channels], a[:m])
             for g, w in zip(got, want, strict=True):
                 np.testing.assert_allclose(g, w, rtol=tol, atol=tol * np.abs(w).max())
+
+
+@pytest.mark.parametrize("dims", [8, 17, 40])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_blocked_distances_in_many_dims_give_the_dense_result(dims, dtype, monkeypatch):
+    # From BLOCKED_MIN_DIMS coordinates (in large calls; here in every call) the distances
+    # come from matrix products: checked
+    # against the NumPy backend's differences on data far from the origin (the product
+    # cancels there unless centred), with points repeated among the sources (r = 0 exactly,
+    # where the cusp kernels' gradient factor is 0, not 1/r of a rounding error), tiles of
+    # rows cut short and blocks of every length, on one thread and on two.
+    from skgradflow.backends import _numba
+
+    assert dims >= _numba.BLOCKED_MIN_DIMS
+    monkeypatch.setattr(_numba, "BLOCKED_MIN_PAIRS", 0)  # small calls too
+    rng = np.random.default_rng(4)
+    # far enough that |z|² + |s|² - 2 z·s about the origin would miss the tolerance (float32:
+    # less far, where the float32 oracle's own moments still meet it)
+    offset = 1000.0 if dtype == np.float64 else 20.0
+    Z = (offset + rng.normal(size=(45, dims))).astype(dtype)
+    S = np.concatenate([Z[:7], offset + rng.normal(size=(600, dims))]).astype(dtype)
+    V = rng.normal(size=(607, 2)).astype(dtype)
+    a = rng.normal(size=607).astype(dtype)
+    logv = rng.normal(size=607).astype(dtype)
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+
+    def close(got, want):
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == dtype
+            np.testing.assert_allclose(g, w, rtol=tol, atol=tol * np.abs(w).max())
+
+    for threads in (1, 2):
+        fast, dense = NumbaBackend(n_threads=threads), NumpyBackend()
+        for sources in (S, S[:1], S[:256], S[:257]):
+            m = sources.shape[0]
+            for name in KERNELS:
+                kern = Kernel(name, 0.5 * np.sqrt(dims))
+                for channels in (1, 2):
+                    close(fast.value_grad(kern, Z, sources, V[:m, :channels], a[:m]),
+                          dense.value_grad(kern, Z, sources, V[:m, :channels], a[:m]))
+                close([fast.matvec(kern, Z, sources, V[:m])],
+                      [dense.matvec(kern, Z, sources, V[:m])])
+            kern = Kernel("gaussian", 0.5 * np.sqrt(dims))
+            close([fast.logsumexp(kern, Z, sources, logv[:m])],
+                  [dense.logsumexp(kern, Z, sources, logv[:m])])
+            close(fast.softmax_moments(kern, Z, sources, logv[:m]),
+                  dense.softmax_moments(kern, Z, sources, logv[:m]))
 
 
 def test_one_thread_gives_the_result_of_all_threads_and_bad_counts_are_refused(rng):

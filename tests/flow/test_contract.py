@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from conftest import keops_usable, needs_keops, needs_numba, numba_usable
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import GridSearchCV
+from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -24,6 +23,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from skgradflow import IFTSampler, InclusiveKLFitter, WFRMMDFlow
 from skgradflow.backends import AUTO_KEOPS_MIN_WORK
 from skgradflow.metrics import make_distribution_scorer, mmd
+from tests.helpers import keops_usable, needs_keops, needs_numba, numba_usable
 
 # fitted by every estimator, besides its atoms and its own extras
 COMMON_FITTED = (
@@ -513,8 +513,15 @@ def test_grid_search_numpy(spec, data, n_jobs):
     assert np.all(np.isfinite(scores))
     assert search.best_params_ in search.cv_results_["params"]
     assert search.best_estimator_.backend_ == "numpy"
-    # score is higher-is-better and comparable across the grid: the best is the argmax
-    assert search.best_score_ == scores.max()
+    # each candidate's score is the estimator's own score on the held-out fold, the same in
+    # worker processes (n_jobs=2) as here: recompute the first candidate's by hand
+    folds = KFold(2).split(data)
+    by_hand = []
+    for train, test in folds:
+        fitted = quiet_fit(spec.make(max_iter=10).set_params(**search.cv_results_["params"][0]),
+                           data[train])
+        by_hand.append(fitted.score(data[test]))
+    np.testing.assert_allclose(scores[0], np.mean(by_hand), rtol=1e-12)
 
 
 # Large enough that backend="auto" picks KeOps in every fold.  "auto" compares the work of
@@ -603,7 +610,7 @@ _COLD_SEARCH = textwrap.dedent(
     import numpy as np
     import pykeops
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import GridSearchCV
+    from sklearn.model_selection import GridSearchCV, KFold
     from skgradflow import IFTSampler
     from skgradflow.metrics import energy_distance
 
@@ -715,7 +722,7 @@ _COLD_NUMBA_SEARCH = textwrap.dedent(
     import json, os, sys, warnings
     import numpy as np
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import GridSearchCV
+    from sklearn.model_selection import GridSearchCV, KFold
     from skgradflow import InclusiveKLFitter
 
     warnings.simplefilter("ignore", ConvergenceWarning)
