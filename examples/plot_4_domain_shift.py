@@ -4,12 +4,14 @@ Undoing a domain shift by distribution matching
 
 A classifier trained on one domain fails when the test features arrive shifted: here the test
 batch of a two-moons problem is translated, stretched along one axis, squeezed along the other
-and rotated by 20 degrees.  ``IFTSampler.transform`` moves a point set toward the fitted
-distribution by the transport part of the MMD flow, so fitting the sampler on the *source*
-features and transforming the shifted test batch brings it back where the classifier expects it
--- without any labels from the test domain.  Re-standardising the test batch with its own mean
+and rotated by 20 degrees.  ``IFTSampler.transform`` maps a point set onto the fitted
+distribution by optimal transport, so fitting the sampler on the *source* features and
+transforming the shifted test batch brings it back where the classifier expects it -- without
+any labels from the test domain.  Re-standardising the test batch with its own mean
 and standard deviation (moment matching) undoes the translation and the scaling but not the
-rotation; matching the whole distribution does better.
+rotation; neither does optimal transport, which moves the points as little as it can (a
+rotation back is not the least displacement).  Both bring the accuracy from 0.59 back to about
+0.9 (0.89 and 0.86 in the run this example prints).
 """
 
 # %%
@@ -52,12 +54,11 @@ classifier = make_pipeline(StandardScaler(), SVC()).fit(X_source, y_source)
 # %%
 # Matching the shifted batch to the source distribution
 # -----------------------------------------------------
-# The sampler is fitted to the source features only: 300 particles, and a bandwidth of 2, wider
-# than the median heuristic (1.2), so that the test points the shift carried farthest still
-# feel the pull of the source distribution (a narrower kernel leaves a few of them stranded,
-# pushed away by the other test points).  ``transform`` then moves the 500 shifted test points,
-# as one uniform measure, toward the fitted particles.  ``tol=0`` runs a fixed 300 iterations,
-# in ``fit`` and in ``transform``.
+# The sampler is fitted to the source features only (300 particles, a bandwidth of 2 and a
+# fixed 300 iterations).  ``transform`` then maps the 500 shifted test points, as one set, onto
+# the fitted particles: the affine map between the two sets' means and covariances (which
+# undoes this shift's translation, stretch and rotation), then an optimal transport plan to the
+# particles for what the affine map leaves.
 start = time.perf_counter()
 matcher = IFTSampler(n_particles=300, bandwidth=2.0, max_iter=300, tol=0, random_state=0)
 matcher.fit(X_source)
@@ -84,8 +85,7 @@ for name, value in accuracy.items():
 # trains the classifier on the source features moved onto its particles, almost unchanged),
 # and ``predict``/``score`` transform every incoming batch before classifying it.  The
 # transform matches a whole batch to the source distribution, so the batch must be a
-# representative sample of its domain (a single point would just be pulled into the nearest
-# dense region).
+# representative sample of its domain (a single point is mapped to the fitted mean).
 start = time.perf_counter()
 pipeline = make_pipeline(
     IFTSampler(n_particles=300, bandwidth=2.0, max_iter=300, tol=0, random_state=0),

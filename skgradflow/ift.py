@@ -66,7 +66,7 @@ class IFTSampler(_BaseMMDFlow):
         ``max_iter`` at the median's bandwidth, which carries mass across the data, and
         the rest at Scott's (``n`` = the distinct samples), which resolves the modes; the
         second phase starts from the step size the first ended with, ``tol`` is consulted
-        only after half of it, and ``transform`` follows the same two phases.  A float or a
+        only after half of it.  A float or a
         rule is used for the whole run (what a ``GridSearchCV`` over ``bandwidth``
         compares).  For the energy kernel, which has no
         bandwidth, it is the length scale of the automatic step size.

@@ -1,50 +1,275 @@
-"""``transform`` of the MMD samplers: another point set moved onto the fitted measure."""
+"""``transform`` of the MMD samplers: another point set mapped onto the fitted measure.
+
+Two maps, composed (derived on the design page, "Matching a point set"):
+
+1. the **Gaussian optimal-transport map** from the set's mean and covariance to those of the
+   fitted measure ``ν = Σ_j b_j δ_{y_j}``: ``x ↦ m_ν + (x - m_X) A``, ``A = S^{-1/2}
+   (S^{1/2} C_ν S^{1/2})^{1/2} S^{-1/2}`` (``S`` the set's covariance, its inverse root a
+   pseudo-inverse): the affine part of the shift;
+2. the **entropic semi-discrete optimal transport** from the aligned set ``μ = (1/N) Σ_i
+   δ_{x_i}`` to ``ν``, cost ``½|x - y|²``: the plan ``π_j(x) ∝ b_j exp((g_j - ½|x - y_j|²)/ε)``
+   whose potentials ``g`` make every atom receive its weight (Sinkhorn on ``g``, ``ε``
+   halved from the data's scale down to ``κ δ²``), then every point moves by the displacement
+   of the barycentres of the mass its atoms receive::
+
+       T(x) = x + Σ_j π_j(x) (y_j - x̄_j),   x̄_j = Σ_i π_j(x_i) x_i / Σ_i π_j(x_i).
+
+   The mass that atom ``j`` receives lands with its barycentre on ``y_j``, keeping its own
+   spread, so the image follows ``ν`` at the scale of the atoms' spacing; it moves less than
+   sending that mass onto the atom itself, by the mass's variance.
+
+Every step is a pass over the rows: one for the moments, one per Sinkhorn iteration, one for
+the barycentres and one for the map, each ``O(J d)`` per row for ``J`` atoms, in chunks of at
+most ``_CHUNK_ENTRIES`` plan entries (memory linear in the rows), on the machine that holds
+the rows (a dask array's chunks on their workers).
+"""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
 
 from ..data import as_data, held_here, session
 from ._loop import _phase_bandwidths, _phase_shares
 from ._state import FlowState
 
+# ε = _EPS_FRACTION × δ², δ² the weighted mean squared distance from an atom to its nearest
+# other atom: a point's plan then spreads over a few neighbouring atoms.  On the matching
+# benchmark's sets 0.1 lands 1.5-3.3x closer to the fitted measure (energy distance) than 0.3,
+# within 4% of it on held-out target rows or much better (digits: 1.5 against 2.9 times
+# target-train's distance), for 1.6-3x the Sinkhorn passes.
+_EPS_FRACTION = 0.1
+# Sinkhorn at the final ε stops when every atom receives its weight within this relative
+# error; the coarser levels, which only warm-start the next, within _COARSE_TOL.
+_MARGINAL_TOL = 0.05
+_COARSE_TOL = 0.5
+_MAX_PASSES = 2000
+# Sinkhorn's update of the potentials, over-relaxed: g ← g - ω ε log(m / b), m the mass each
+# atom receives.  ω = 1.8 takes 2-3.5x fewer passes than ω = 1 (497 against 939 for 300
+# points onto 300 atoms, 80 against 280 for 5000 onto 500); a pass whose marginal error
+# exceeds twice the level's best so far switches that level back to ω = 1.
+_OVERRELAXATION = 1.8
+# rows per chunk of a pass: its plan, (rows, J) float64, has at most this many entries
+_CHUNK_ENTRIES = 2**20
+
+
+def _roots(C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``C^{1/2}`` and the pseudo-inverse ``C^{-1/2}`` (zero in directions without spread)
+    of a symmetric positive semi-definite matrix."""
+    val, vec = np.linalg.eigh(C)
+    val = np.clip(val, 0.0, None)
+    spread = val > 1e-12 * max(float(val.max(initial=0.0)), np.finfo(np.float64).tiny)
+    root = np.sqrt(val)
+    inv = np.zeros_like(root)
+    inv[spread] = 1.0 / root[spread]
+    return (vec * root) @ vec.T, (vec * inv) @ vec.T
+
+
+def gaussian_map(mean_x, cov_x, mean_y, cov_y) -> tuple[np.ndarray, np.ndarray]:
+    """``(A, c)``: ``x ↦ x A + c`` is the optimal-transport map from ``N(mean_x, cov_x)`` to
+    ``N(mean_y, cov_y)`` (on the span of ``cov_x``; the rest goes to ``mean_y``)."""
+    half, inv_half = _roots(cov_x)
+    middle = _roots(half @ cov_y @ half)[0]
+    A = inv_half @ middle @ inv_half
+    A = 0.5 * (A + A.T)
+    return A, mean_y - mean_x @ A
+
+
+def _atoms(atoms: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The atoms of positive weight with repeated positions merged, float64; weights sum to 1
+    (an atom of zero weight receives nothing: its potential would run off to -inf)."""
+    keep = weights > 0
+    Y, inverse = np.unique(np.asarray(atoms[keep], dtype=np.float64), axis=0,
+                           return_inverse=True)
+    b = np.bincount(inverse.ravel(), weights=weights[keep], minlength=Y.shape[0])
+    return Y, b / b.sum()
+
+
+def entropy(Y: np.ndarray, b: np.ndarray) -> float:
+    """The final ε: ``_EPS_FRACTION`` × the weighted mean squared distance from an atom to
+    its nearest other atom (1 for a single atom, where the plan is trivial)."""
+    if Y.shape[0] < 2:
+        return 1.0
+    sq = np.sum(Y * Y, axis=1)
+    nearest = np.empty(Y.shape[0])
+    step = max(1, _CHUNK_ENTRIES // Y.shape[0])
+    for s in range(0, Y.shape[0], step):
+        D = sq[s : s + step, None] + sq[None, :] - 2.0 * Y[s : s + step] @ Y.T
+        D[np.arange(D.shape[0]), np.arange(s, s + D.shape[0])] = np.inf
+        nearest[s : s + step] = np.maximum(D.min(axis=1), 0.0)
+    return _EPS_FRACTION * float(b @ nearest)
+
+
+class _Plan:
+    """The entropic plan from the aligned rows ``z = x A + c`` to the atoms, by chunks of
+    rows: ``π_j(z) ∝ exp(g_j/ε + log b_j - |y_j|²/(2ε) + z·y_j/ε)`` (the ``|z|²/(2ε)`` of the
+    cost is the same for every atom of a row and cancels)."""
+
+    def __init__(self, Y: np.ndarray, b: np.ndarray, A: np.ndarray, c: np.ndarray):
+        self.Y, self.A, self.c = Y, A, c
+        self.log_b = np.log(b)
+        self.half_sq = 0.5 * np.sum(Y * Y, axis=1)
+
+    def _chunks(self, X: np.ndarray):
+        step = max(1, _CHUNK_ENTRIES // max(self.Y.shape[0], X.shape[1]))
+        for s in range(0, X.shape[0], step):
+            Z = np.asarray(X[s : s + step], dtype=np.float64) @ self.A + self.c
+            yield s, Z
+
+    def _weights(self, Z: np.ndarray, g: np.ndarray, eps: float):
+        """The plan's rows before their normalisation, ``E`` of shape (rows, J) with
+        ``π_j(z_i) = E_ij / s_i``, and ``1 / s``: the ``1/ε`` is folded into the atoms and
+        the bias, so that a pass touches the (rows, J) array as few times as it can."""
+        L = Z @ (self.Y.T / eps)
+        L += (g - self.half_sq) / eps + self.log_b
+        L -= L.max(axis=1, keepdims=True)
+        np.exp(L, out=L)
+        return L, 1.0 / L.sum(axis=1)
+
+    def _rows(self, Z: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
+        E, inv = self._weights(Z, g, eps)
+        E *= inv[:, None]
+        return E
+
+    def mass(self, X: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
+        """``Σ_i π_j(x_i)`` for every atom ``j``, over the rows ``X``."""
+        total = np.zeros(self.Y.shape[0])
+        for _, Z in self._chunks(X):
+            E, inv = self._weights(Z, g, eps)
+            total += inv @ E
+        return total
+
+    def moments(self, X: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
+        """``[Σ_i π_j(x_i), Σ_i π_j(x_i) z_i]`` for every atom, shape ``(J, 1 + d)``."""
+        total = np.zeros((self.Y.shape[0], 1 + self.Y.shape[1]))
+        for _, Z in self._chunks(X):
+            P = self._rows(Z, g, eps)
+            total[:, 0] += P.sum(axis=0)
+            total[:, 1:] += P.T @ Z
+        return total
+
+    def apply(self, X: np.ndarray, g: np.ndarray, eps: float, shift: np.ndarray) -> np.ndarray:
+        """``z + Σ_j π_j(z) shift_j`` for every row, in the dtype of ``X``."""
+        out = np.empty(X.shape, dtype=X.dtype)
+        for s, Z in self._chunks(X):
+            out[s : s + Z.shape[0]] = Z + self._rows(Z, g, eps) @ shift
+        return out
+
+
+def _potentials(points, plan: _Plan, b: np.ndarray, eps: float, desc: str) -> np.ndarray:
+    """Sinkhorn on the atoms' potentials, ε halved from the scale of the whole cloud (where
+    the plan is nearly ``b`` for every row) down to ``eps``, each level warm-starting the
+    next; every pass is one :meth:`Data.sum_rows` over the points."""
+    g = np.zeros(b.shape[0])
+    if b.shape[0] < 2:
+        return g
+    cov = (plan.Y - b @ plan.Y).T @ ((plan.Y - b @ plan.Y) * b[:, None])
+    start = 2.0 * float(np.trace(cov)) + eps
+    levels = np.geomspace(start, eps, max(1, int(np.ceil(np.log2(start / eps))) + 1))
+    n, passes = points.n_samples, 0
+    for level, e in enumerate(levels):
+        tol = _MARGINAL_TOL if level == len(levels) - 1 else _COARSE_TOL
+        omega, best = _OVERRELAXATION, np.inf
+        while True:
+            m = points.sum_rows(lambda X, g=g, e=e: plan.mass(X, g, e)) / n
+            passes += 1
+            error = float(np.max(np.abs(m / b - 1.0)))
+            if error <= tol:
+                break
+            if passes >= _MAX_PASSES:
+                warnings.warn(
+                    f"{desc}: the transport plan onto the fitted measure did not converge in "
+                    f"{_MAX_PASSES} passes (the largest relative error of an atom's mass is "
+                    f"{error:.2g}); the result lands on the fitted measure only approximately.",
+                    ConvergenceWarning, stacklevel=3)
+                return g
+            if error > 2.0 * best:
+                omega = 1.0
+            best = min(best, error)
+            g = g - omega * e * (np.log(np.maximum(m, np.finfo(np.float64).tiny)) - plan.log_b)
+    return g
+
 
 class _MMDMatching:
-    """``transform`` and the transport flow it runs (mixed into the MMD flow base)."""
+    """``transform`` (the map onto the fitted measure) and the transport flow ``_move`` that
+    ``sample`` runs (mixed into the MMD flow base)."""
 
     def transform(self, X):
-        """Move the points of ``X`` toward the fitted distribution and return them.
+        """Map the points of ``X`` onto the fitted distribution and return them.
 
-        The points form a uniform measure that follows the transport part of the flow
-        (Wasserstein gradient flow of the MMD, weights fixed) toward the fitted particle
-        measure, with this estimator's kernel, bandwidth, ``alpha``, step size,
-        ``max_iter`` and ``tol``.  The points interact, so the result depends on the
-        whole set: distribution matching, not a point-wise map.
+        The map is optimal transport from the uniform measure on the rows of ``X`` to the
+        fitted particle measure: first the affine map between their means and covariances,
+        then an entropic transport plan to the particles, each point moving by the
+        displacement that brings the barycentre of the mass each particle receives onto
+        that particle.  The moved set lands on the fitted measure at the scale of the
+        particles' spacing, while every point moves about as little as optimal transport
+        allows (see the design page).  The map is computed from the whole set, so a row's
+        image depends on the other rows: distribution matching of the set.
+
+        Cost: ``O(J d)`` per row and pass for ``J`` particles, over some tens to hundreds of
+        passes (the plan's iterations); memory linear in the rows.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            A NumPy or a dask array.
 
         Returns
         -------
         ndarray of shape (n_samples, n_features)
-            New array; ``X`` is not modified.  For a dask array, a dask array with its
-            row chunks: the points interact, so they are gathered and moved together.
+            New array, one row per row of ``X``, in its order and dtype; ``X`` is not
+            modified.  For a dask array, a lazy dask array with its row chunks, each mapped
+            on its worker.
         """
         check_is_fitted(self)
-        with session(self.backend, X):
-            points = as_data(X, estimator=self, dtype=[np.float64, np.float32], reset=False,
-                             copy=True)
-            # the points interact: they are moved together, in memory
-            moved = self._move(np.array(points.to_host()), f"{type(self).__name__}.transform")
-            return points.wrap(moved)
+        desc = f"{type(self).__name__}.transform"
+        # one BLAS thread: the passes are thin matrix products (d columns) whose threads only
+        # wait on each other, 3x slower on a busy 2-core machine (17 against 5 ms a product of
+        # 10^6 entries, 14 against 0.15 ms a matrix-vector product); the exponentials, which
+        # dominate, run on one thread in NumPy anyway
+        with session(self.backend, X, arrays_only=True), threadpool_limits(1, user_api="blas"):
+            # X is only read: every pass computes in float64 chunks, the map into a new array
+            points = as_data(X, estimator=self, dtype=[np.float64, np.float32], reset=False)
+            Y, b = _atoms(*self._fitted_measure())
+            mean_x, cov_x = points.mean_covariance()
+            mean_y = b @ Y
+            cov_y = (Y - mean_y).T @ ((Y - mean_y) * b[:, None])
+            plan = _Plan(Y, b, *gaussian_map(mean_x, cov_x, mean_y, cov_y))
+            eps = entropy(Y, b)
+            g = _potentials(points, plan, b, eps, desc)
+            received = points.sum_rows(lambda X: plan.moments(X, g, eps))
+            mass = received[:, 0]
+            # an atom that receives (next to) nothing has no barycentre, and moves nothing
+            filled = mass > 1e-12 * points.n_samples * b
+            shift = np.zeros_like(Y)
+            shift[filled] = Y[filled] - received[filled, 1:] / mass[filled, None]
+            return points.map_rows(lambda rows, engine: plan.apply(rows, g, eps, shift),
+                                   self.backend, Y.shape[0], columns=points.n_features)
+
+    def inverse_transform(self, X):
+        """Not defined: raises ``NotImplementedError``.
+
+        ``transform`` maps a set onto the fitted measure by a plan computed from that set;
+        the set's own distribution is not kept, so there is nothing to map back onto.  To
+        map target rows onto a source set, fit an estimator on the source rows and
+        ``transform`` the target rows."""
+        raise NotImplementedError(
+            f"{type(self).__name__}.inverse_transform is not defined: transform maps a point "
+            "set onto the fitted measure by a transport plan computed from that set, and the "
+            "set's distribution is not kept. To map the other way, fit an estimator on the "
+            "source rows and call its transform on the target rows."
+        )
 
     def _move(self, Z: np.ndarray, desc: str, max_iter: int | None = None,
               verbose: int | None = None, warn: bool = True, final: bool = False) -> np.ndarray:
-        """The points ``Z`` (validated, owned) after the transport flow of ``transform``,
-        through the bandwidths of the fit's phases in turn (the last only with ``final``),
-        each for a share of ``max_iter``."""
+        """The points ``Z`` (validated, owned) after the transport part of the flow (the
+        Wasserstein gradient flow of the MMD toward the fitted measure, weights fixed), through
+        the bandwidths of the fit's phases in turn (the last only with ``final``), each for a
+        share of ``max_iter``: what ``sample`` runs on its jittered draws."""
         if self.alpha == 0 or Z.shape[0] == 0:
             return Z
         atoms, b = self._fitted_measure()

@@ -28,7 +28,7 @@ class _MMDSampling:
         ``⌈N w_i⌉`` times in a batch of ``N``), each moved off its particle by Gaussian
         noise with a tenth of the fitted measure's standard deviation in every direction,
         then moved together
-        for at most 20 iterations by the transport flow of :meth:`transform` onto the
+        for at most 20 iterations by the transport part of the flow (weights fixed) onto the
         fitted weighted measure, in batches of ``n_particles`` points (the last batch is
         drawn whole and cut), so that each batch spreads over the fitted measure instead
         of piling onto its heaviest particles.  The cost grows linearly with

@@ -163,12 +163,17 @@ def _signed_pair(Pi, ai, Pj, aj, kernel, inner) -> tuple[int, float, float]:
     return Pi.shape[0] * Pj.shape[0], float(ai @ K_a[:, 0]), float(np.abs(ai) @ K_a[:, 1])
 
 
-def _map_block(rows, fn, inner, width: int):
+def _map_block(rows, fn, inner, width: int, columns: int | None = None):
     """``fn`` on one chunk of rows, on its worker, with the worker's own engine."""
     rows = np.asarray(rows)
     if rows.shape[0] == 0:
-        return np.zeros(0, dtype=rows.dtype)
+        return np.zeros((0,) if columns is None else (0, columns), dtype=rows.dtype)
     return fn(rows, worker_engine(inner, rows.shape[0] * width))
+
+
+def _sum_block(rows, fn) -> np.ndarray:
+    """``fn`` on one chunk of rows, on its worker, as float64."""
+    return np.asarray(fn(np.asarray(rows)), dtype=np.float64)
 
 
 class DaskData(Data):
@@ -317,11 +322,22 @@ class DaskData(Data):
             )
         return math.fsum(o[1] for o in out), math.fsum(o[2] for o in out)
 
-    def map_rows(self, fn, backend: str | Backend, width: int):
+    def map_rows(self, fn, backend: str | Backend, width: int, columns: int | None = None):
         # every chunk on its worker, with the worker's own engine: a lazy dask array
         inner = as_dask_engine(backend).inner
-        return self.rows.map_blocks(_map_block, fn, inner, width, drop_axis=1,
-                                    dtype=self.dtype)
+        if columns is None:
+            return self.rows.map_blocks(_map_block, fn, inner, width, drop_axis=1,
+                                        dtype=self.dtype)
+        return self.rows.map_blocks(_map_block, fn, inner, width, columns,
+                                    chunks=(self.rows.chunks[0], (columns,)), dtype=self.dtype)
+
+    def sum_rows(self, fn) -> np.ndarray:
+        import dask
+
+        # one task per chunk, summed here: the partial sums are as small as the statistic
+        parts = dask.compute(*[dask.delayed(_sum_block)(block, fn)
+                               for block in self.rows.to_delayed().ravel()])
+        return np.sum(parts, axis=0)
 
 
 def as_dask_data(X, weights, *, estimator=None, name="X", weights_name="sample_weight",

@@ -129,9 +129,13 @@ class InMemoryData(Data):
         K_a = engine.matvec(kernel, self.rows, self.rows, V).astype(np.float64)
         return float(a @ K_a[:, 0]), abs(float(np.abs(a) @ K_a[:, 1]))
 
-    def map_rows(self, fn, backend: str | Backend, width: int) -> Any:
+    def map_rows(self, fn, backend: str | Backend, width: int,
+                 columns: int | None = None) -> Any:
         return fn(self.rows, resolve_backend(backend, self.n_samples * width,
                                              n_dims=self.n_features))
+
+    def sum_rows(self, fn) -> np.ndarray:
+        return np.asarray(fn(self.rows), dtype=np.float64)
 
 
 def _extent(lowest: np.ndarray, highest: np.ndarray) -> tuple[float, float]:

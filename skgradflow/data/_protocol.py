@@ -163,7 +163,15 @@ class Data(ABC):
         """For a signed pool: ``aᵀ K a`` and ``|a|ᵀ K |a|``, ``a = 2 signs · weights``."""
 
     @abstractmethod
-    def map_rows(self, fn, backend: str | Backend, width: int) -> Any:
+    def map_rows(self, fn, backend: str | Backend, width: int,
+                 columns: int | None = None) -> Any:
         """``fn(rows_block, engine)`` on blocks of rows (each on the machine that holds it,
         with an engine sized for ``len(rows_block) · width`` pairs), concatenated into one
-        value per row in this placement's array type."""
+        value per row (``columns`` values per row, when given) in this placement's array
+        type, in the dtype of the rows."""
+
+    @abstractmethod
+    def sum_rows(self, fn) -> np.ndarray:
+        """``Σ fn(rows_block)`` over blocks of rows, each computed on the machine that
+        holds it: an in-memory float64 array (a statistic that is a sum over the rows, such
+        as the mass a transport plan sends to each atom)."""

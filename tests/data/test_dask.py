@@ -190,9 +190,11 @@ def test_transform_score_and_score_samples_on_dask_input(client, data):
     ift, _, kl = estimators(init, "numpy")
     ift.set_params(max_iter=20).fit(X)
     kl.fit(X)
-    points = X[:40] + 1.0
-    moved = ift.transform(da.from_array(points, chunks=(20, 2)))
-    assert isinstance(moved, da.Array) and moved.chunks == ((20, 20), (2,))
+    # uneven chunks: the plan's sums run over five chunks on the workers, the map chunk by
+    # chunk, and the result equals the in-memory map
+    points = X[:300] + 1.0
+    moved = ift.transform(da.from_array(points, chunks=(70, 2)))
+    assert isinstance(moved, da.Array) and moved.chunks == ((70, 70, 70, 70, 20), (2,))
     np.testing.assert_allclose(moved.compute(), ift.transform(points), rtol=0, atol=1e-12)
     np.testing.assert_allclose(ift.score(Xd), ift.score(X), rtol=1e-10)
     np.testing.assert_allclose(ift.score(Xd, sample_weight=swd),

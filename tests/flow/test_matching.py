@@ -1,0 +1,174 @@
+"""``transform`` of the MMD samplers: optimal transport of a point set onto the fitted measure.
+
+Every figure is checked against an independent computation: a dense NumPy energy distance,
+the exact optimal transport cost of a linear programme (scipy's HiGHS), the closed-form W₂
+between Gaussians, and the map computed in one chunk or in many.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy.linalg import sqrtm
+from scipy.optimize import linprog
+from sklearn.exceptions import ConvergenceWarning
+
+from skgradflow import IFTSampler, WFRMMDFlow
+from skgradflow._flow import _matching
+
+
+def dense_energy_distance(X, Y, x_weights=None, y_weights=None) -> float:
+    """``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` from the full distance matrices."""
+    a = np.full(len(X), 1 / len(X)) if x_weights is None else x_weights / x_weights.sum()
+    b = np.full(len(Y), 1 / len(Y)) if y_weights is None else y_weights / y_weights.sum()
+
+    def dist(P, Q):
+        return np.sqrt(np.sum((P[:, None, :] - Q[None, :, :]) ** 2, axis=-1))
+
+    return float(2 * a @ dist(X, Y) @ b - a @ dist(X, X) @ a - b @ dist(Y, Y) @ b)
+
+
+def exact_ot_cost(X, Y, b) -> float:
+    """min over plans with marginals (1/N, b) of Σ P_ij |x_i - y_j|², by linear programming."""
+    n, m = len(X), len(Y)
+    C = np.sum((X[:, None, :] - Y[None, :, :]) ** 2, axis=-1)
+    rows = np.kron(np.eye(n), np.ones(m))
+    cols = np.kron(np.ones(n), np.eye(m))
+    res = linprog(C.ravel(), A_eq=np.vstack([rows, cols]),
+                  b_eq=np.concatenate([np.full(n, 1 / n), b]), bounds=(0, None), method="highs")
+    assert res.status == 0
+    return float(res.fun)
+
+
+def bent(X):
+    """A nonlinear shift: ``x + 0.3 x|x| + 0.7`` on the first feature, a rotation."""
+    Z = X.copy()
+    Z[:, 0] = Z[:, 0] + 0.3 * Z[:, 0] * np.abs(Z[:, 0]) + 0.7
+    t = 0.4
+    return Z @ np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+
+
+@pytest.fixture(scope="module")
+def fitted(mixture_split):
+    X, _ = mixture_split
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return IFTSampler(n_particles=80, max_iter=200, random_state=0).fit(X)
+
+
+def test_transform_lands_on_the_fitted_measure(fitted, mixture_split):
+    """The moved set is closer to the fitted measure than draws of that measure itself."""
+    _, X_test = mixture_split
+    source = bent(X_test[:400])
+    atoms, w = fitted._fitted_measure()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning of any kind with the defaults
+        moved = fitted.transform(source)
+    rng = np.random.default_rng(0)
+    draws = [atoms[rng.choice(len(atoms), 400, p=w)] for _ in range(5)]
+    noise = np.mean([dense_energy_distance(d, atoms, y_weights=w) for d in draws])
+    landed = dense_energy_distance(moved, atoms, y_weights=w)
+    assert landed < noise
+    assert landed < 0.02 * dense_energy_distance(source, atoms, y_weights=w)
+
+
+@pytest.mark.parametrize("cls", [IFTSampler, WFRMMDFlow])
+def test_displacement_is_that_of_exact_optimal_transport(cls, rng):
+    """Small case: the mean squared displacement against the optimal cost of the linear
+    programme from the source to the fitted weighted measure."""
+    target = rng.normal(size=(60, 2)) @ np.array([[1.0, 0.4], [0.0, 0.6]]) + [2.0, -1.0]
+    source = bent(rng.normal(size=(50, 2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = cls(n_particles=40, max_iter=100, random_state=0).fit(target)
+    atoms, w = est._fitted_measure()
+    moved = est.transform(source)
+    displacement = np.mean(np.sum((moved - source) ** 2, axis=1))
+    optimal = exact_ot_cost(source, atoms, w)
+    assert 0.8 * optimal < displacement < 1.2 * optimal
+
+
+def test_displacement_between_gaussians_is_the_closed_form_w2(rng):
+    """Gaussian source onto a fit of a Gaussian target: ``|m₁ - m₂|² + tr(S₁ + S₂ -
+    2 (S₂^½ S₁ S₂^½)^½)``."""
+    m1, S1 = np.zeros(3), np.diag([1.0, 2.0, 0.5])
+    m2 = np.array([1.0, -1.0, 0.5])
+    S2 = np.array([[1.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 0.7]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = IFTSampler(n_particles=200, max_iter=200, random_state=0).fit(
+            rng.multivariate_normal(m2, S2, 2000))
+    source = rng.multivariate_normal(m1, S1, 2000)
+    moved = est.transform(source)
+    root = sqrtm(S2).real
+    w2 = np.sum((m1 - m2) ** 2) + np.trace(S1 + S2 - 2 * sqrtm(root @ S1 @ root).real)
+    assert abs(np.mean(np.sum((moved - source) ** 2, axis=1)) / w2 - 1) < 0.1
+
+
+def test_gaussian_map_pushes_the_moments_forward(rng):
+    """``x ↦ x A + c`` carries (m₁, S₁) to (m₂, S₂), and A is symmetric positive definite
+    (what makes it the optimal map between the Gaussians)."""
+    S1 = np.cov(rng.normal(size=(50, 4)), rowvar=False)
+    S2 = np.cov(rng.normal(size=(50, 4)) @ rng.normal(size=(4, 4)), rowvar=False)
+    m1, m2 = rng.normal(size=4), rng.normal(size=4)
+    A, c = _matching.gaussian_map(m1, S1, m2, S2)
+    np.testing.assert_allclose(m1 @ A + c, m2, atol=1e-12)
+    np.testing.assert_allclose(A.T @ S1 @ A, S2, atol=1e-10)
+    assert np.all(np.linalg.eigvalsh(A) > 0)
+
+
+def test_chunked_equals_unchunked_and_rows_keep_their_order(fitted, mixture_split, monkeypatch):
+    _, X_test = mixture_split
+    source = bent(X_test[:300])
+    whole = fitted.transform(source)
+    perm = np.random.default_rng(1).permutation(len(source))
+    # the map is a function of the set: permuting the rows permutes the images
+    np.testing.assert_allclose(fitted.transform(source[perm]), whole[perm], rtol=0, atol=1e-10)
+    # chunks of 7 rows (500 plan entries over 80 atoms) instead of one
+    monkeypatch.setattr(_matching, "_CHUNK_ENTRIES", 500)
+    np.testing.assert_allclose(fitted.transform(source), whole, rtol=0, atol=1e-10)
+
+
+def test_input_is_untouched_and_dtype_kept(fitted, mixture_split):
+    _, X_test = mixture_split
+    source = bent(X_test[:100]).astype(np.float32)
+    before = source.copy()
+    moved = fitted.transform(source)
+    np.testing.assert_array_equal(source, before)
+    assert moved.dtype == np.float32 and moved.shape == source.shape
+    assert np.all(np.isfinite(moved))
+
+
+def test_one_row_goes_to_the_fitted_mean(fitted):
+    atoms, w = fitted._fitted_measure()
+    moved = fitted.transform(np.array([[5.0, -3.0]]))
+    np.testing.assert_allclose(moved[0], w @ atoms, atol=1e-8)
+
+
+def test_unconverged_plan_warns(fitted, mixture_split, monkeypatch):
+    _, X_test = mixture_split
+    monkeypatch.setattr(_matching, "_MAX_PASSES", 2)
+    with pytest.warns(ConvergenceWarning, match="did not converge in 2 passes"):
+        fitted.transform(bent(X_test[:100]))
+
+
+def test_inverse_transform_says_why_it_is_not_defined(fitted):
+    with pytest.raises(NotImplementedError, match="fit an estimator on the source rows"):
+        fitted.inverse_transform(np.zeros((3, 2)))
+
+
+def test_readme_transform_line_runs_without_a_warning():
+    """The quick start's ``transform`` line, on the quick start's fit."""
+    from sklearn.model_selection import train_test_split
+
+    X = np.random.default_rng(0).normal(size=(2000, 2))
+    X_train, X_test = train_test_split(X, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the fit's own, not transform's
+        sampler = IFTSampler(n_particles=300, random_state=0).fit(X_train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Z_matched = sampler.transform(X_test + 1.0)
+    atoms, w = sampler._fitted_measure()
+    # the shift of 1 is undone up to the plan's marginal tolerance
+    np.testing.assert_allclose(Z_matched.mean(axis=0), w @ atoms, atol=0.02)
