@@ -74,7 +74,8 @@ best = search.best_estimator_  # refitted on the whole training set
 default = IFTSampler(n_particles=100, max_iter=100, tol=0, random_state=0).fit(X_train)
 print(f"\nbest parameters {search.best_params_}, cross-validated score {search.best_score_:.4f}")
 print(f"held-out energy distance: best {-best.score(X_test):.4f}, "
-      f"defaults (bandwidth='median' = {default.bandwidth_:.2f}, beta=1) "
+      f"defaults (bandwidth={default.bandwidth!r}, ending at {default.bandwidth_:.2f}, "
+      f"beta={default.beta}) "
       f"{-default.score(X_test):.4f}")
 
 # %%

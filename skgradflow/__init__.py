@@ -2,7 +2,7 @@
 
 from . import metrics
 from .ift import IFTSampler
-from .inclusive_kl import InclusiveKLFitter
+from .mixture import InclusiveKLFitter
 from .wfr import WFRMMDFlow
 
 __version__ = "0.1.0"

@@ -20,6 +20,11 @@ def cluster_centers(init: str, X: np.ndarray, b: np.ndarray, n: int, seed: int) 
     >>> sorted(centers[:, 0].tolist())
     [0.0, 1.0]
     """
+    if n >= X.shape[0]:
+        # no more distinct rows than centres (repeated rows are merged into weights): every
+        # row is a centre, and the rest are rows drawn again by weight
+        extra = np.random.default_rng(seed).choice(X.shape[0], size=n - X.shape[0], p=b / b.sum())
+        return np.concatenate([X, X[extra]]).astype(X.dtype, copy=False)
     if init == "kmeans++":
         centers, _ = kmeans_plusplus(X, n, sample_weight=b, random_state=seed)
     else:

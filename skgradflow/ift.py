@@ -4,7 +4,7 @@ Zhu, NeurIPS 2024).
 PDE: ``∂_t μ = α div(μ ∇K(μ - π)) - β (μ - π)``, projected to keep mass 1.  One JKO
 splitting step of length ``τ``:
 
-1. Wasserstein step: ``x_i ← x_i - τα ∇f(x_i)``, ``f`` the MMD witness (``_base.py``).
+1. Wasserstein step: ``x_i ← x_i - τα ∇f(x_i)``, ``f`` the MMD witness (``_flow/_mmd.py``).
 2. MMD step on the weights, at the new positions, with ``η = τβ``::
 
        w ← argmin_{w ∈ Δ} ½ wᵀKw - wᵀc + 1/(2η) (w - w⁻)ᵀ K (w - w⁻),  K = K_xx, c = K_xy b
@@ -20,7 +20,7 @@ import numbers
 import numpy as np
 from sklearn.utils._param_validation import Interval
 
-from ._base import _BaseMMDFlow, _Problem
+from ._flow import Problem, _BaseMMDFlow
 
 
 def project_simplex(v: np.ndarray) -> np.ndarray:
@@ -90,6 +90,11 @@ class IFTSampler(_BaseMMDFlow):
 default="gaussian"
         Initial particles: the target's moment-matched Gaussian, a draw of target rows,
         or given positions.
+    smoothing : float or "auto", default="auto"
+        Width of the smoothing of the fitted measure that ``sample`` draws from and
+        ``score`` evaluates, in units of the local shapes (see :meth:`sample`).
+        ``"auto"``: the width with the highest leave-one-out log-likelihood of the
+        fitted particles.  A small width gives near-copies of the particles.
     batch_size : int or None, default=None
         Targets per iteration: all, or a fresh minibatch drawn with ``sample_weight`` as
         probabilities.
@@ -127,6 +132,9 @@ default="gaussian"
     bandwidth_schedule_ : ndarray of shape ``(n_iter_,)``
         The bandwidth of each iteration.  ``loss_curve_`` measures the energy at the
         bandwidth in force, so with ``"anneal"`` it jumps where the bandwidth changes.
+    smoothing_ : float
+        The width of the smoothing of the fitted measure (``smoothing``, or its
+        leave-one-out choice).
     step_size_ : float
         The step size at the end of the run.
     n_iter_ : int
@@ -171,6 +179,7 @@ default="gaussian"
         weight_steps: int = 3,
         conserve_mass: bool = True,
         init="gaussian",
+        smoothing: float | str = "auto",
         batch_size: int | None = None,
         backend: str = "auto",
         random_state=None,
@@ -189,6 +198,7 @@ default="gaussian"
         self.weight_steps = weight_steps
         self.conserve_mass = conserve_mass
         self.init = init
+        self.smoothing = smoothing
         self.batch_size = batch_size
         self.backend = backend
         self.random_state = random_state
@@ -196,7 +206,7 @@ default="gaussian"
         self.callback = callback
         self.warm_start = warm_start
 
-    def _weight_step(self, problem: _Problem, x, w, targets, tau: float):
+    def _weight_step(self, problem: Problem, x, w, targets, tau: float):
         dtype = x.dtype
         eta = tau * self.beta
         # At the new positions: K w⁻ - c, c = K_xy b and the row sums of K = K_xx.

@@ -172,13 +172,26 @@ def median_heuristic(
     if n > _MEDIAN_MAX_ROWS:
         rng = np.random.default_rng(_seed_from(random_state))
         rows = rng.choice(n, size=_MEDIAN_MAX_ROWS, replace=True, p=w / w.sum())
-        dist = pdist(X[rows])
-        pair_w = np.ones_like(dist)
+        return median_of_draws(X[rows])
     else:
         iu = np.triu_indices(n, k=1)
         dist = np.concatenate([pdist(X), np.zeros(n)])
         # off-diagonal pairs count twice (i, j) and (j, i); self-pairs once
         pair_w = np.concatenate([2.0 * w[iu[0]] * w[iu[1]], w**2])
+    return _usable_median(dist, pair_w)
+
+
+def median_of_draws(rows: np.ndarray) -> float:
+    """The median heuristic from rows drawn i.i.d. from the weighted sample: the plain
+    median of their pairwise distances (the rule of :func:`median_heuristic` above 2000
+    rows, wherever the rows were drawn)."""
+    dist = pdist(np.asarray(rows, dtype=np.float64))
+    return _usable_median(dist, np.ones_like(dist))
+
+
+def _usable_median(dist: np.ndarray, pair_w: np.ndarray) -> float:
+    """The weighted median of the distances; their mean when more than half of the pairs
+    coincide, and 1.0 when all do."""
     med = _weighted_median(dist, pair_w)
     if med <= 0.0:
         med = float(np.average(dist, weights=pair_w))
@@ -225,13 +238,7 @@ def resolve_bandwidth(
     """
     if not isinstance(bandwidth, str):
         return float(bandwidth)
-    from .backends._dask import is_dask_array
-
-    if is_dask_array(X) and bandwidth in BANDWIDTH_RULES:
-        from .backends._dask import resolve_bandwidth as dask_rule
-
-        return dask_rule(bandwidth, X, weights, np.random.default_rng(_seed_from(random_state)),
-                         n_samples)
+    X = np.asarray(X)
     if weights is None:
         weights = np.full(X.shape[0], 1.0 / X.shape[0])
     if bandwidth == "median":
@@ -240,12 +247,24 @@ def resolve_bandwidth(
         raise ValueError(f"bandwidth must be a positive float or one of {BANDWIDTH_RULES}.")
     Xd = np.asarray(X, dtype=np.float64)
     n = 1.0 / float(np.sum(weights**2)) if n_samples is None else float(n_samples)
-    d = Xd.shape[1]
-    mean = weights @ Xd
-    sigma = float(np.sqrt(np.mean(weights @ (Xd - mean) ** 2)))
-    if sigma <= 0.0:
-        sigma = 1.0
-    factor = n ** (-1.0 / (d + 4)) if bandwidth == "scott" else (n * (d + 2) / 4.0) ** (
+    return bandwidth_rule(bandwidth, root_mean_variance(Xd, weights), n, Xd.shape[1])
+
+
+def root_mean_variance(X: np.ndarray, weights: np.ndarray) -> float:
+    """``σ``: the root of the mean weighted (biased) variance of the features of ``X``
+    (float64 rows, weights summing to 1)."""
+    mean = weights @ X
+    return float(np.sqrt(np.mean(weights @ (X - mean) ** 2)))
+
+
+def bandwidth_rule(rule: str, sigma: float, n: float, d: int) -> float:
+    """Scott's rule ``n^(-1/(d+4)) σ`` or Silverman's ``(n (d+2) / 4)^(-1/(d+4)) σ``;
+    data without spread (``σ = 0``) count as ``σ = 1``, so that the result is always a
+    usable bandwidth."""
+    if rule not in ("scott", "silverman"):
+        raise ValueError(f"bandwidth must be a positive float or one of {BANDWIDTH_RULES}.")
+    sigma = sigma if sigma > 0.0 else 1.0
+    factor = n ** (-1.0 / (d + 4)) if rule == "scott" else (n * (d + 2) / 4.0) ** (
         -1.0 / (d + 4)
     )
     return factor * sigma

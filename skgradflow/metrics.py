@@ -13,28 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from sklearn.utils import check_array, check_random_state
+from sklearn.utils import check_random_state
 
-from .backends import Backend, check_backend, resolve_backend
-from .backends._dask import dask_session, is_dask_array
+from .backends import Backend, check_backend
+from .data import Data, as_data, placed_together, session
 from .inspection import fitted_measure, split_pipeline
-from .kernels import KERNELS, Kernel, median_heuristic
-
-
-def _check_weights(weights, X: np.ndarray, name: str) -> np.ndarray:
-    n = X.shape[0]
-    if weights is None:
-        return np.full(n, 1.0 / n)
-    # checked here rather than by scikit-learn's _check_sample_weight, whose messages
-    # would name the argument "sample_weight"
-    w = check_array(weights, ensure_2d=False, dtype=np.float64, input_name=name)
-    if w.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},), one weight per row; got {w.shape}.")
-    if np.any(w < 0):
-        raise ValueError(f"{name} must be non-negative; got a minimum of {w.min():.3g}.")
-    if not w.sum() > 0:
-        raise ValueError(f"{name} must have a positive sum; got all zeros.")
-    return w / w.sum()
+from .kernels import KERNELS, Kernel
 
 
 def mmd(
@@ -89,40 +73,40 @@ def mmd(
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}; got {kernel!r}.")
     check_backend(backend)
-    if is_dask_array(X) or is_dask_array(Y):
-        with dask_session(backend, X, Y, x_weights, y_weights, arrays_only=True):
-            return _mmd_dask(X, Y, kernel, bandwidth, x_weights, y_weights, backend)
-    X = check_array(X, dtype=[np.float64, np.float32], input_name="X")
-    Y = check_array(Y, dtype=[np.float64, np.float32], input_name="Y")
-    if X.shape[1] != Y.shape[1]:
+    h = _check_bandwidth(bandwidth)
+    with session(backend, X, Y, x_weights, y_weights, arrays_only=True):
+        first = as_data(X, x_weights, name="X", weights_name="x_weights",
+                        dtype=[np.float64, np.float32])
+        second = as_data(Y, y_weights, name="Y", weights_name="y_weights",
+                         dtype=[np.float64, np.float32])
+        return _mmd(first, second, kernel, h, backend)
+
+
+def _mmd(first: Data, second: Data, kernel: str, h: float | None, backend) -> float:
+    """``mmd`` between two validated samples (``h=None``: the median heuristic)."""
+    if first.n_features != second.n_features:
         raise ValueError(
-            f"X and Y must have the same number of features; got {X.shape[1]} and "
-            f"{Y.shape[1]}."
+            f"X and Y must have the same number of features; got {first.n_features} and "
+            f"{second.n_features}."
         )
-    dtype = np.result_type(X.dtype, Y.dtype)
-    wx = _check_weights(x_weights, X, "x_weights")
-    wy = _check_weights(y_weights, Y, "y_weights")
-    P = np.concatenate([X, Y]).astype(dtype, copy=False)
-    a = np.concatenate([wx, -wy])
-    if isinstance(bandwidth, str):
-        if bandwidth != "median":
-            raise ValueError(f"bandwidth must be a positive float or 'median'; got {bandwidth!r}.")
-        h = median_heuristic(P, 0.5 * np.abs(a), random_state=0)
-    else:
-        h = float(bandwidth) if isinstance(bandwidth, numbers.Real) else np.nan
-        if not np.isfinite(h) or h <= 0:
-            raise ValueError(f"bandwidth must be a positive float or 'median'; got {bandwidth!r}.")
-    be = resolve_backend(backend, P.shape[0] ** 2)
+    first, second = placed_together(first, second)
+    pool = first.pooled_with(second)
+    if h is None:
+        # the median over the pooled sample (so that mmd is symmetric), rows drawn by |a|/2
+        h = pool.median_distance(np.random.default_rng(0))
     # aᵀKa is a difference of terms of size |a|ᵀ|K||a| (the kernels here have entries of
     # one sign): a value within their round-off is 0, whatever its sign.
-    V = np.stack([a, np.abs(a)], axis=1).astype(dtype)
-    K_a = be.matvec(Kernel(kernel, h), P, P, V).astype(np.float64)
-    value, size = float(a @ K_a[:, 0]), abs(float(np.abs(a) @ K_a[:, 1]))
+    value, size = pool.quadratic_form(Kernel(kernel, h), backend)
     if not (np.isfinite(value) and np.isfinite(size)):
         raise FloatingPointError(
             "The MMD is not finite: the points are too far apart for their dtype (overflow)."
         )
-    return value if value > 64 * np.finfo(dtype).eps * size else 0.0
+    return value if value > 64 * np.finfo(pool.dtype).eps * size else 0.0
+
+
+def _energy_distance(first: Data, second: Data, backend) -> float:
+    """``energy_distance`` between two validated samples."""
+    return _mmd(first, second, "energy", 1.0, backend)
 
 
 def _check_bandwidth(bandwidth) -> float | None:
@@ -135,87 +119,6 @@ def _check_bandwidth(bandwidth) -> float | None:
     if not np.isfinite(h) or h <= 0:
         raise ValueError(f"bandwidth must be a positive float or 'median'; got {bandwidth!r}.")
     return h
-
-
-def _dask_points(X, name: str):
-    """A validated 2-D float dask array of ``X`` (a NumPy ``X`` in one chunk)."""
-    import dask.array as da
-    from sklearn.base import BaseEstimator
-
-    from .backends._dask import validate_X
-
-    if not is_dask_array(X):
-        X = check_array(X, dtype=[np.float64, np.float32], input_name=name)
-        return da.from_array(X, chunks=X.shape)
-
-    def check(probe):
-        return check_array(probe, input_name=name)
-
-    # a throwaway estimator: validate_X records n_features_in_ on it
-    return validate_X(BaseEstimator(), X, dtype=[np.float64, np.float32], check=check)
-
-
-def _dask_weights(weights, X, name: str):
-    import dask
-    import dask.array as da
-
-    n = X.shape[0]
-    if weights is None:
-        return da.full((n,), 1.0 / n, chunks=(X.chunks[0],))
-    if not is_dask_array(weights):
-        return da.from_array(_check_weights(weights, np.empty((n, 0)), name),
-                             chunks=(X.chunks[0],))
-    if weights.shape != (n,):
-        raise ValueError(
-            f"{name} must have shape ({n},), one weight per row; got {weights.shape}."
-        )
-    w = weights.astype(np.float64)
-    has_nan, has_inf, lowest, total = dask.compute(
-        da.isnan(w).any(), da.isinf(w).any(), w.min(), w.sum()
-    )
-    if has_nan or has_inf:  # the message of NumPy weights with the same defect
-        check_array(np.array([np.nan if has_nan else np.inf]), ensure_2d=False, input_name=name)
-    if lowest < 0:
-        raise ValueError(f"{name} must be non-negative; got a minimum of {lowest:.3g}.")
-    if not total > 0:
-        raise ValueError(f"{name} must have a positive sum; got all zeros.")
-    return (w / total).rechunk((X.chunks[0],))
-
-
-def _mmd_dask(X, Y, kernel, bandwidth, x_weights, y_weights, backend) -> float:
-    """``mmd`` when either sample is a dask array: one task per pair of row chunks of the
-    pooled sample, on the workers (nothing gathered but two floats per task)."""
-    import dask.array as da
-
-    from .backends._dask import as_dask_engine, sample_rows, signed_quadratic_form
-
-    h = _check_bandwidth(bandwidth)
-    X, Y = _dask_points(X, "X"), _dask_points(Y, "Y")
-    if X.shape[1] != Y.shape[1]:
-        raise ValueError(
-            f"X and Y must have the same number of features; got {X.shape[1]} and "
-            f"{Y.shape[1]}."
-        )
-    dtype = np.result_type(X.dtype, Y.dtype)
-    wx, wy = _dask_weights(x_weights, X, "x_weights"), _dask_weights(y_weights, Y, "y_weights")
-    P = da.concatenate([X.astype(dtype), Y.astype(dtype)]).rechunk({1: -1})
-    a = da.concatenate([wx, -wy]).rechunk((P.chunks[0],))
-    if h is None:
-        from scipy.spatial.distance import pdist
-
-        from .kernels import _MEDIAN_MAX_ROWS, _weighted_median
-
-        # the rule of median_heuristic above 2000 rows, on rows drawn by |a| / 2
-        dist = pdist(sample_rows(P, 0.5 * abs(a), _MEDIAN_MAX_ROWS,
-                                 np.random.default_rng(0)).astype(np.float64))
-        h = _weighted_median(dist, np.ones_like(dist))
-        h = h if h > 0 else (float(dist.mean()) or 1.0)
-    value, size = signed_quadratic_form(P, a, Kernel(kernel, h), as_dask_engine(backend).inner)
-    if not (np.isfinite(value) and np.isfinite(size)):
-        raise FloatingPointError(
-            "The MMD is not finite: the points are too far apart for their dtype (overflow)."
-        )
-    return value if value > 64 * np.finfo(dtype).eps * size else 0.0
 
 
 def energy_distance(
@@ -299,11 +202,8 @@ def make_distribution_scorer(metric: str = "energy_distance", **kwargs: Any) -> 
 def _check_point_sets(named: dict[str, Any]) -> list[np.ndarray]:
     """The arrays of ``named`` (argument name -> value) as 2-D float64, with one number of
     features; a dask array is computed (these metrics look at every row)."""
-    arrays = []
-    for name, value in named.items():
-        if is_dask_array(value):
-            value = value.compute()
-        arrays.append(check_array(value, dtype=np.float64, input_name=name))
+    arrays = [np.asarray(as_data(value, name=name).to_host(), dtype=np.float64)
+              for name, value in named.items()]
     widths = {name: A.shape[1] for name, A in zip(named, arrays, strict=True)}
     if len(set(widths.values())) > 1:
         listed = ", ".join(f"{name} has {width}" for name, width in widths.items())

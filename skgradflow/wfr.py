@@ -3,7 +3,7 @@
 PDE: ``∂_t μ = α div(μ ∇f) - β μ f``, ``f`` the MMD witness, normalised to mass 1 when
 mass is conserved.  One splitting step of length ``τ``:
 
-1. Wasserstein step: ``x_i ← x_i - τα ∇f(x_i)`` (``_base.py``).
+1. Wasserstein step: ``x_i ← x_i - τα ∇f(x_i)`` (``_flow/_mmd.py``).
 2. Fisher–Rao step, the mirror (KL) step on the weights with ``f`` at the new positions:
    ``w_i ← w_i exp(-τ_R β f(x_i))``, divided by ``Σ w`` when mass is conserved; ``τ_R`` is
    the reaction's own step (``τ`` for an explicit step size).
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp
 
-from ._base import _BaseMMDFlow, _Evaluation, _Problem
+from ._flow import Evaluation, FlowState, Problem, _BaseMMDFlow
 
 # step_size="auto": the reaction step keeps τ_R β (max f - min f) at most this, over the
 # initial particles
@@ -54,6 +54,8 @@ class WFRMMDFlow(_BaseMMDFlow):
         (exposed as ``total_mass_``).
     init : {"gaussian", "subsample"} or array of shape (n_particles, n_features), \
 default="gaussian"
+    smoothing : float or "auto", default="auto"
+        See :class:`IFTSampler`.
     batch_size : int or None, default=None
     backend : {"auto", "numba", "keops", "numpy"}, a registered name or a Backend, default="auto"
         See :class:`IFTSampler`.
@@ -75,7 +77,7 @@ default="gaussian"
     reaction_step_size_ : float
         The reaction's time step at the end of the run (``step_size_`` for an explicit
         step size, 0 when ``beta=0``).
-    bandwidth_, bandwidth_schedule_, step_size_, n_iter_, converged_, loss_curve_, \
+    bandwidth_, bandwidth_schedule_, smoothing_, step_size_, n_iter_, converged_, loss_curve_, \
 backend_, n_features_in_, feature_names_in_
         As in :class:`IFTSampler`.
 
@@ -104,6 +106,7 @@ backend_, n_features_in_, feature_names_in_
         tol: float = 1e-4,
         conserve_mass: bool = True,
         init="gaussian",
+        smoothing: float | str = "auto",
         batch_size: int | None = None,
         backend: str = "auto",
         random_state=None,
@@ -121,6 +124,7 @@ backend_, n_features_in_, feature_names_in_
         self.tol = tol
         self.conserve_mass = conserve_mass
         self.init = init
+        self.smoothing = smoothing
         self.batch_size = batch_size
         self.backend = backend
         self.random_state = random_state
@@ -128,7 +132,8 @@ backend_, n_features_in_, feature_names_in_
         self.callback = callback
         self.warm_start = warm_start
 
-    def _after_fit(self) -> None:
+    def _set_fitted_state(self, state: FlowState) -> None:
+        super()._set_fitted_state(state)
         if self.beta == 0:
             self.reaction_step_size_ = 0.0
             return
@@ -140,7 +145,7 @@ backend_, n_features_in_, feature_names_in_
         """``Σ weights_``: 1 when mass is conserved."""
         return float(self.weights_.sum())
 
-    def _auto_step_size(self, problem: _Problem, ev: _Evaluation) -> float:
+    def _auto_step_size(self, problem: Problem, ev: Evaluation) -> float:
         """The transport step; the reaction gets its own, ``_reaction_ratio`` times it."""
         transport = super()._auto_step_size(problem, ev) if self.alpha > 0 else np.inf
         if self.beta == 0 or not problem.update_weights:  # no reaction (or a transform)
@@ -153,7 +158,7 @@ backend_, n_features_in_, feature_names_in_
         self._set_reaction_ratio(reaction / transport)
         return float(transport)
 
-    def _reaction_step(self, problem: _Problem, f: np.ndarray) -> float:
+    def _reaction_step(self, problem: Problem, f: np.ndarray) -> float:
         """``τ_R`` with ``τ_R β (max f - min f) ≤ 0.1``: one step changes the ratio of two
         weights by at most 10%.  With a bound of 1 the weights of particles that start far
         from the target pile onto the few nearest it (effective sample size 6 of 200) before
@@ -170,7 +175,7 @@ backend_, n_features_in_, feature_names_in_
         self._reaction_ratio = min(1.0, float(ratio))
         self._reaction_beta = self.beta
 
-    def _weight_step(self, problem: _Problem, x, w, targets, tau: float):
+    def _weight_step(self, problem: Problem, x, w, targets, tau: float):
         # the witness at the new positions: f = K w - c, from a reduction over the particles
         # and one over the targets
         out, carry = self._reduce_at_moved(problem, x, w, targets)

@@ -89,9 +89,9 @@ def test_all_estimators_on_a_dask_array_match_numpy(client, data, weighted):
 
 
 def _worker_engine(n_pairs):
-    from skgradflow.backends._dask import _engine
+    from skgradflow.backends._dask import worker_engine
 
-    engine = _engine("auto", n_pairs)
+    engine = worker_engine("auto", n_pairs)
     return engine.device, getattr(engine, "n_threads", None)
 
 
@@ -125,7 +125,8 @@ def test_minibatches_are_drawn_from_the_chunks_by_weight(client):
     Y = np.arange(40.0)[:, None]
     b = np.zeros(40)
     b[[3, 31]] = [0.25, 0.75]  # in different chunks
-    bound = DaskBackend(client=client, inner="numpy", chunk_rows=10).bind(da.from_array(Y), b)
+    bound = DaskBackend(client=client, inner="numpy").bind_chunks(
+        da.from_array(Y, chunks=(10, 1)), da.from_array(b, chunks=10))
     batch = bound.minibatch(4000, np.random.default_rng(0))
     assert isinstance(batch, DaskTargets) and batch.n_samples == 4000
     rows = bound.client.gather(batch.chunks)
@@ -138,7 +139,8 @@ def test_minibatches_are_drawn_from_the_chunks_by_weight(client):
     kern = Kernel("gaussian", 5.0)
     oracle = NumpyBackend().bind(values[:, None], np.full(4000, 1 / 4000))
     for got, want in zip(batch.kernel_mean(kern, Z), oracle.kernel_mean(kern, Z), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-12)
+        # summed chunk by chunk: the gradient is a difference of terms of size ~|Z|/h²
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
 
 
 def test_a_minibatch_fit_is_reproducible_and_decreases_the_energy(client, data):

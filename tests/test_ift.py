@@ -10,7 +10,8 @@ from sklearn.exceptions import ConvergenceWarning
 
 from skgradflow import IFTSampler
 from skgradflow.callbacks import PathRecorder
-from skgradflow.metrics import energy_distance
+from skgradflow.data import InMemoryData
+from skgradflow.metrics import energy_distance, mmd
 
 
 # --- an independent dense implementation of one IFT iteration --------------------------
@@ -156,7 +157,7 @@ def test_defaults_fit_a_three_mode_mixture(mixture_split):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(X)
-    init = est._initial_particles(X, np.full(len(X), 1 / len(X)), np.random.default_rng(0),
+    init = est._initial_particles(InMemoryData(X, np.ones(len(X))), np.random.default_rng(0),
                                   len(est.particles_))
     before = energy_distance(init, X_test)
     after = -est.score(X_test)
@@ -218,17 +219,25 @@ def test_minibatches_follow_sample_weight(rng):
     assert abs(est.weights_.sum() - 1) < 1e-10
     mean_position = est.weights_ @ est.particles_
     assert abs(mean_position[0]) < 1.0  # not pulled toward the weightless cluster at x=8
-    assert est.loss_curve_[-10:].mean() < est.loss_curve_[:3].mean()
+    # minibatch energies are noisy estimates: judge the particles on the weighted target,
+    # against those of the same run after one iteration (3-10x apart over seeds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        start = IFTSampler(n_particles=80, batch_size=64, bandwidth=1.0, max_iter=1,
+                           random_state=0).fit(y, sample_weight=weight)
+    final_mmd = mmd(est.particles_, near, x_weights=est.weights_, bandwidth=1.0)
+    start_mmd = mmd(start.particles_, near, x_weights=start.weights_, bandwidth=1.0)
+    assert final_mmd < 0.5 * start_mmd
 
 
 def test_estimated_constant_is_close_to_the_exact_one(rng):
-    from skgradflow._base import _Problem
+    from skgradflow._flow import Problem
     from skgradflow.backends import NumpyBackend
     from skgradflow.kernels import Kernel
 
     y = rng.normal(size=(12_000, 2))
     b = np.full(len(y), 1 / len(y))
-    problem = _Problem(NumpyBackend(), Kernel("gaussian", 1.0), NumpyBackend().bind(y, b), 256,
+    problem = Problem(NumpyBackend(), Kernel("gaussian", 1.0), NumpyBackend().bind(y, b), 256,
                        np.random.default_rng(0))
     estimate = IFTSampler()._target_energy(problem, n_particles=100)
     exact = 0.5 * b @ NumpyBackend().matvec(Kernel("gaussian", 1.0), y, y, b[:, None])[:, 0]

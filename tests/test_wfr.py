@@ -9,6 +9,7 @@ from sklearn.exceptions import ConvergenceWarning
 from test_ift import gauss, witness_grad
 
 from skgradflow import IFTSampler, WFRMMDFlow
+from skgradflow.data import InMemoryData
 
 
 def dense_wfr_iterations(x, w, y, b, h, tau, alpha, beta, n_iter, conserve_mass=True):
@@ -80,7 +81,7 @@ def test_defaults_fit_a_three_mode_mixture(mixture_split):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est = WFRMMDFlow(random_state=0).fit(X)
-    init = est._initial_particles(X, np.full(len(X), 1 / len(X)), np.random.default_rng(0),
+    init = est._initial_particles(InMemoryData(X, np.ones(len(X))), np.random.default_rng(0),
                                   len(est.particles_))
     from skgradflow.metrics import energy_distance
 

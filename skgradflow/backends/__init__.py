@@ -19,7 +19,7 @@ Examples
 from ._dask import DaskBackend, DaskTargets, DaskUnavailableError, dask_installed
 from ._keops import KeOpsBackend, KeOpsUnavailableError
 from ._keops_probe import KeOpsStatus, keops_status
-from ._numba import NumbaBackend, NumbaUnavailableError, numba_installed
+from ._numba import NumbaBackend, NumbaUnavailableError, default_threads, numba_installed
 from ._numpy import NumpyBackend
 from ._protocol import LOG_TINY, Backend, HostTargets, Targets
 from ._registry import (
@@ -51,6 +51,7 @@ __all__ = [
     "backend_names",
     "check_backend",
     "dask_installed",
+    "default_threads",
     "gpu_possible",
     "keops_status",
     "numba_installed",

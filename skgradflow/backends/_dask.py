@@ -14,13 +14,10 @@ Dask is an optional dependency: ``pip install "skgradflow[dask]"`` installs
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib.util
 import math
-import sys
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -34,9 +31,6 @@ NOT_INSTALLED_HINT = 'pip install "skgradflow[dask]" (or pip install "dask[distr
 # overhead (about a millisecond) is small against its reduction, small enough that a
 # chunk's block of the reductions stays in a worker's cache-friendly range.
 DEFAULT_CHUNK_ROWS = 1_000_000
-# Rows drawn on the workers for the data-dependent defaults of a fit on a dask array: the
-# "kmeans++" seeding and the median heuristic run on an i.i.d. draw of this many rows.
-INIT_SAMPLE_ROWS = 10_000
 # A reduction that loses a worker under it is run again at most this many times in all,
 # each after waiting this long for a worker.
 _ATTEMPTS = 3
@@ -75,51 +69,8 @@ def _require_dask():
     return da, distributed
 
 
-def is_dask_array(obj: Any) -> bool:
-    """Whether ``obj`` is a ``dask.array.Array`` (without importing Dask when it is not
-    loaded: then nothing can be one)."""
-    module = sys.modules.get("dask.array")
-    return module is not None and isinstance(obj, module.Array)
-
-
-# --- where the cluster comes from --------------------------------------------------------
+# --- the cluster -----------------------------------------------------------------------------
 _session_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def dask_session(backend: Any, *arrays: Any, arrays_only: bool = False) -> Iterator[None]:
-    """A Dask client for the body, when ``backend`` is the Dask engine or any of ``arrays`` is
-    a dask array: the backend's own client (made the current one, so that the Dask
-    reductions of validation and initialisation run on its cluster too), else the current
-    default client, else a ``LocalCluster`` of processes started here and closed on exit.
-    Does nothing for other backends and in-memory arrays, nor, with ``arrays_only``, for
-    in-memory arrays whatever the backend (their sums run on the client)."""
-    any_dask = any(is_dask_array(a) for a in arrays)
-    dask_backend = backend == "dask" or isinstance(backend, DaskBackend)
-    if not (any_dask or (dask_backend and not arrays_only)):
-        yield
-        return
-    _, distributed = _require_dask()
-    if isinstance(backend, DaskBackend) and backend.client is not None:
-        with _client(backend.client).as_current():
-            yield
-        return
-    try:
-        distributed.default_client()
-    except ValueError:
-        pass
-    else:
-        yield
-        return
-    # no client anywhere: a cluster for this call only, its workers one process per core
-    with _session_lock:
-        cluster = distributed.LocalCluster(processes=True, dashboard_address=":0")
-        client = distributed.Client(cluster, set_as_default=True)
-    try:
-        yield
-    finally:
-        client.close()
-        cluster.close()
 
 
 def _client(spec: Any):
@@ -157,7 +108,7 @@ def _client_for_address(address: str):
 _engines: dict[tuple, Backend] = {}
 
 
-def _engine(inner: Any, n_pairs: int) -> Backend:
+def worker_engine(inner: Any, n_pairs: int) -> Backend:
     """The inner backend on this worker: resolved here (``"auto"`` probes this machine),
     once per kind of work."""
     from ._registry import AUTO_KEOPS_MIN_WORK, resolve_backend
@@ -213,7 +164,8 @@ def _kernel_mean(chunk, Z, kernel, inner):
     if Y.shape[0] == 0:
         return 0, np.zeros(Z.shape[0]), np.zeros(Z.shape, dtype=np.float64)
     bb = b.astype(Y.dtype)
-    val, grad = _engine(inner, Z.shape[0] * Y.shape[0]).value_grad(kernel, Z, Y, bb[:, None], bb)
+    engine = worker_engine(inner, Z.shape[0] * Y.shape[0])
+    val, grad = engine.value_grad(kernel, Z, Y, bb[:, None], bb)
     return Y.shape[0], val[:, 0].astype(np.float64), grad.astype(np.float64)
 
 
@@ -222,7 +174,7 @@ def _pair_sum(chunk_i, chunk_j, kernel, inner):
     (Yi, bi), (Yj, bj) = chunk_i, chunk_j
     if Yi.shape[0] == 0 or Yj.shape[0] == 0:
         return Yi.shape[0] * Yj.shape[0], 0.0
-    Kb = _engine(inner, Yi.shape[0] * Yj.shape[0]).matvec(
+    Kb = worker_engine(inner, Yi.shape[0] * Yj.shape[0]).matvec(
         kernel, Yi, Yj, bj.astype(Yj.dtype)[:, None]
     )
     return Yi.shape[0] * Yj.shape[0], float(bi @ Kb[:, 0].astype(np.float64))
@@ -243,7 +195,7 @@ def _log_mixture(chunk, X, logw, kernel, inner) -> np.ndarray:
     Y, _ = chunk
     if Y.shape[0] == 0:
         return np.zeros(0)
-    engine = _engine(inner, X.shape[0] * Y.shape[0])
+    engine = worker_engine(inner, X.shape[0] * Y.shape[0])
     return engine.logsumexp(kernel, Y, X, logw).astype(np.float64)
 
 
@@ -259,7 +211,7 @@ def _responsibility_moments(chunk, X, L, kernel, inner):
         return 0, np.zeros(X.shape[0]), np.zeros(X.shape)
     with np.errstate(divide="ignore"):  # a zero weight: exp(-inf) = 0 exactly
         c = (np.log(b) - L).astype(X.dtype)
-    mass, first = _engine(inner, X.shape[0] * Y.shape[0]).softmax_moments(kernel, X, Y, c)
+    mass, first = worker_engine(inner, X.shape[0] * Y.shape[0]).softmax_moments(kernel, X, Y, c)
     return Y.shape[0], mass.astype(np.float64), first.astype(np.float64)
 
 
@@ -267,7 +219,7 @@ def _log_mixture_shaped(chunk, X, P, logw, inner) -> np.ndarray:
     Y, _ = chunk
     if Y.shape[0] == 0:
         return np.zeros(0)
-    engine = _engine(inner, X.shape[0] * Y.shape[0])
+    engine = worker_engine(inner, X.shape[0] * Y.shape[0])
     dt = X.dtype
     return engine.shaped_logsumexp(Y, X, P.astype(dt), logw.astype(dt)).astype(np.float64)
 
@@ -280,7 +232,7 @@ def _responsibility_moments_shaped(chunk, X, P, log_norm, L, second, inner):
     with np.errstate(divide="ignore"):  # a zero weight: exp(-inf) = 0 exactly
         c = np.log(b) - L
     dt = X.dtype
-    mass, first, moment2 = _engine(inner, n * Y.shape[0]).shaped_moments(
+    mass, first, moment2 = worker_engine(inner, n * Y.shape[0]).shaped_moments(
         X, P.astype(dt), log_norm.astype(dt), Y, c.astype(dt), second
     )
     return (Y.shape[0], mass.astype(np.float64), first.astype(np.float64),
@@ -375,25 +327,28 @@ class DaskBackend(Backend):
     def softmax_moments(self, kernel, Z, S, c):
         return self._local(Z.shape[0] * S.shape[0]).softmax_moments(kernel, Z, S, c)
 
-    def bind(self, Y: Any, b: Any) -> DaskTargets:
-        """Persist the targets on the workers, one future per chunk of rows.
+    def bind(self, Y: np.ndarray, b: np.ndarray) -> DaskTargets:
+        """Persist in-memory targets on the workers, one future per chunk of rows.
 
-        ``Y`` may be a NumPy or a dask array of shape ``(m, d)``, ``b`` a NumPy or dask
-        array of shape ``(m,)`` (float64, summing to 1)."""
+        ``Y`` of shape ``(m, d)``, ``b`` of shape ``(m,)`` (float64, summing to 1)."""
         self.ensure_ready()
         da, _ = _require_dask()
         client = _client(self.client)
+        Y = np.asarray(Y)
+        rows = self.chunk_rows or min(
+            DEFAULT_CHUNK_ROWS,
+            max(1, -(-Y.shape[0] // max(1, sum(client.nthreads().values())))),
+        )
+        return self.bind_chunks(da.from_array(Y, chunks=(rows, Y.shape[1])),
+                                da.from_array(np.asarray(b, dtype=np.float64)))
+
+    def bind_chunks(self, Y: Any, b: Any) -> DaskTargets:
+        """Persist targets given as dask arrays (``Y`` of shape ``(m, d)``, ``b`` of shape
+        ``(m,)``) on the workers, one future per row chunk of ``Y``."""
+        self.ensure_ready()
+        client = _client(self.client)
         dtype = np.dtype(Y.dtype)
-        if is_dask_array(Y):
-            Y = Y.rechunk({1: -1})  # every chunk holds whole rows
-        else:
-            Y = np.asarray(Y)
-            rows = self.chunk_rows or min(
-                DEFAULT_CHUNK_ROWS,
-                max(1, -(-Y.shape[0] // max(1, sum(client.nthreads().values())))),
-            )
-            Y = da.from_array(Y, chunks=(rows, Y.shape[1]))
-        b = b if is_dask_array(b) else da.from_array(np.asarray(b, dtype=np.float64))
+        Y = Y.rechunk({1: -1})  # every chunk holds whole rows
         b = b.rechunk((Y.chunks[0],))
         parts = [
             _delayed(_pack)(y, w, dtype.str)
@@ -609,224 +564,3 @@ class DaskTargets(Targets):
         moment2 = self._sum([o[3] for o in out]).astype(X.dtype) if second else None
         return (self._sum([o[1] for o in out]).astype(X.dtype),
                 self._sum([o[2] for o in out]).astype(X.dtype), moment2)
-
-
-# --- dask arrays as estimator input ----------------------------------------------------------
-def as_dask_engine(backend: str | Backend) -> DaskBackend:
-    """The Dask engine for a run on a dask array: the instance itself, or a
-    :class:`DaskBackend` whose workers use the named backend (``"auto"`` and ``"dask"``:
-    each worker's own choice)."""
-    if isinstance(backend, DaskBackend):
-        return backend
-    if isinstance(backend, Backend):
-        return DaskBackend(inner=backend)
-    return DaskBackend(inner="auto" if backend in ("auto", "dask") else backend)
-
-
-def validate_X(estimator, X, *, dtype=np.float64, reset: bool = True,
-               ensure_min_samples: int = 1, copy: bool = False, check=None):
-    """The checks of ``validate_data`` on a dask array, by Dask reductions (nothing is
-    gathered): 2-D, numeric, finite, enough rows, ``n_features_in_`` and feature names.
-    Returns the array in an accepted dtype (lazily cast; a dask array is never modified in
-    place, so ``copy`` needs nothing).  ``check`` validates a small NumPy array as the NumPy
-    path would: a defect found here is raised through it, with the same message."""
-    from sklearn.utils.validation import _check_feature_names, _check_n_features
-
-    name = type(estimator).__name__
-    if X.ndim != 2:
-        raise ValueError(
-            f"Expected a 2D array for X, got a {X.ndim}D dask array of shape {X.shape}."
-        )
-    if any(math.isnan(s) for s in X.shape):
-        raise ValueError(
-            "X is a dask array of unknown chunk sizes; call X.compute_chunk_sizes() first."
-        )
-    if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
-        raise ValueError(f"X must hold real numbers; got a dask array of dtype {X.dtype}.")
-    accepted = [np.dtype(t) for t in (dtype if isinstance(dtype, (list, tuple)) else [dtype])]
-    if X.dtype not in accepted:
-        X = X.astype(accepted[0])
-    if X.shape[0] < ensure_min_samples:
-        raise ValueError(
-            f"Found array with {X.shape[0]} sample(s) (shape={X.shape}) while a minimum of "
-            f"{ensure_min_samples} is required by {name}."
-        )
-    if X.shape[1] < 1:
-        raise ValueError(
-            f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 is "
-            f"required by {name}."
-        )
-    _check_n_features(estimator, X, reset=reset)
-    _check_feature_names(estimator, X, reset=reset)
-    import dask
-
-    has_nan, has_inf = dask.compute(np.isnan(X).any(), np.isinf(X).any())
-    if has_nan or has_inf:
-        check(np.array([[np.nan if has_nan else np.inf]]))
-    return X
-
-
-def check_sample_weight(sample_weight, X, check) -> Any:
-    """Non-negative, finite weights aligned with the dask array ``X``, normalised to sum
-    to 1 (a dask array with the row chunks of ``X``).  ``check(weights, X)`` validates
-    NumPy weights as the NumPy path does: the defects found here are raised through it,
-    with the same messages."""
-    import dask
-    import dask.array as da
-
-    n = X.shape[0]
-    if sample_weight is None:
-        return da.full((n,), 1.0 / n, chunks=(X.chunks[0],))
-    if not is_dask_array(sample_weight):
-        b = check(sample_weight, np.empty((n, 0)))
-        return da.from_array(b, chunks=(X.chunks[0],))
-    w = sample_weight
-    if w.ndim != 1 or w.shape[0] != n:
-        raise ValueError(f"sample_weight.shape == {w.shape}, expected ({n},)!")
-    w = w.astype(np.float64)
-    has_nan, has_inf, lowest, total = dask.compute(
-        da.isnan(w).any(), da.isinf(w).any(), w.min(), w.sum()
-    )
-    for bad, value in ((has_nan, np.nan), (has_inf, np.inf), (lowest < 0, float(lowest))):
-        if bad:
-            check(np.array([value, 1.0]), np.empty((2, 0)))
-    if not total > 0:
-        raise ValueError("sample_weight must have a positive sum; got all zeros.")
-    return (w / total).rechunk((X.chunks[0],))
-
-
-def count_positive(b) -> int:
-    """The rows of positive weight: on a dask array, the stand-in for the number of
-    distinct rows (which would need a sort of the whole array)."""
-    return int((b > 0).sum().compute())
-
-
-def _rows_by_weight(Y, b, size: int, seed: int) -> np.ndarray:
-    return _draw((np.asarray(Y), np.asarray(b, dtype=np.float64)), size, seed)
-
-
-def sample_rows(X, b, size: int, rng: np.random.Generator) -> np.ndarray:
-    """``size`` rows of the dask array ``X`` drawn i.i.d. with probabilities ``b`` (a dask
-    array with a positive total), without gathering ``X``: the chunk masses, a multinomial
-    split of ``size`` over them, and each chunk's share drawn where it is."""
-    import dask
-
-    X = X.rechunk({1: -1})
-    b = b.rechunk((X.chunks[0],))
-    xs, bs = X.to_delayed().ravel(), b.to_delayed().ravel()
-    mass = np.asarray(dask.compute(*[dask.delayed(np.sum)(w) for w in bs]), dtype=np.float64)
-    counts = rng.multinomial(size, mass / mass.sum())
-    seeds = rng.integers(np.iinfo(np.int64).max, size=len(xs))
-    parts = dask.compute(*[
-        dask.delayed(_rows_by_weight)(x, w, int(k), int(s))
-        for x, w, k, s in zip(xs, bs, counts, seeds, strict=True) if k > 0
-    ])
-    rows = np.concatenate(parts).astype(X.dtype, copy=False)
-    # the chunks' shares come back grouped: a permutation makes the order i.i.d.
-    return rows[rng.permutation(rows.shape[0])]
-
-
-def moments(X, b) -> tuple[np.ndarray, np.ndarray]:
-    """The weighted mean and a square root of the covariance of a dask array, in float64,
-    by two Dask reductions (as ``_base._moments`` on NumPy input)."""
-    import dask
-
-    Xd = X.astype(np.float64)
-    mean = dask.compute((b[:, None] * Xd).sum(axis=0) / b.sum())[0]
-    C = Xd - mean
-    cov = np.atleast_2d(dask.compute(((b[:, None] * C).T @ C) / b.sum())[0])
-    eigval, eigvec = np.linalg.eigh(cov)
-    return mean, eigvec * np.sqrt(np.clip(eigval, 0.0, None))
-
-
-def initial_particles(init: str, X, b, rng: np.random.Generator, n: int,
-                      n_atoms_param: str) -> np.ndarray:
-    """Initial atoms from a dask array: the moment-matched Gaussian from Dask reductions,
-    ``"subsample"`` as ``n`` rows drawn i.i.d. by weight, ``"kmeans++"`` and ``"kmeans"`` on
-    ``max(INIT_SAMPLE_ROWS, 10 n)`` rows drawn by weight."""
-    if init == "subsample":
-        return sample_rows(X, b, n, rng)
-    if init in ("kmeans++", "kmeans"):
-        from .._clustering import cluster_centers
-
-        positive = count_positive(b)
-        if n > positive:
-            raise ValueError(
-                f"init={init!r} needs {n_atoms_param}={n} <= the number of samples with "
-                f"positive weight ({positive})."
-            )
-        subset = sample_rows(X, b, max(INIT_SAMPLE_ROWS, 10 * n), rng)
-        seed = int(rng.integers(np.iinfo(np.int32).max))
-        return cluster_centers(init, subset, np.full(subset.shape[0], 1.0 / subset.shape[0]),
-                                n, seed)
-    mean, root = moments(X, b)
-    z = rng.standard_normal((n, X.shape[1]))
-    return (mean + z @ root.T).astype(X.dtype)
-
-
-def resolve_bandwidth(rule: str, X, weights, rng: np.random.Generator,
-                      n_samples: float | None) -> float:
-    """The bandwidth rules on a dask array: the median heuristic on 2000 rows drawn by
-    weight (its rule for any input above 2000 rows), Scott's and Silverman's rules from
-    Dask reductions (exact)."""
-    import dask
-    import dask.array as da
-    from scipy.spatial.distance import pdist
-
-    from ..kernels import _MEDIAN_MAX_ROWS, _weighted_median
-
-    if weights is None:
-        weights = da.full((X.shape[0],), 1.0 / X.shape[0], chunks=(X.chunks[0],))
-    if rule == "median":
-        dist = pdist(sample_rows(X, weights, _MEDIAN_MAX_ROWS, rng).astype(np.float64))
-        med = _weighted_median(dist, np.ones_like(dist))
-        if med <= 0.0:
-            med = float(dist.mean())
-        return med if med > 0.0 else 1.0
-    Xd = X.astype(np.float64)
-    mean, sum_sq = dask.compute(weights @ Xd, (weights**2).sum())
-    var = dask.compute(weights @ (Xd - mean) ** 2)[0]
-    n = 1.0 / float(sum_sq) if n_samples is None else float(n_samples)
-    sigma = float(np.sqrt(np.mean(var)))
-    if sigma <= 0.0:
-        sigma = 1.0
-    d = X.shape[1]
-    factor = n ** (-1.0 / (d + 4)) if rule == "scott" else (n * (d + 2) / 4.0) ** (
-        -1.0 / (d + 4)
-    )
-    return factor * sigma
-
-
-def _signed_pair(Pi, ai, Pj, aj, kernel, inner) -> tuple[int, float, float]:
-    """``a_iᵀ K(P_i, P_j) a_j`` and ``|a_i|ᵀ K(P_i, P_j) |a_j|``, float64."""
-    Pi, Pj = np.asarray(Pi), np.asarray(Pj)
-    if Pi.shape[0] == 0 or Pj.shape[0] == 0:
-        return Pi.shape[0] * Pj.shape[0], 0.0, 0.0
-    V = np.stack([aj, np.abs(aj)], axis=1).astype(Pj.dtype)
-    K_a = _engine(inner, Pi.shape[0] * Pj.shape[0]).matvec(kernel, Pi, Pj, V).astype(np.float64)
-    return Pi.shape[0] * Pj.shape[0], float(ai @ K_a[:, 0]), float(np.abs(ai) @ K_a[:, 1])
-
-
-def signed_quadratic_form(P, a, kernel: Kernel, inner) -> tuple[float, float]:
-    """``aᵀ K a`` and ``|a|ᵀ K |a|`` over the rows of the dask array ``P``: one task per pair
-    of row chunks, the results summed exactly (``math.fsum``), and checked to cover every
-    pair of rows."""
-    import dask
-
-    P = P.rechunk({1: -1})
-    a = a.rechunk((P.chunks[0],))
-    ps, as_ = P.to_delayed().ravel(), a.to_delayed().ravel()
-    tasks = [
-        dask.delayed(_signed_pair)(ps[i], as_[i], ps[j], as_[j], kernel, inner)
-        for i in range(len(ps)) for j in range(len(ps))
-    ]
-    out = dask.compute(*tasks)
-    pairs = sum(o[0] for o in out)
-    if pairs != P.shape[0] ** 2:
-        raise RuntimeError(
-            f"the Dask reduction accounted for {pairs} of {P.shape[0] ** 2} pairs; refusing a "
-            "partial sum."
-        )
-    return math.fsum(o[1] for o in out), math.fsum(o[2] for o in out)
-
-

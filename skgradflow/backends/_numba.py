@@ -1,19 +1,25 @@
 """The Numba backend: fused, vectorised, multi-core CPU reductions, compiled once per machine.
 
 One pass over the pairs per reduction, with the distance, the kernel (its exponential by a
-vectorised polynomial, not a libm call per pair) and every output channel fused, on all cores.
+vectorised polynomial, not a libm call per pair) and every output channel fused, on the cores
+that are free (threads of its own claim chunks of rows; see ``_Job``).
 On a CPU it runs the flows 2-3x faster than KeOps and the blockwise NumPy backend, and its
 compiled loops are cached on disk by Numba: about a minute of compiling on first use in a new
 environment (all reductions, both dtypes), then a fraction of a second per process.
 
-Numba is an optional dependency (``pip install "skgradflow[numba]"``); ``backend="auto"`` uses
-this backend on CPUs whenever it is installed.
+Numba is a dependency of the package; ``backend="auto"`` uses this backend for every CPU run
+above its work threshold.  Where Numba cannot be imported (one built for another NumPy),
+``"auto"`` does without it and ``backend="numba"`` raises :class:`NumbaUnavailableError`.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import queue
+import sys
 import threading
+import time
 
 import numpy as np
 
@@ -23,11 +29,17 @@ from ._protocol import Backend, check_log_domain_kernel
 
 NOT_INSTALLED_HINT = 'pip install "skgradflow[numba]" (or pip install numba)'
 
-# Numba's default threading layer with pip wheels ("workqueue") aborts the whole process when
-# two threads enter a parallel loop at once; a user's thread pool (joblib's threading backend,
-# a web server) must never reach that, so the compiled loops are entered one call at a time.
-# The loops use every core already: concurrent calls could only share them.
-_call_lock = threading.Lock()
+# Rows go to threads in chunks of at most this many kernel entries (a fraction of a millisecond
+# on one core: the Python between chunks costs about 1%), each a ``1 / (_CHUNKS_PER_THREAD ×
+# threads)`` share of the rows left, so that the threads that do run take over the work of one
+# the OS has descheduled, but never below ``_MIN_PAIRS_PER_CHUNK`` (tens of microseconds): a
+# call with less than two such chunks of work runs on the calling thread alone, as waking a
+# helper thread would cost more than it saves.
+_PAIRS_PER_CHUNK = 1 << 19
+_CHUNKS_PER_THREAD = 4
+_MIN_PAIRS_PER_CHUNK = 1 << 16
+# chunks the calling thread computes per compiled call: a Ctrl-C is seen between calls
+_CALLER_CLAIMS = 4
 _compiled: set[tuple] = set()
 
 
@@ -46,6 +58,194 @@ def _kernels():
             f"{NOT_INSTALLED_HINT}; or use backend='numpy'."
         ) from exc
     return _numba_kernels
+
+
+def _env_threads(name: str) -> int | None:
+    """A positive thread count from the environment variable ``name`` (the first entry of a
+    nested OpenMP list such as ``"2,1"``), or None."""
+    value = os.environ.get(name, "").split(",")[0].strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def _idle_cpus() -> int | None:
+    """CPUs of the machine that nothing else wants right now: the kernel's count of runnable
+    tasks (``/proc/loadavg``, Linux), less this thread; None where it cannot be read.  Read
+    at most every ``_IDLE_CPUS_TTL`` seconds."""
+    global _idle_cpus_read
+    now = time.monotonic()
+    if now - _idle_cpus_read[0] < _IDLE_CPUS_TTL:
+        return _idle_cpus_read[1]
+    try:
+        with open("/proc/loadavg", "rb") as fh:
+            runnable = int(fh.read().split()[3].split(b"/")[0])
+        idle = (os.cpu_count() or 1) - (runnable - 1)
+    except (OSError, ValueError, IndexError):
+        idle = None
+    _idle_cpus_read = (now, idle)
+    return idle
+
+
+_IDLE_CPUS_TTL = 0.05
+_idle_cpus_read: tuple[float, int | None] = (-1.0, None)
+
+
+def default_threads() -> int:
+    """The threads a reduction uses by default: the CPUs this process may run on, capped by
+    ``NUMBA_NUM_THREADS`` and ``OMP_NUM_THREADS`` (which joblib, and so scikit-learn's
+    ``n_jobs``, set in its worker processes to share the cores among them), by
+    ``numba.set_num_threads`` where the program has started Numba's own threads, and by the
+    CPUs that no other task wants at this moment (at least 1).
+
+    Read at every call (the busy CPUs at most every 50 ms), so a limit set while a program
+    runs applies to its next reduction, and a reduction beside busy processes runs on the
+    calling thread alone: measured on 2 cores beside two busy processes, a second thread
+    then only made each call wait for its turn on a core (2-3x slower than one thread).
+
+    Examples
+    --------
+    >>> from skgradflow.backends import default_threads
+    >>> default_threads() >= 1
+    True
+    """
+    try:
+        limits = [len(os.sched_getaffinity(0))]
+    except (AttributeError, OSError):  # not on Linux
+        limits = [os.cpu_count() or 1]
+    limits += [n for n in map(_env_threads, ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS")) if n]
+    parallel = sys.modules.get("numba.np.ufunc.parallel")
+    if parallel is not None and getattr(parallel, "_is_initialized", False):
+        limits.append(parallel.get_num_threads())
+    idle = _idle_cpus()
+    if idle is not None:
+        limits.append(idle)
+    return max(1, min(limits))
+
+
+# --- sharing the rows of one reduction among threads -----------------------------------------
+class _Job:
+    """The row chunks of one reduction, shared by the calling thread and whichever helper
+    threads the OS gets round to running.
+
+    Each thread enters one compiled driver that claims chunks from a shared counter (an atomic
+    increment), writes them into buffers of its own thread and marks each finished chunk as
+    its own (an atomic compare-and-swap), all without the GIL.  Nothing makes the caller wait
+    for a helper: once every chunk is claimed, the caller computes again, at once, each chunk
+    no helper has finished, then copies the helpers' finished chunks into the outputs.  So a
+    helper that the OS has parked, before or in the middle of a chunk, costs the caller at most
+    that chunk, and a reduction on a busy machine runs at the speed of the threads that do run
+    (at worst the caller's own), never sleeping on a lock or at a barrier, where it would lose
+    its turn on a busy core, nor waiting for the GIL held by a parked thread.
+    """
+
+    def __init__(self, chunks_fn, rows_fn, inputs: tuple, outputs: tuple, bounds: list[int],
+                 n_helpers: int) -> None:
+        self.chunks_fn, self.rows_fn = chunks_fn, rows_fn
+        self.inputs, self.outputs = inputs, outputs
+        self.bounds = np.asarray(bounds, dtype=np.int64)
+        self.n_chunks = len(bounds) - 1
+        self.state = np.zeros(1, dtype=np.int64)  # the next chunk to claim
+        self.owner = np.full(self.n_chunks, -1, dtype=np.int64)  # who finished it: 0 the caller
+        self.buffers = [outputs] + [tuple(np.empty_like(out) for out in outputs)
+                                    for _ in range(n_helpers)]
+        self.error: BaseException | None = None
+
+    def work(self, me: int) -> None:
+        """A helper's part: chunks until none is left to claim."""
+        try:
+            self.chunks_fn(*self.inputs, *self.buffers[me], self.bounds, self.state,
+                           self.owner, me, self.n_chunks)
+        except Exception as exc:  # re-raised by the caller, in its own thread
+            self.error = self.error or exc
+
+    def run(self) -> None:
+        """The caller's part: chunks until none is left to claim, a few per compiled call (so
+        that a Ctrl-C is seen between them), then the chunks no helper has finished, then the
+        helpers' chunks copied into the outputs."""
+        args = (*self.inputs, *self.outputs, self.bounds, self.state, self.owner, 0)
+        while self.chunks_fn(*args, _CALLER_CLAIMS) == _CALLER_CLAIMS:
+            pass
+        if self.error is not None:
+            raise self.error
+        for chunk in np.flatnonzero(self.owner == -1):
+            self.rows_fn(*self.inputs, *self.outputs, self.bounds[chunk], self.bounds[chunk + 1])
+            self.owner[chunk] = 0
+        row_owner = np.repeat(self.owner, np.diff(self.bounds))
+        for me in range(1, len(self.buffers)):
+            rows = row_owner == me
+            if rows.any():
+                for out, buffer in zip(self.outputs, self.buffers[me], strict=True):
+                    out[rows] = buffer[rows]
+
+    def stop(self) -> None:
+        """No further chunk starts (helpers finish the one they hold, into their buffers)."""
+        self.state[0] = self.n_chunks
+
+
+def _chunk_bounds(n_rows: int, n_sources: int, n_threads: int) -> list[int]:
+    """Row boundaries of the chunks: guided, each a share of the rows left (so the last ones,
+    which a caller may compute twice, are short), between ``_MIN_PAIRS_PER_CHUNK`` and
+    ``_PAIRS_PER_CHUNK`` kernel entries; one thread takes chunks of the largest size."""
+    n_sources = max(1, n_sources)
+    largest = max(1, _PAIRS_PER_CHUNK // n_sources)
+    smallest = max(1, min(largest, _MIN_PAIRS_PER_CHUNK // n_sources))
+    bounds = [0]
+    while bounds[-1] < n_rows:
+        left = n_rows - bounds[-1]
+        rows = largest if n_threads == 1 else min(
+            largest, max(smallest, left // (_CHUNKS_PER_THREAD * n_threads)))
+        bounds.append(min(n_rows, bounds[-1] + rows))
+    return bounds
+
+
+class _Helpers:
+    """Daemon threads that join the jobs put on their queue; made on first use, added to when
+    a job wants more, made again in a forked child (whose parent's threads do not exist)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+
+    def _run(self) -> None:
+        while True:
+            job, me = self.queue.get()
+            job.work(me)
+
+    def join(self, job: _Job, n_helpers: int) -> None:
+        with self.lock:
+            while len(self.threads) < n_helpers:
+                thread = threading.Thread(target=self._run, daemon=True,
+                                          name=f"skgradflow-numba-{len(self.threads)}")
+                thread.start()
+                self.threads.append(thread)
+        for me in range(1, n_helpers + 1):
+            self.queue.put((job, me))
+
+
+_helpers = _Helpers()
+if hasattr(os, "register_at_fork"):
+    def _new_helpers() -> None:
+        global _helpers
+        _helpers = _Helpers()
+
+    os.register_at_fork(after_in_child=_new_helpers)
+
+
+def _run_rows(chunks_fn, rows_fn, inputs: tuple, outputs: tuple, n_sources: int,
+              n_threads: int) -> None:
+    """One reduction over the rows of ``outputs`` in chunks, on up to ``n_threads`` threads,
+    the calling one included (see :class:`_Job`).  A ``KeyboardInterrupt`` reaches the caller
+    within a few chunks (milliseconds), and then no further chunk starts."""
+    bounds = _chunk_bounds(outputs[0].shape[0], n_sources, n_threads)
+    n_helpers = max(0, min(n_threads, len(bounds) - 1) - 1)
+    job = _Job(chunks_fn, rows_fn, inputs, outputs, bounds, n_helpers)
+    if n_helpers:
+        _helpers.join(job, n_helpers)
+    try:
+        job.run()
+    except BaseException:
+        job.stop()
+        raise
 
 
 def numba_installed() -> bool:
@@ -72,8 +272,9 @@ class NumbaBackend(Backend):
     Parameters
     ----------
     n_threads : int or None, default=None
-        Threads per reduction; ``None``: Numba's default (every core, or
-        ``NUMBA_NUM_THREADS``).
+        Threads per reduction, the calling one included; ``None``: :func:`default_threads`
+        at every call (the CPUs this process may use, within the limits that
+        ``NUMBA_NUM_THREADS``, ``OMP_NUM_THREADS`` and joblib's workers set).
 
     Notes
     -----
@@ -116,27 +317,27 @@ class NumbaBackend(Backend):
         _kernels()
 
     # --- calling the compiled loops ------------------------------------------------------------
-    def _call(self, fn, *args):
-        """Run one compiled loop: on the configured threads, one call at a time, with a
-        notice on stderr while a first compile takes long."""
-        import numba
+    def threads(self) -> int:
+        """The threads the next reduction uses: ``n_threads`` where set, else
+        :func:`default_threads`."""
+        return self.n_threads or default_threads()
 
-        key = (fn.__name__, args[0].dtype.str)  # a compiled loop per reduction and dtype
-        n_threads = min(self.n_threads or numba.config.NUMBA_NUM_THREADS,
-                        numba.config.NUMBA_NUM_THREADS)
-        with _call_lock:
-            previous = numba.get_num_threads()
-            numba.set_num_threads(n_threads)
-            try:
-                if key in _compiled:
-                    return fn(*args, n_threads)
-                with notice_if_slow("numba-compile", "compiling the Numba backend's loops, once "
-                                    "per machine (a few seconds each)..."):
-                    out = fn(*args, n_threads)
-                _compiled.add(key)  # under _call_lock
-                return out
-            finally:
-                numba.set_num_threads(previous)
+    def _call(self, name: str, n_sources: int, inputs: tuple, outputs: tuple) -> None:
+        """Run the reduction ``name`` over the rows of ``outputs``, with a notice on stderr
+        while a first compile takes long (the first call of each loop and dtype compiles it,
+        or loads it from the disk cache)."""
+        nk = _kernels()
+        chunks_fn, rows_fn = getattr(nk, f"{name}_chunks"), getattr(nk, f"{name}_rows")
+        key = (name, inputs[0].dtype.str)
+        if key not in _compiled:
+            with notice_if_slow("numba-compile", "compiling the Numba backend's loops, once "
+                                "per machine (a few seconds each)..."):
+                no_rows = np.zeros(1, dtype=np.int64)
+                chunks_fn(*inputs, *outputs, no_rows, np.zeros(1, dtype=np.int64),
+                          np.zeros(0, dtype=np.int64), 0, 0)
+                rows_fn(*inputs, *outputs, 0, 0)
+            _compiled.add(key)
+        _run_rows(chunks_fn, rows_fn, inputs, outputs, n_sources, self.threads())
 
     @staticmethod
     def _prepare(kernel: Kernel, Z: np.ndarray, S: np.ndarray):
@@ -150,38 +351,43 @@ class NumbaBackend(Backend):
 
     # --- the four reductions ---------------------------------------------------------------------
     def matvec(self, kernel: Kernel, Z: np.ndarray, S: np.ndarray, V: np.ndarray) -> np.ndarray:
-        nk = _kernels()
         Zs, ST, c = self._prepare(kernel, Z, S)
         VT = np.ascontiguousarray(V.T, dtype=Z.dtype)
-        return self._call(nk.matvec, Zs, ST, VT, KERNELS.index(kernel.name), c)
+        out = np.zeros((Z.shape[0], V.shape[1]), dtype=Z.dtype)
+        self._call("matvec", S.shape[0], (Zs, ST, VT, KERNELS.index(kernel.name), c),
+                   (out,))
+        return out
 
     def value_grad(
         self, kernel: Kernel, Z: np.ndarray, S: np.ndarray, V: np.ndarray, a: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        nk = _kernels()
         Zs, ST, c = self._prepare(kernel, Z, S)
         VT = np.ascontiguousarray(V.T, dtype=Z.dtype)
         a = np.ascontiguousarray(a.reshape(-1), dtype=Z.dtype)
-        val, grad = self._call(nk.value_grad, Zs, ST, VT, a, KERNELS.index(kernel.name), c)
+        val = np.zeros((Z.shape[0], V.shape[1]), dtype=Z.dtype)
+        grad = np.zeros(Z.shape, dtype=Z.dtype)
+        self._call("value_grad", S.shape[0], (Zs, ST, VT, a, KERNELS.index(kernel.name), c),
+                   (val, grad))
         return val, grad / np.asarray(kernel.scale, dtype=Z.dtype)
 
     def logsumexp(
         self, kernel: Kernel, Z: np.ndarray, S: np.ndarray, logv: np.ndarray
     ) -> np.ndarray:
         check_log_domain_kernel(kernel)
-        nk = _kernels()
         Zs, ST, c = self._prepare(kernel, Z, S)
         logv = np.ascontiguousarray(logv, dtype=Z.dtype)
-        return self._call(nk.logsumexp, Zs, ST, logv, c)
+        out = np.empty(Z.shape[0], dtype=Z.dtype)
+        self._call("logsumexp", S.shape[0], (Zs, ST, logv, c), (out,))
+        return out
 
     def softmax_moments(
         self, kernel: Kernel, Z: np.ndarray, S: np.ndarray, c: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         check_log_domain_kernel(kernel)
-        nk = _kernels()
         Zs, ST, consts = self._prepare(kernel, Z, S)
         cw = np.ascontiguousarray(c, dtype=Z.dtype)
-        mass, first = self._call(nk.softmax_moments, Zs, ST, cw, consts)
+        mass = np.zeros(Z.shape[0], dtype=Z.dtype)
+        first = np.zeros(Z.shape, dtype=Z.dtype)
+        self._call("softmax_moments", S.shape[0], (Zs, ST, cw, consts), (mass, first))
         # the moment ran in coordinates divided by h
         return mass, first * np.asarray(kernel.scale, dtype=Z.dtype)
-

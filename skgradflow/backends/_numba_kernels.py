@@ -2,8 +2,8 @@
 
 Every reduction is one pass over the pairs: for a row ``z_i`` and a block of ``BLOCK``
 sources, the squared distances (from differences, exact near ``r = 0``), the kernel, and every
-output channel, in buffers that stay in the L1 cache; rows are shared among the cores with
-``prange``.  The sources come transposed, ``(d, m)``, so that each inner loop runs over
+output channel, in buffers that stay in the L1 cache; the rows are shared among
+threads by the backend.  The sources come transposed, ``(d, m)``, so that each inner loop runs over
 consecutive sources and vectorises.
 
 The exponential is evaluated in the loops themselves, by range reduction and a polynomial,
@@ -18,10 +18,16 @@ float64, 1.02 in float32, over 2·10⁶ arguments).
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import os
+import warnings
+
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange
-from numba.core import types
+from numba import njit
+from numba.core import cgutils, types
+from numba.core.caching import FunctionCache
 from numba.extending import intrinsic, overload
 
 # Sources per block: a few KiB of buffers per row, which stay in L1.
@@ -121,7 +127,65 @@ def _fast_exp_overload(x):
     return None
 
 
-@njit(cache=True, fastmath=_FAST)
+# --- the disk cache, which must never stop a fit ------------------------------------------------
+_cache_warnings: set[str] = set()
+
+
+def _warn_once(what: str, message: str) -> None:
+    if what not in _cache_warnings:
+        _cache_warnings.add(what)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+_NOWHERE = ("no writable folder for the Numba backend's compiled-code cache ({cause}); its "
+            "loops are compiled in memory, again in every process (about a minute). Fix: set "
+            "NUMBA_CACHE_DIR to a writable folder.")
+
+
+class _RepairingCache(FunctionCache):
+    """Numba's disk cache of one function, where an entry that cannot be read (a truncated or
+    corrupted index or data file) is discarded and compiled again, and an entry that cannot
+    be written leaves the function compiled in memory: each with one warning."""
+
+    def load_overload(self, sig, target_context):
+        try:
+            return super().load_overload(sig, target_context)
+        except Exception as exc:
+            self._discard()
+            _warn_once("unreadable", (
+                f"the Numba backend's compiled-code cache in {self._cache_path} could not be "
+                f"read ({type(exc).__name__}: {exc}); its entries were discarded and are being "
+                "compiled again."))
+            return None
+
+    def save_overload(self, sig, data):
+        try:
+            super().save_overload(sig, data)
+        except Exception as exc:
+            self.disable()
+            _warn_once("nowhere", _NOWHERE.format(cause=f"{type(exc).__name__}: {exc}"))
+
+    def _discard(self) -> None:
+        index = self._cache_file._index_path
+        for path in [index, *glob.glob(glob.escape(index[:-len(".nbi")]) + ".*.nbc")]:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+
+def _jit(fn):
+    """Compiled without the GIL, and cached on disk where Numba finds a writable folder."""
+    dispatcher = njit(nogil=True, fastmath=_FAST)(fn)
+    try:
+        dispatcher.enable_caching()
+    except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+        _warn_once("nowhere", _NOWHERE.format(cause=exc))
+    else:
+        dispatcher._cache.__class__ = _RepairingCache
+    return dispatcher
+
+
+
+@_jit
 def exp_array(x):
     """``fast_exp`` over an array, for the accuracy tests."""
     out = np.empty_like(x)
@@ -210,149 +274,212 @@ def _add_first_moment(wts, z, ST, j0, nb, g, zero):
         g[k] += s
 
 
+# --- the reductions, over a range of rows ------------------------------------------------------
+# Each reduction has a loop over the rows ``i0 <= i < i1`` of ``Z`` (``*_rows``), and a driver
+# (``*_chunks``) that claims chunks of rows from a counter shared between threads (an atomic
+# increment) and marks each chunk it finishes as its own in ``owner`` (an atomic
+# compare-and-swap), so that several threads share a reduction with no lock and without
+# holding the GIL (see ``_numba.py``).
+@intrinsic
+def _fetch_add(typingctx, array, index, value):
+    """``array[index] += value`` atomically; returns the value before."""
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [args[1]])
+        return builder.atomic_rmw("add", ptr, args[2], "seq_cst")
+
+    return types.int64(array, index, value), codegen
+
+
+@intrinsic
+def _claim(typingctx, array, index, new):
+    """``array[index] = new`` if it holds -1, atomically."""
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [args[1]])
+        minus_one = context.get_constant(types.int64, -1)
+        builder.cmpxchg(ptr, minus_one, args[2], "seq_cst", "seq_cst")
+        return context.get_dummy_value()
+
+    return types.none(array, index, new), codegen
+
+
 @njit(inline="always")
-def _rows_per_task(n, n_threads):
-    # enough tasks to balance the cores, few enough that each amortises its buffers
-    return max(1, min(16, n // (4 * n_threads)))
+def _next_chunk(bounds, state, claims, max_claims):
+    """The next chunk to compute, or -1: none left, or ``max_claims`` reached."""
+    if claims >= max_claims:
+        return -1
+    chunk = _fetch_add(state, 0, 1)
+    return chunk if chunk < bounds.size - 1 else -1
 
 
-# --- the reductions ----------------------------------------------------------------------------
-@njit(parallel=True, cache=True, fastmath=_FAST)
-def matvec(Z, ST, VT, kind, c, n_threads):
+@_jit
+def matvec_rows(Z, ST, VT, kind, c, out, i0, i1):
     """``out[i, q] = Σ_j κ(|z_i - s_j|²) VT[q, j]`` (scaled coordinates)."""
-    n = Z.shape[0]
     m = ST.shape[1]
     p = VT.shape[0]
-    out = np.zeros((n, p), dtype=Z.dtype)
-    rows = _rows_per_task(n, n_threads)
-    for task in prange((n + rows - 1) // rows):
-        r2 = np.empty(BLOCK, dtype=Z.dtype)
-        kv = np.empty(BLOCK, dtype=Z.dtype)
-        acc = np.zeros(p, dtype=np.float64)
-        for i in range(task * rows, min(n, task * rows + rows)):
-            acc[:] = 0.0
-            for j0 in range(0, m, BLOCK):
-                nb = min(BLOCK, m - j0)
-                _sq_dist(Z[i], ST, j0, nb, r2)
-                _kernel(kind, r2, kv, nb, c)
-                _add_channels(kv, VT, j0, nb, acc, c[2])
-            for q in range(p):
-                out[i, q] = acc[q]
-    return out
+    r2 = np.empty(BLOCK, dtype=Z.dtype)
+    kv = np.empty(BLOCK, dtype=Z.dtype)
+    acc = np.zeros(p, dtype=np.float64)
+    for i in range(i0, i1):
+        acc[:] = 0.0
+        for j0 in range(0, m, BLOCK):
+            nb = min(BLOCK, m - j0)
+            _sq_dist(Z[i], ST, j0, nb, r2)
+            _kernel(kind, r2, kv, nb, c)
+            _add_channels(kv, VT, j0, nb, acc, c[2])
+        for q in range(p):
+            out[i, q] = acc[q]
 
 
-@njit(parallel=True, cache=True, fastmath=_FAST)
-def value_grad(Z, ST, VT, a, kind, c, n_threads):
+@_jit
+def value_grad_rows(Z, ST, VT, a, kind, c, val, grad, i0, i1):
     """``Σ_j κ_ij VT[:, j]`` and ``Σ_j γ_ij a_j (z_i - s_j) = Σ_j (-γ_ij a_j)(s_j - z_i)``
     (scaled coordinates)."""
-    n, d = Z.shape
+    d = Z.shape[1]
     m = ST.shape[1]
     p = VT.shape[0]
-    val = np.zeros((n, p), dtype=Z.dtype)
-    grad = np.zeros((n, d), dtype=Z.dtype)
-    rows = _rows_per_task(n, n_threads)
-    for task in prange((n + rows - 1) // rows):
-        r2 = np.empty(BLOCK, dtype=Z.dtype)
-        kv = np.empty(BLOCK, dtype=Z.dtype)
-        ga = np.empty(BLOCK, dtype=Z.dtype)
-        acc = np.zeros(p, dtype=np.float64)
-        g = np.zeros(d, dtype=np.float64)
-        for i in range(task * rows, min(n, task * rows + rows)):
-            acc[:] = 0.0
-            g[:] = 0.0
-            z = Z[i]
-            for j0 in range(0, m, BLOCK):
-                nb = min(BLOCK, m - j0)
-                if kind == GAUSSIAN and p == 1:
-                    # the witness of the MMD flows: the last coordinate, the exponential, the
-                    # value and the gradient factor -γ a = κ a in one pass
-                    _sq_dist(z, ST, j0, nb, r2, d - 1)
-                    last = ST[d - 1, j0:j0 + nb]
-                    zl = z[d - 1]
-                    v = VT[0, j0:j0 + nb]
-                    aj = a[j0:j0 + nb]
-                    s = c[2]
-                    for j in range(nb):
-                        t = last[j] - zl
-                        e = fast_exp(-c[0] * (r2[j] + t * t))
-                        s += e * v[j]
-                        ga[j] = e * aj[j]
-                    acc[0] += s
-                    _add_first_moment(ga, z, ST, j0, nb, g, c[2])
-                    continue
-                _sq_dist(z, ST, j0, nb, r2)
-                _kernel(kind, r2, kv, nb, c)
-                _add_channels(kv, VT, j0, nb, acc, c[2])
-                _grad_factor(kind, r2, kv, ga, a, j0, nb, c)
-                _add_first_moment(ga, z, ST, j0, nb, g, c[2])
-            for q in range(p):
-                val[i, q] = acc[q]
-            for k in range(d):
-                grad[i, k] = g[k]
-    return val, grad
-
-
-@njit(parallel=True, cache=True, fastmath=_FAST)
-def logsumexp(Z, ST, logv, c, n_threads):
-    """``log Σ_j exp(logv_j - |z_i - s_j|² / 2)``, streamed with a running maximum."""
-    n = Z.shape[0]
-    m = ST.shape[1]
-    out = np.empty(n, dtype=Z.dtype)
-    rows = _rows_per_task(n, n_threads)
-    for task in prange((n + rows - 1) // rows):
-        r2 = np.empty(BLOCK, dtype=Z.dtype)
-        shift = np.empty(1, dtype=Z.dtype)  # the running maximum, in the dtype of the loop
-        for i in range(task * rows, min(n, task * rows + rows)):
-            top = -np.inf
-            total = 0.0
-            for j0 in range(0, m, BLOCK):
-                nb = min(BLOCK, m - j0)
-                _sq_dist(Z[i], ST, j0, nb, r2)
-                lv = logv[j0:j0 + nb]
-                block_top = -np.inf
-                for j in range(nb):
-                    r2[j] = lv[j] - c[0] * r2[j]
-                    block_top = max(block_top, r2[j])
-                if block_top > top:
-                    total *= np.exp(top - block_top)
-                    top = block_top
-                shift[0] = top
-                t = shift[0]
+    r2 = np.empty(BLOCK, dtype=Z.dtype)
+    kv = np.empty(BLOCK, dtype=Z.dtype)
+    ga = np.empty(BLOCK, dtype=Z.dtype)
+    acc = np.zeros(p, dtype=np.float64)
+    g = np.zeros(d, dtype=np.float64)
+    for i in range(i0, i1):
+        acc[:] = 0.0
+        g[:] = 0.0
+        z = Z[i]
+        for j0 in range(0, m, BLOCK):
+            nb = min(BLOCK, m - j0)
+            if kind == GAUSSIAN and p == 1:
+                # the witness of the MMD flows: the last coordinate, the exponential, the
+                # value and the gradient factor -γ a = κ a in one pass
+                _sq_dist(z, ST, j0, nb, r2, d - 1)
+                last = ST[d - 1, j0:j0 + nb]
+                zl = z[d - 1]
+                v = VT[0, j0:j0 + nb]
+                aj = a[j0:j0 + nb]
                 s = c[2]
                 for j in range(nb):
-                    s += fast_exp(r2[j] - t)
-                total += s
-            out[i] = top + np.log(total)
-    return out
+                    t = last[j] - zl
+                    e = fast_exp(-c[0] * (r2[j] + t * t))
+                    s += e * v[j]
+                    ga[j] = e * aj[j]
+                acc[0] += s
+                _add_first_moment(ga, z, ST, j0, nb, g, c[2])
+                continue
+            _sq_dist(z, ST, j0, nb, r2)
+            _kernel(kind, r2, kv, nb, c)
+            _add_channels(kv, VT, j0, nb, acc, c[2])
+            _grad_factor(kind, r2, kv, ga, a, j0, nb, c)
+            _add_first_moment(ga, z, ST, j0, nb, g, c[2])
+        for q in range(p):
+            val[i, q] = acc[q]
+        for k in range(d):
+            grad[i, k] = g[k]
 
 
-@njit(parallel=True, cache=True, fastmath=_FAST)
-def softmax_moments(Z, ST, cw, c, n_threads):
+@_jit
+def logsumexp_rows(Z, ST, logv, c, out, i0, i1):
+    """``log Σ_j exp(logv_j - |z_i - s_j|² / 2)``, streamed with a running maximum."""
+    m = ST.shape[1]
+    r2 = np.empty(BLOCK, dtype=Z.dtype)
+    shift = np.empty(1, dtype=Z.dtype)  # the running maximum, in the dtype of the loop
+    for i in range(i0, i1):
+        top = -np.inf
+        total = 0.0
+        for j0 in range(0, m, BLOCK):
+            nb = min(BLOCK, m - j0)
+            _sq_dist(Z[i], ST, j0, nb, r2)
+            lv = logv[j0:j0 + nb]
+            block_top = -np.inf
+            for j in range(nb):
+                r2[j] = lv[j] - c[0] * r2[j]
+                block_top = max(block_top, r2[j])
+            if block_top > top:
+                total *= np.exp(top - block_top)
+                top = block_top
+            shift[0] = top
+            t = shift[0]
+            s = c[2]
+            for j in range(nb):
+                s += fast_exp(r2[j] - t)
+            total += s
+        out[i] = top + np.log(total)
+
+
+@_jit
+def softmax_moments_rows(Z, ST, cw, c, mass, first, i0, i1):
     """``Σ_j E_ij`` and ``Σ_j E_ij (s_j - z_i)``, ``E_ij = exp(cw_j - |z_i - s_j|² / 2)``
     (scaled coordinates)."""
-    n, d = Z.shape
+    d = Z.shape[1]
     m = ST.shape[1]
-    mass = np.zeros(n, dtype=Z.dtype)
-    first = np.zeros((n, d), dtype=Z.dtype)
-    rows = _rows_per_task(n, n_threads)
-    for task in prange((n + rows - 1) // rows):
-        r2 = np.empty(BLOCK, dtype=Z.dtype)
-        g = np.zeros(d, dtype=np.float64)
-        for i in range(task * rows, min(n, task * rows + rows)):
-            total = 0.0
-            g[:] = 0.0
-            z = Z[i]
-            for j0 in range(0, m, BLOCK):
-                nb = min(BLOCK, m - j0)
-                _sq_dist(z, ST, j0, nb, r2)
-                w = cw[j0:j0 + nb]
-                s = c[2]
-                for j in range(nb):
-                    r2[j] = fast_exp(w[j] - c[0] * r2[j])
-                    s += r2[j]
-                total += s
-                _add_first_moment(r2, z, ST, j0, nb, g, c[2])
-            mass[i] = total
-            for k in range(d):
-                first[i, k] = g[k]
-    return mass, first
+    r2 = np.empty(BLOCK, dtype=Z.dtype)
+    g = np.zeros(d, dtype=np.float64)
+    for i in range(i0, i1):
+        total = 0.0
+        g[:] = 0.0
+        z = Z[i]
+        for j0 in range(0, m, BLOCK):
+            nb = min(BLOCK, m - j0)
+            _sq_dist(z, ST, j0, nb, r2)
+            w = cw[j0:j0 + nb]
+            s = c[2]
+            for j in range(nb):
+                r2[j] = fast_exp(w[j] - c[0] * r2[j])
+                s += r2[j]
+            total += s
+            _add_first_moment(r2, z, ST, j0, nb, g, c[2])
+        mass[i] = total
+        for k in range(d):
+            first[i, k] = g[k]
+
+
+# --- the drivers: chunks claimed from ``state[0]``, finished ones marked in ``owner`` ------------
+@_jit
+def matvec_chunks(Z, ST, VT, kind, c, out, bounds, state, owner, me, max_claims):
+    claims = 0
+    while True:
+        k = _next_chunk(bounds, state, claims, max_claims)
+        if k < 0:
+            return claims
+        matvec_rows(Z, ST, VT, kind, c, out, bounds[k], bounds[k + 1])
+        _claim(owner, k, me)
+        claims += 1
+
+
+@_jit
+def value_grad_chunks(Z, ST, VT, a, kind, c, val, grad, bounds, state, owner, me, max_claims):
+    claims = 0
+    while True:
+        k = _next_chunk(bounds, state, claims, max_claims)
+        if k < 0:
+            return claims
+        value_grad_rows(Z, ST, VT, a, kind, c, val, grad, bounds[k], bounds[k + 1])
+        _claim(owner, k, me)
+        claims += 1
+
+
+@_jit
+def logsumexp_chunks(Z, ST, logv, c, out, bounds, state, owner, me, max_claims):
+    claims = 0
+    while True:
+        k = _next_chunk(bounds, state, claims, max_claims)
+        if k < 0:
+            return claims
+        logsumexp_rows(Z, ST, logv, c, out, bounds[k], bounds[k + 1])
+        _claim(owner, k, me)
+        claims += 1
+
+
+@_jit
+def softmax_moments_chunks(Z, ST, cw, c, mass, first, bounds, state, owner, me, max_claims):
+    claims = 0
+    while True:
+        k = _next_chunk(bounds, state, claims, max_claims)
+        if k < 0:
+            return claims
+        softmax_moments_rows(Z, ST, cw, c, mass, first, bounds[k], bounds[k + 1])
+        _claim(owner, k, me)
+        claims += 1

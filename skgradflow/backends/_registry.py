@@ -18,9 +18,11 @@ from ._protocol import Backend
 
 # "auto" uses NumPy below this many kernel entries over a whole run: a few seconds of work,
 # which a first compile (Numba about 10 s per reduction, KeOps about 10 s per formula, once
-# per machine) would dominate.  Measured on 2 CPU cores, d = 2, float64: the blockwise NumPy
-# backend evaluates 1-3·10⁸ Gaussian kernel entries a second, KeOps about 3·10⁸, the Numba
-# backend 1.1·10⁹ (value and gradient) to 1.7·10⁹ (value only).
+# per machine) would dominate; above it, KeOps on a GPU, else Numba (a dependency, so KeOps
+# is compiled for a CPU only where Numba cannot be imported).  Measured on 2 CPU cores,
+# d = 2, float64: the blockwise NumPy backend evaluates 1-3·10⁸ Gaussian kernel entries a
+# second, KeOps about 3·10⁸, the Numba backend 1.1·10⁹ (value and gradient) to 1.7·10⁹
+# (value only).
 AUTO_KEOPS_MIN_WORK = 500_000_000
 
 _REGISTRY: dict[str, Callable[[], Backend]] = {

@@ -23,23 +23,26 @@ responsibilities: to first order in ``τβ`` the weight step is ``(1 - τβ) w +
 from __future__ import annotations
 
 import numbers
-import warnings
 
 import numpy as np
-from scipy.special import logsumexp
-from sklearn.base import clone
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import _BaseParticleFlow, _Evaluation, _Problem, _validate_X
-from .backends import LOG_TINY, Targets, resolve_backend
-from .backends._dask import _engine as dask_engine
-from .backends._dask import as_dask_engine, dask_session, is_dask_array
-from .kernels import Kernel, _seed_from
+from .._flow import Evaluation, FlowState, Problem, _BaseParticleFlow
+from ..backends import Targets
+from ..data import Data, as_data, session
+from ..kernels import Kernel, _seed_from
+from ._isotropic import _IsotropicSteps
+from ._restarts import fit_best_of
+from ._shaped import _precision_cholesky, _ShapedSteps, covariances, with_covariances
+
+# the modes whose covariances the flow learns
+_LEARNT = ("full", "tied")
 
 
-class InclusiveKLFitter(_BaseParticleFlow):
+
+class InclusiveKLFitter(_ShapedSteps, _IsotropicSteps, _BaseParticleFlow):
     """Gaussian kernel mixture fitted by the WFR gradient flow of the inclusive KL.
 
     The density ``μ = Σ_i w_i N(x_i, h² I)`` is fitted to the samples by maximum
@@ -232,38 +235,31 @@ n_features), default="kmeans++"
     def _kernel(self, bandwidth: float | None = None) -> Kernel:
         return Kernel("gaussian", self.bandwidth_ if bandwidth is None else bandwidth)
 
-    def _fit(self, X, sample_weight):
+    def _fit(self, data: Data):
         resume = self.warm_start and hasattr(self, "weights_")
         if self.n_init == 1 or resume or not isinstance(self.init, str):
-            return super()._fit(X, sample_weight)
-        seeds = check_random_state(self.random_state).randint(np.iinfo(np.int32).max,
-                                                              size=self.n_init)
-        best, best_value, best_warnings = None, -np.inf, []
-        for seed in seeds:
-            # set_params hands the callback itself to the run: clone would deep-copy it
-            run = clone(self).set_params(n_init=1, random_state=int(seed), warm_start=False,
-                                         callback=self.callback)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                run._fit(X, sample_weight)
-            # the fit's objective at the end of the run; a minibatch run's loss is that of
-            # its last batch, so it is scored on all the samples
-            value = (-run.loss_curve_[-1] if self.batch_size is None
-                     else run.score(X, sample_weight=sample_weight))
-            if best is None or value > best_value:
-                best, best_value, best_warnings = run, value, caught
-        for caught in best_warnings:  # the kept run's warnings only, as GaussianMixture
-            warnings.warn_explicit(caught.message, caught.category, caught.filename,
-                                   caught.lineno)
-        # the fitted state, and nothing else: scikit-learn's own private attributes (its
-        # callback context) belong to this object, not to the runs
-        fitted = [k for k in vars(self) if _is_fitted_attribute(k)]
-        for key in fitted:
-            delattr(self, key)  # nothing of an earlier fit survives (feature_names_in_)
-        self.__dict__.update({k: v for k, v in vars(best).items() if _is_fitted_attribute(k)})
-        return self
+            return super()._fit(data)
+        return fit_best_of(self, data, lambda run, data: _BaseParticleFlow._fit(run, data))
 
-    def _auto_step_size(self, problem: _Problem, ev: _Evaluation) -> float:
+    def _mean_log_likelihood(self, data: Data) -> float:
+        """The weighted mean log density of the fitted mixture over ``data``."""
+        log_density = data.map_rows(self._log_density, self.backend, self.means_.shape[0])
+        return float((data.weights * log_density.astype(np.float64)).sum())
+
+    # --- the loop's hooks: the isotropic or the shaped step --------------------------------
+    def _evaluate(self, problem: Problem, state: FlowState, targets: Targets,
+                  carry=None) -> Evaluation:
+        if self.covariance in _LEARNT:
+            return self._evaluate_shaped(state, targets)
+        return self._evaluate_isotropic(problem, state, targets)
+
+    def _step(self, problem: Problem, state: FlowState, ev: Evaluation, targets: Targets,
+              tau: float):
+        if self.covariance in _LEARNT:
+            return self._step_shaped(state, ev, targets, tau)
+        return self._step_isotropic(problem, state, ev, targets, tau)
+
+    def _auto_step_size(self, problem: Problem, ev: Evaluation) -> float:
         # in the whitened coordinates of "data" and "full", h is the kernel's scale there
         h = self.bandwidth_
         # the transport of "full" is an implicit step, monotone at any τα: τα = 1 takes
@@ -280,7 +276,7 @@ n_features), default="kmeans++"
         return min(2.0 * tau, start) if self.covariance in _LEARNT else tau
 
     # --- coordinates: whitened for "data" and "full" ------------------------------------
-    def _working_coordinates(self, X: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def _working_coordinates(self, data: Data) -> Data:
         """``"isotropic"``: ``X``.  The shaped modes: ``(X - m) P``, with ``m`` the
         weighted mean and ``P`` the upper triangular square root of the inverse of the
         regularised weighted covariance (``P Pᵀ = Σ̂⁻¹``): there ``Σ̂`` is the identity, the
@@ -288,59 +284,46 @@ n_features), default="kmeans++"
         of ``scipy.stats.gaussian_kde``."""
         self._whiten = None
         if self.covariance == "isotropic":
-            return X
-        mean, cov = _data_covariance(X, b, self.reg_covar)
+            return data
+        mean, cov = _data_covariance(data, self.reg_covar)
         P = _precision_cholesky(cov[None])[0]
         self._whiten = (mean, P, np.linalg.inv(P), float(np.log(np.diag(P)).sum()))
-        return ((X.astype(np.float64) - mean) @ P).astype(X.dtype)
+        return data.with_rows(((data.rows.astype(np.float64) - mean) @ P).astype(data.dtype))
 
     def _to_working(self, atoms: np.ndarray) -> np.ndarray:
         mean, P, _, _ = self._whiten
         return ((atoms.astype(np.float64) - mean) @ P).astype(atoms.dtype)
 
-    def _public_atoms(self, x: np.ndarray) -> np.ndarray:
+    def _public_atoms(self, state: FlowState) -> np.ndarray:
+        return self._from_working(state.atoms)
+
+    def _from_working(self, x: np.ndarray) -> np.ndarray:
         if self._whiten is None:
             return x
         mean, _, P_inv, _ = self._whiten
-        d = P_inv.shape[0]
-        return (x[:, :d].astype(np.float64) @ P_inv + mean).astype(x.dtype)
+        return (x.astype(np.float64) @ P_inv + mean).astype(x.dtype)
 
-    @staticmethod
-    def _pack(x: np.ndarray, C: np.ndarray) -> np.ndarray:
-        """The state of ``"full"`` and ``"tied"``: each atom's position and the Cholesky
-        factor of its
-        covariance (whitened), in a row.  The factor, not the covariance: rounded to float32,
-        ``L Lᵀ`` stays positive definite where ``C`` itself need not."""
-        n, d = x.shape
-        L = np.linalg.cholesky(C)
-        return np.concatenate([x, L.reshape(n, d * d).astype(x.dtype)], axis=1)
+    def _initial_state(self, data: Data, rng, n: int) -> FlowState:
+        state = super()._initial_state(data, rng, n)
+        if self.covariance not in _LEARNT:
+            return state
+        h, d = self.bandwidth_, data.n_features
+        return with_covariances(state, np.broadcast_to(h * h * np.eye(d), (n, d, d)))
 
-    @staticmethod
-    def _unpack(state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Positions and covariances ``L Lᵀ`` (float64) of the state of ``"full"``."""
-        n, width = state.shape
-        d = int(round((np.sqrt(1 + 4 * width) - 1) / 2))  # width = d + d²
-        L = state[:, d:].astype(np.float64).reshape(n, d, d)
-        return state[:, :d], L @ np.swapaxes(L, -1, -2)
-
-    def _initial_particles(self, X: np.ndarray, b: np.ndarray, rng, n: int) -> np.ndarray:
+    def _initial_particles(self, data: Data, rng, n: int) -> np.ndarray:
         if self._whiten is not None and isinstance(self.init, str) and self.init != "subsample":
             # clusters in the units of X, as GaussianMixture seeds them: the Mahalanobis
             # distances of the whitened samples magnify their directions of least variance,
             # and k-means there ends in worse local maxima of the likelihood
-            x = self._to_working(super()._initial_particles(self._public_atoms(X), b, rng, n))
-        else:
-            x = super()._initial_particles(X, b, rng, n)
+            public = data.with_rows(self._from_working(data.rows))
+            return self._to_working(super()._initial_particles(public, rng, n))
+        x = super()._initial_particles(data, rng, n)
         if self._whiten is not None and not isinstance(self.init, str):
             x = self._to_working(x)  # given in the units of X
-        if self.covariance not in _LEARNT:
-            return x
-        h = self.bandwidth_
-        return self._pack(x, np.broadcast_to(h * h * np.eye(X.shape[1]), (n, X.shape[1],
-                                                                             X.shape[1])))
+        return x
 
-    def _warm_state(self, X: np.ndarray, n_atoms: int):
-        resume = super()._warm_state(X, n_atoms)
+    def _warm_state(self, data: Data, n_atoms: int):
+        resume = super()._warm_state(data, n_atoms)
         if resume is None or self.covariance == "isotropic":
             return resume
         fitted = np.ndim(self.covariances_)
@@ -351,17 +334,18 @@ n_features), default="kmeans++"
                 f"covariance={self.covariance!r} needs {wanted}. Set warm_start=False to "
                 "start afresh."
             )
-        atoms, w, tau = resume
-        x = self._to_working(atoms)
+        state, tau = resume
+        state = state.replace(atoms=self._to_working(state.atoms))
         if self.covariance == "data":
-            return x, w, tau
+            return state, tau
         _, P, _, _ = self._whiten
-        shapes = np.broadcast_to(self.covariances_, (x.shape[0], *P.shape))
+        shapes = np.broadcast_to(self.covariances_, (state.atoms.shape[0], *P.shape))
         C = np.einsum("de,nef,fg->ndg", P.T, shapes, P)  # Pᵀ Σ_i P
-        return self._pack(x, C), w, tau
+        return with_covariances(state, C), tau
 
-    def _after_fit(self) -> None:
-        state, h, n = self.means_, self.bandwidth_, self.weights_.shape[0]
+    def _set_fitted_state(self, state: FlowState) -> None:
+        super()._set_fitted_state(state)
+        h, n = self.bandwidth_, self.weights_.shape[0]
         if self.covariance == "isotropic":
             self.covariances_ = np.full(n, h * h)
             self.precisions_cholesky_ = np.full(n, 1.0 / h)
@@ -372,7 +356,7 @@ n_features), default="kmeans++"
             self.covariances_ = h * h * (P_inv.T @ P_inv)  # h² Σ̂ in the units of X
             self.precisions_cholesky_ = P / h
             return
-        _, C = self._unpack(state)
+        C = covariances(state)
         cov = np.einsum("ed,nef,fg->ndg", P_inv, C, P_inv)  # P⁻ᵀ C_i P⁻¹
         if self.covariance == "tied":  # every row of the state carries the shared shape
             cov = cov[:1]
@@ -382,106 +366,6 @@ n_features), default="kmeans++"
             self.covariances_, self.precisions_cholesky_ = cov[0], self.precisions_cholesky_[0]
 
     # --- the flow --------------------------------------------------------------------------
-    def _log_norm(self, d: int) -> float:
-        """``log`` of the normalising constant of ``φ_h`` in the units of ``X``:
-        ``(2π h²)^(d/2)``, times ``det Σ̂^(1/2)`` in the whitened coordinates."""
-        log_norm = 0.5 * d * np.log(2.0 * np.pi * self.bandwidth_**2)
-        return log_norm if self._whiten is None else log_norm - self._whiten[3]
-
-    @staticmethod
-    def _log_weights(w: np.ndarray, dtype) -> np.ndarray:
-        with np.errstate(divide="ignore"):
-            return np.maximum(np.log(w), LOG_TINY).astype(dtype)
-
-    def _evaluate(self, problem: _Problem, x, w, targets: Targets, carry=None) -> _Evaluation:
-        if self.covariance in _LEARNT:
-            return self._evaluate_full(x, w, targets)
-        # L_m = log Σ_i w_i exp(-|y_m - x_i|²/(2h²)), so log μ(y_m) = L_m - log norm
-        L = targets.log_mixture(problem.kernel, x, self._log_weights(w, x.dtype))
-        mean, magnitude = targets.average(L, self._log_norm(x.shape[1]))
-        return _Evaluation(-mean, magnitude, {"L": L})
-
-    def _step(self, problem: _Problem, x, w, ev: _Evaluation, targets: Targets, tau: float):
-        if self.covariance in _LEARNT:
-            return self._step_full(x, w, ev, targets, tau)
-        kernel, h = problem.kernel, self.bandwidth_
-        L = ev.cache["L"]
-        if self.alpha > 0:
-            _, pull = targets.responsibility_moments(kernel, x, L)
-            x = x + (tau * self.alpha / h**2) * pull
-            if self.beta > 0:  # L at the moved atoms, for R at the new positions
-                L = targets.log_mixture(kernel, x, self._log_weights(w, x.dtype))
-        if self.beta > 0:
-            R, _ = targets.responsibility_moments(kernel, x, L)
-            w = self._reweight(w, R, tau)
-        # the weights changed after the last LogSumExp: the evaluation starts afresh
-        return x, w, None
-
-    def _reweight(self, w: np.ndarray, R: np.ndarray, tau: float) -> np.ndarray:
-        """Fisher–Rao: ``w_i ← w_i exp(τβ (R_i - 1))``, normalised."""
-        with np.errstate(divide="ignore"):
-            log_w = np.log(w) + (tau * self.beta) * (R.astype(np.float64) - 1.0)
-        return np.exp(log_w - logsumexp(log_w))
-
-    # --- "full": a covariance per atom -------------------------------------------------
-    def _shapes(self, C: np.ndarray):
-        """``P_i`` (``P_i P_iᵀ = C_i⁻¹``, float64) and ``log det P_i``, minus the ``N(0, C_i)``
-        normaliser's ``(2π)^(d/2)``, which ``_evaluate_full`` subtracts once."""
-        P = _precision_cholesky(C)
-        return P, np.log(np.diagonal(P, axis1=1, axis2=2)).sum(axis=1)
-
-    def _penalty(self, P: np.ndarray) -> float:
-        """The ``reg_covar`` term of the learnt shapes' objective, ``(reg/2) Σ_i tr(C_i⁻¹)``
-        (``(reg/2) tr(C⁻¹)`` for the one shape of ``"tied"``), ``tr(C_i⁻¹) = |P_i|²``."""
-        P = P[:1] if self.covariance == "tied" else P
-        return 0.5 * self.reg_covar * float(np.einsum("nde,nde->", P, P))
-
-    def _evaluate_full(self, state, w, targets: Targets) -> _Evaluation:
-        x, C = self._unpack(state)
-        try:
-            P, log_det = self._shapes(C)
-        except np.linalg.LinAlgError:  # rounded past positive definiteness: a failed step
-            return _Evaluation(np.inf, np.inf, {})
-        # L_m = log Σ_i w_i det(P_i) exp(-|P_iᵀ(y_m - x_i)|²/2) = log μ(y_m) + (d/2) log 2π
-        L = targets.log_mixture_shaped(x, P, self._log_weights(w, np.float64) + log_det)
-        d = x.shape[1]
-        shift = 0.5 * d * np.log(2.0 * np.pi) - self._whiten[3]
-        mean, magnitude = targets.average(L, shift)
-        # the objective the step lowers: -ℓ plus the reg_covar term
-        energy = -mean + self._penalty(P)
-        return _Evaluation(energy, magnitude, {"L": L, "P": P, "log_det": log_det})
-
-    def _step_full(self, state, w, ev: _Evaluation, targets: Targets, tau: float):
-        """One step of design page section "Shaped kernels": every component moves a
-        fraction ``ρ_i = τα R_i / (1 + τα R_i)`` of the way to its EM update, then the
-        Fisher–Rao reweighting."""
-        x, C = self._unpack(state)
-        L, P, log_det = ev.cache["L"], ev.cache["P"], ev.cache["log_det"]
-        try:
-            return self._transport_and_reweight(x, C, w, L, P, log_det, targets, tau)
-        except np.linalg.LinAlgError:
-            # a shape rounded past positive definiteness (float32 moments of a component
-            # far thinner than the data): a failed step, which the safeguard retries shorter
-            return np.full_like(state, np.nan), w, None
-
-    def _transport_and_reweight(self, x, C, w, L, P, log_det, targets: Targets, tau: float):
-        if self.alpha > 0:
-            R, first, second = targets.responsibility_moments_shaped(x, P, log_det, L)
-            dx, C = _component_step(C, R.astype(np.float64), first.astype(np.float64),
-                                    second.astype(np.float64), tau * self.alpha,
-                                    self.reg_covar, w, self.covariance == "tied")
-            x = x + dx.astype(x.dtype)
-            if self.beta > 0:
-                P, log_det = self._shapes(C)
-                L = targets.log_mixture_shaped(x, P, self._log_weights(w, np.float64) + log_det)
-        if self.beta > 0:
-            R = targets.responsibility_moments_shaped(x, P, log_det, L, second=False)[0]
-            mass = w * R.astype(np.float64)  # Σ_m b_m γ_mi: EM's weights
-            rho = tau * self.beta / (1.0 + tau * self.beta)
-            w = (1.0 - rho) * w + rho * mass / mass.sum()
-        return self._pack(x, C), w, None
-
-    # --- the fitted density ----------------------------------------------------------------
     def score_samples(self, X) -> np.ndarray:
         """Log density of the fitted mixture at the rows of ``X``, in the units of ``X``.
 
@@ -495,17 +379,10 @@ n_features), default="kmeans++"
             A lazy dask array for a dask array ``X``.
         """
         check_is_fitted(self)
-        if is_dask_array(X):  # a lazy dask array with the row chunks of X
-            with dask_session(self.backend, X, arrays_only=True):
-                X = _validate_X(self, X, dtype=self.means_.dtype, reset=False)
-            inner = as_dask_engine(self.backend).inner
-            # every chunk on its worker, by the in-memory formula of the fitted mode
-            return X.rechunk({1: -1}).map_blocks(
-                _log_density_block, self, inner, drop_axis=1, dtype=X.dtype
-            )
-        X = _validate_X(self, X, dtype=self.means_.dtype, reset=False)
-        engine = resolve_backend(self.backend, X.shape[0] * self.means_.shape[0])
-        return self._log_density(X, engine)
+        with session(self.backend, X, arrays_only=True):
+            data = as_data(X, estimator=self, dtype=self.means_.dtype, reset=False)
+        # in memory, or every chunk on its worker: the in-memory formula of the fitted mode
+        return data.map_rows(self._log_density, self.backend, self.means_.shape[0])
 
     def _log_density(self, X: np.ndarray, backend) -> np.ndarray:
         """``score_samples`` on validated in-memory rows, with the given engine."""
@@ -545,17 +422,11 @@ n_features), default="kmeans++"
         -------
         float
         """
-        if is_dask_array(X):
-            with dask_session(self.backend, X, sample_weight, arrays_only=True):
-                log_density = self.score_samples(X).astype(np.float64)
-                if sample_weight is None:
-                    return float(log_density.mean().compute())
-                b = self._check_sample_weight(sample_weight, X.rechunk({1: -1}))
-                return float((b * log_density).sum().compute())
-        log_density = self.score_samples(X).astype(np.float64)
-        if sample_weight is None:
-            return float(log_density.mean())
-        return float(np.average(log_density, weights=self._check_sample_weight(sample_weight, X)))
+        check_is_fitted(self)
+        with session(self.backend, X, sample_weight, arrays_only=True):
+            data = as_data(X, sample_weight, estimator=self, dtype=self.means_.dtype,
+                           reset=False)
+            return self._mean_log_likelihood(data)
 
     def _sample_noise(self, n_samples: int, n_features: int, rng) -> np.ndarray:
         noise = rng.standard_normal((n_samples, n_features)) * self.bandwidth_
@@ -589,96 +460,16 @@ n_features), default="kmeans++"
         return atoms[rows] + noise.astype(atoms.dtype)
 
 
-def _is_fitted_attribute(name: str) -> bool:
-    """What ``fit`` sets: the public ``name_`` attributes and the whitening."""
-    return (name.endswith("_") and not name.startswith("__")) or name == "_whiten"
-
-
-# the modes whose covariances the flow learns
-_LEARNT = ("full", "tied")
-
-
-def _data_covariance(X: np.ndarray, b: np.ndarray, reg_covar: float):
+def _data_covariance(data: Data, reg_covar: float):
     """The weighted mean and covariance of the rows, the latter as ``scipy.stats.gaussian_kde``
     computes it (``np.cov`` with ``aweights``, unbiased), plus ``reg_covar`` times the mean
     variance on the diagonal: positive definite for rank-deficient data and ``d > n``.  Data
     without any spread get the identity."""
-    Xd = X.astype(np.float64)
-    mean = b @ Xd
-    centred = Xd - mean
-    cov = np.atleast_2d((centred * b[:, None]).T @ centred)
-    n_eff = 1.0 / float(np.sum(b * b))
+    mean, cov = data.mean_covariance()
+    n_eff = data.effective_size()
     if n_eff > 1.0:
         cov *= n_eff / (n_eff - 1.0)
-    scale = float(np.trace(cov)) / X.shape[1]
+    d = data.n_features
+    scale = float(np.trace(cov)) / d
     scale = scale if scale > 0 else 1.0
-    cov = cov + (reg_covar * scale) * np.eye(X.shape[1])
-    if is_dask_array(cov):  # d-sized results of Dask reductions: bring them here
-        import dask
-
-        mean, cov = dask.compute(mean, cov)
-    return np.asarray(mean), np.asarray(cov)
-
-
-def _precision_cholesky(C: np.ndarray) -> np.ndarray:
-    """Upper triangular ``P_i`` with ``P_i P_iᵀ = C_i⁻¹`` (scikit-learn's
-    ``precisions_cholesky_`` of the "full" type), for a stack of covariances."""
-    L = np.linalg.cholesky(C)
-    eye = np.broadcast_to(np.eye(C.shape[-1]), C.shape)
-    return np.swapaxes(np.linalg.solve(L, eye), -1, -2)
-
-
-def _component_step(C, R, first, second, t, reg_covar, w, tied=False):
-    """The transport of every component ``(x_i, C_i)`` over a step of length ``t = τα``:
-    the implicit Euler step of its natural-gradient flow, ``ẋ = F``,
-    ``Ċ = M + (reg/w) I - R C``,
-
-    ``x_i ← x_i + t F_i / (1 + t R_i)`` and
-    ``C_i ← (C_i + t (M'_i + (reg/w_i) I)) / (1 + t R_i)``,
-
-    a fraction ``ρ_i = t R_i / (1 + t R_i)`` of the way to the M-step of EM with the
-    ``reg_covar`` term, ``(M'_i + (reg/w_i) I) / R_i``: ``F_i = Σ_m E_mi (y_m - x_i)``,
-    ``M_i`` the same sum of ``(y_m - x_i)(y_m - x_i)ᵀ`` and ``M'_i`` that of the moved mean.
-    ``tied`` (every ``C_i`` is one shared ``C``): the shared shape takes the step of the
-    pooled scatter, ``C ← (C + t (Σ_i w_i M'_i + reg I)) / (1 + t r)`` with
-    ``r = Σ_i w_i R_i = 1``, EM's tied M-step as ``t → ∞``.  Returns the moves of the means
-    and the new covariances (float64)."""
-    shrink = t / (1.0 + t * R)  # ρ_i / R_i, finite where R_i = 0
-    dx = shrink[:, None] * first
-    # the second moment about the moved mean, from the moments about the old one
-    outer = first[:, :, None] * dx[:, None, :]
-    moved = (second - outer - np.swapaxes(outer, -1, -2)
-             + R[:, None, None] * dx[:, :, None] * dx[:, None, :])
-    moved = _clip_to_psd(moved)
-    eye = np.eye(C.shape[-1])
-    if tied:
-        rate = float(w @ R)
-        pooled = np.einsum("i,ide->de", w, moved)
-        shared = (C[0] + t * (pooled + reg_covar * eye)) / (1.0 + t * rate)
-        C_new = np.broadcast_to(shared, C.shape)
-    else:
-        # the term weighs reg/w_i in component i's own step: a component whose weight
-        # vanishes widens instead of collapsing onto the samples it still covers
-        prior = reg_covar / np.maximum(w, np.finfo(np.float64).tiny)
-        C_new = (C + t * (moved + prior[:, None, None] * eye)) / (1.0 + t * R)[:, None, None]
-    return dx, 0.5 * (C_new + np.swapaxes(C_new, -1, -2))
-
-
-def _clip_to_psd(M: np.ndarray) -> np.ndarray:
-    """The symmetric part of every ``M_i``, negative eigenvalues set to 0: a sum of outer
-    products is positive semi-definite, but from float32 moments of a thin component the
-    expansion about the moved mean can round below 0."""
-    M = 0.5 * (M + np.swapaxes(M, -1, -2))
-    eigval, eigvec = np.linalg.eigh(M)
-    if np.all(eigval >= 0):
-        return M
-    return (eigvec * np.maximum(eigval, 0.0)[:, None, :]) @ np.swapaxes(eigvec, -1, -2)
-
-
-def _log_density_block(X, estimator: InclusiveKLFitter, inner) -> np.ndarray:
-    """``score_samples`` of one chunk of a dask array, on its worker."""
-    X = np.asarray(X)
-    if X.shape[0] == 0:
-        return np.zeros(0, dtype=X.dtype)
-    # the worker's own engine, sized to its threads
-    return estimator._log_density(X, dask_engine(inner, X.shape[0] * estimator.means_.shape[0]))
+    return mean, cov + (reg_covar * scale) * np.eye(d)
