@@ -52,9 +52,9 @@ class _Smoothed:
     width: float
 
 
-def _local_shapes(atoms: np.ndarray, rows: np.ndarray, row_weights: np.ndarray) -> np.ndarray:
-    """The weighted covariance of the ``_NEIGHBOURS`` training rows nearest each atom, with
-    ``_SHRINK`` of the identity (the data's covariance, in whitened coordinates)."""
+def _local_shapes(atoms: np.ndarray, rows: np.ndarray, row_weights: np.ndarray):
+    """The weighted mean and covariance of the ``_NEIGHBOURS`` training rows nearest each
+    atom, the covariance with ``_SHRINK`` of its mean variance on the diagonal."""
     from sklearn.neighbors import NearestNeighbors
 
     k = min(_NEIGHBOURS, rows.shape[0])
@@ -62,10 +62,16 @@ def _local_shapes(atoms: np.ndarray, rows: np.ndarray, row_weights: np.ndarray) 
     near = index.kneighbors(atoms, return_distance=False)
     pts, wts = rows[near], row_weights[near]  # (N, k, r), (N, k)
     wts = wts / wts.sum(axis=1, keepdims=True)
-    centred = pts - np.einsum("nk,nkr->nr", wts, pts)[:, None, :]
+    local_mean = np.einsum("nk,nkr->nr", wts, pts)
+    centred = pts - local_mean[:, None, :]
     local = np.einsum("nk,nki,nkj->nij", wts, centred, centred)
     r = rows.shape[1]
-    return (1.0 - _SHRINK) * local + _SHRINK * np.eye(r)[None]
+    # toward the local mean variance, not the data's covariance: between-mode spread mixed
+    # into every shape would widen each mode of multimodal data
+    scale = np.trace(local, axis1=1, axis2=2) / r
+    scale = np.maximum(scale, 1e-6)  # an atom whose neighbours coincide: a small ball
+    shapes = (1.0 - _SHRINK) * local + _SHRINK * scale[:, None, None] * np.eye(r)[None]
+    return local_mean, shapes
 
 
 def _component_log_density(points: np.ndarray, centre: np.ndarray, factor: np.ndarray):
@@ -132,19 +138,24 @@ def smoothed_measure(atoms: np.ndarray, w: np.ndarray, data: Data, width, rng) -
     if r == 0:
         return _Smoothed(mean, whiten, colour, log_jacobian, z_atoms,
                          np.zeros((atoms.shape[0], 0, 0)), w, 0.0)
-    shapes = _local_shapes(z_atoms, rows, row_w)
+    local_mean, shapes = _local_shapes(z_atoms, rows, row_w)
     roots = np.linalg.cholesky(shapes)
     h = _loo_width(z_atoms, w, roots, rng) if isinstance(width, str) else float(width)
-    # Recolouring: the mixture's covariance is C + h² S̄ (C the atoms' weighted covariance,
-    # S̄ the mean shape); T = (C + h² S̄)^(-1/2) maps it to the identity, the data's
-    # covariance in these coordinates, keeping the atoms' mean at the data's (0).
-    m_atoms = w @ z_atoms
-    centred = z_atoms - m_atoms
-    total = (centred * w[:, None]).T @ centred + h * h * np.einsum("n,nij->ij", w, shapes)
+    # Smoothing adds h² S_i to the spread around each atom.  Each atom is first moved toward
+    # the mean of its neighbours by a = 1/√(1+h²), and its noise scaled by a, so that the
+    # spread within a neighbourhood stays about what it was (Silverman's shrunk smoothed
+    # bootstrap, done locally: shrinking toward the data's mean would pull separate modes
+    # together).  A last linear map T then makes the covariance the data's exactly
+    # (the identity here); T is close to the identity.
+    a = 1.0 / np.sqrt(1.0 + h * h)
+    centres = local_mean + a * (z_atoms - local_mean)
+    noise = (a * h) ** 2 * shapes
+    centres = centres - w @ centres
+    total = (centres * w[:, None]).T @ centres + np.einsum("n,nij->ij", w, noise)
     tval, tvec = np.linalg.eigh(total)
     T = (tvec / np.sqrt(np.maximum(tval, _RANK_TOL * tval.max()))) @ tvec.T
-    factors = np.linalg.cholesky(h * h * np.einsum("ij,njk,lk->nil", T, shapes, T))
-    return _Smoothed(mean, whiten, colour, log_jacobian, centred @ T, factors, w, h)
+    factors = np.linalg.cholesky(np.einsum("ij,njk,lk->nil", T, noise, T))
+    return _Smoothed(mean, whiten, colour, log_jacobian, centres @ T, factors, w, h)
 
 
 class _MMDSampling:
@@ -298,7 +309,19 @@ class _MMDSampling:
         check_is_fitted(self)
         sm = self._smoothed
         rng = np.random.default_rng(_seed_from(check_random_state(random_state)))
-        rows = rng.choice(sm.weights.shape[0], size=n, p=sm.weights)
+        N = sm.weights.shape[0]
+        cumulative = np.cumsum(sm.weights)
+        # systematic resampling in batches of N: each atom ⌊N w_i⌋ or ⌈N w_i⌉ times a batch,
+        # so that the samples carry the fitted weights without the noise of independent
+        # draws (the mass of separated modes: 1000 independent draws on gmm2d give an energy
+        # distance 5x that of real rows, systematic ones 0.8x), in random order so that a
+        # last, cut batch is a random part of a whole one
+        batches = []
+        for _ in range(0, n, N):
+            u = (rng.uniform() + np.arange(N)) / N
+            batch = np.minimum(np.searchsorted(cumulative, u * cumulative[-1]), N - 1)
+            batches.append(rng.permutation(batch))
+        rows = np.concatenate(batches)[:n]
         noise = np.einsum("nij,nj->ni", sm.factors[rows],
                           rng.standard_normal((n, sm.centres.shape[1])))
         Z = sm.centres[rows] + noise
