@@ -109,7 +109,9 @@ def test_new_samples_follow_the_weights(cls):
     est.particles_ = est.particles_.copy()
     est.particles_[3], est.particles_[8] = (0.0, 0.0), (6.0, 6.0)
     est.weights_ = w
-    new = est.sample(2000, random_state=0)
+    # the transport draws use the particles as they are now (the smoothed measure is built
+    # at fit: test_smoothed_samples_carry_the_mass_of_each_mode)
+    new = est.sample(2000, random_state=0, method="transport")
     near8 = np.linalg.norm(new - est.particles_[8], axis=1) < 3.0
     near3 = np.linalg.norm(new - est.particles_[3], axis=1) < 3.0
     assert np.all(near3 | near8)
@@ -268,3 +270,18 @@ def test_default_score_ranks_a_memorising_fit_below_a_generalising_one():
     # the two candidates differ only in how they sample: the same fitted measure
     energy = by_energy.cv_results_["mean_test_score"]
     assert energy[0] == energy[1]
+
+
+@SAMPLERS
+def test_smoothed_samples_carry_the_mass_of_each_mode(cls):
+    """Two separated clusters of 50 and 150 rows: the samples split 1/4, 3/4, up to the
+    systematic resampling's rounding (far less than the ±0.03 of independent draws)."""
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(50, 2)), 8.0 + rng.normal(size=(150, 2))])
+    est = quiet(cls(n_particles=40, max_iter=100, random_state=0), X)
+    new = est.sample(4000, random_state=0)
+    far = np.linalg.norm(new - 8.0, axis=1) < np.linalg.norm(new, axis=1)
+    mass = est.weights_[np.linalg.norm(est.particles_ - 8.0, axis=1)
+                        < np.linalg.norm(est.particles_, axis=1)].sum()
+    assert mass == pytest.approx(0.75, abs=0.05)  # the fit has the mass of the data
+    assert far.mean() == pytest.approx(mass, abs=0.01)  # and the samples that of the fit
