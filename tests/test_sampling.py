@@ -274,8 +274,8 @@ def test_default_score_ranks_a_memorising_fit_below_a_generalising_one():
 
 @SAMPLERS
 def test_smoothed_samples_carry_the_mass_of_each_mode(cls):
-    """Two separated clusters of 50 and 150 rows: the samples split 1/4, 3/4, up to the
-    systematic resampling's rounding (far less than the ±0.03 of independent draws)."""
+    """Two separated clusters of 50 and 150 rows: the samples split 1/4, 3/4 within 0.01
+    (systematic resampling; independent draws of 4000 would have a spread of 0.007)."""
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.normal(size=(50, 2)), 8.0 + rng.normal(size=(150, 2))])
     est = quiet(cls(n_particles=40, max_iter=100, random_state=0), X)
@@ -283,5 +283,7 @@ def test_smoothed_samples_carry_the_mass_of_each_mode(cls):
     far = np.linalg.norm(new - 8.0, axis=1) < np.linalg.norm(new, axis=1)
     mass = est.weights_[np.linalg.norm(est.particles_ - 8.0, axis=1)
                         < np.linalg.norm(est.particles_, axis=1)].sum()
-    assert mass == pytest.approx(0.75, abs=0.05)  # the fit has the mass of the data
-    assert far.mean() == pytest.approx(mass, abs=0.01)  # and the samples that of the fit
+    assert mass == pytest.approx(0.75, abs=0.05)  # the fit has about the mass of the data
+    # and the samples have it more closely: a particle stranded between the clusters moves
+    # toward the mean of its neighbouring rows
+    assert far.mean() == pytest.approx(0.75, abs=0.01)
