@@ -287,3 +287,30 @@ def test_smoothed_samples_carry_the_mass_of_each_mode(cls):
     # and the samples have it more closely: a particle stranded between the clusters moves
     # toward the mean of its neighbouring rows
     assert far.mean() == pytest.approx(0.75, abs=0.01)
+
+
+def test_the_leave_one_out_width_matches_a_dense_computation():
+    """The width maximises Σ_j w_j log Σ_{i≠j} w_i/(1-w_j) N(x_j; x_i, h² S_i) over the grid,
+    atoms of weight 0 left out (scipy's multivariate normal densities, one by one)."""
+    from scipy.stats import multivariate_normal
+
+    from skgradflow._flow._sampling import _WIDTHS, _loo_width
+
+    rng = np.random.default_rng(0)
+    N = 30
+    X, w = rng.normal(size=(N, 2)), rng.uniform(size=N)
+    w[:5] = 0.0
+    w /= w.sum()
+    shapes = np.array([[[0.5 + i / N, 0.2], [0.2, 0.6]] for i in range(N)])
+    got = _loo_width(X, w, np.linalg.cholesky(shapes), rng)
+    keep = w > 0
+    Xp, wp, Sp = X[keep], w[keep] / w[keep].sum(), shapes[keep]
+
+    def loo(h):
+        return sum(wp[j] * np.log(sum(
+            wp[i] / (1 - wp[j]) * multivariate_normal(Xp[i], h * h * Sp[i]).pdf(Xp[j])
+            for i in range(len(Xp)) if i != j)) for j in range(len(Xp)))
+
+    with np.errstate(divide="ignore"):
+        expected = max(_WIDTHS, key=loo)
+    assert got == expected

@@ -88,6 +88,9 @@ def _loo_width(atoms: np.ndarray, w: np.ndarray, roots: np.ndarray, rng) -> floa
 
     Pairs of identical atoms are left out with the atom itself: a repeated atom would
     otherwise make any width near 0 infinitely likely."""
+    # atoms of weight 0 (many, after IFT's weight steps) add nothing to either sum
+    positive = w > 0
+    atoms, w, roots = atoms[positive], w[positive] / w[positive].sum(), roots[positive]
     if atoms.shape[0] > _LOO_MAX_ATOMS:
         keep = rng.choice(atoms.shape[0], size=_LOO_MAX_ATOMS, replace=False, p=w)
         atoms, w, roots = atoms[keep], np.full(_LOO_MAX_ATOMS, 1.0 / _LOO_MAX_ATOMS), roots[keep]
