@@ -90,6 +90,11 @@ class IFTSampler(_BaseMMDFlow):
 default="gaussian"
         Initial particles: the target's moment-matched Gaussian, a draw of target rows,
         or given positions.
+    smoothing : float or "auto", default="auto"
+        Width of the smoothing of the fitted measure that ``sample`` draws from and
+        ``score`` evaluates, in units of the local shapes (see :meth:`sample`).
+        ``"auto"``: the width with the highest leave-one-out log-likelihood of the
+        fitted particles.  A small width gives near-copies of the particles.
     batch_size : int or None, default=None
         Targets per iteration: all, or a fresh minibatch drawn with ``sample_weight`` as
         probabilities.
@@ -127,6 +132,9 @@ default="gaussian"
     bandwidth_schedule_ : ndarray of shape ``(n_iter_,)``
         The bandwidth of each iteration.  ``loss_curve_`` measures the energy at the
         bandwidth in force, so with ``"anneal"`` it jumps where the bandwidth changes.
+    smoothing_ : float
+        The width of the smoothing of the fitted measure (``smoothing``, or its
+        leave-one-out choice).
     step_size_ : float
         The step size at the end of the run.
     n_iter_ : int
@@ -171,6 +179,7 @@ default="gaussian"
         weight_steps: int = 3,
         conserve_mass: bool = True,
         init="gaussian",
+        smoothing: float | str = "auto",
         batch_size: int | None = None,
         backend: str = "auto",
         random_state=None,
@@ -189,6 +198,7 @@ default="gaussian"
         self.weight_steps = weight_steps
         self.conserve_mass = conserve_mass
         self.init = init
+        self.smoothing = smoothing
         self.batch_size = batch_size
         self.backend = backend
         self.random_state = random_state

@@ -1,7 +1,9 @@
-"""Distances between weighted samples: the MMD and the energy distance.
+"""Distances between weighted samples (the MMD and the energy distance), and the quality of
+synthetic samples (the distance-to-closest-record ratio and a classifier two-sample test).
 
-Both are the biased (V-statistic) estimates between the weighted empirical measures, so
-``mmd(X, X) == 0`` exactly in exact arithmetic and the value is what the flows minimise.
+The two distances are the biased (V-statistic) estimates between the weighted empirical
+measures, so ``mmd(X, X) == 0`` exactly in exact arithmetic and the value is what the flows
+minimise.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from sklearn.utils import check_random_state
 
 from ._guards import representable_range
 from .backends import Backend, check_backend
@@ -215,3 +218,143 @@ def make_distribution_scorer(metric: str = "energy_distance", **kwargs: Any) -> 
 
     scorer.__name__ = f"neg_{metric}"
     return scorer
+
+
+# --- the quality of synthetic samples ------------------------------------------------------
+def _check_point_sets(named: dict[str, Any]) -> list[np.ndarray]:
+    """The arrays of ``named`` (argument name -> value) as 2-D float64, with one number of
+    features; a dask array is computed (these metrics look at every row)."""
+    arrays = [np.asarray(as_data(value, name=name).to_host(), dtype=np.float64)
+              for name, value in named.items()]
+    widths = {name: A.shape[1] for name, A in zip(named, arrays, strict=True)}
+    if len(set(widths.values())) > 1:
+        listed = ", ".join(f"{name} has {width}" for name, width in widths.items())
+        raise ValueError(f"The samples must have the same number of features; {listed}.")
+    return arrays
+
+
+def distance_to_closest_record_ratio(samples, X_train, X_holdout) -> float:
+    """How close synthetic samples lie to the training rows, relative to new real rows.
+
+    The median, over ``samples``, of the Euclidean distance to the nearest row of
+    ``X_train``, divided by the same median over ``X_holdout`` (real rows the sampler did
+    not see).  About 1: the samples are as far from the training rows as new data is;
+    near 0: they are (near-)copies of training rows (memorisation); well above 1: they lie
+    off the data.  Scale the features first (e.g. ``StandardScaler`` fitted on
+    ``X_train``): the distance weighs every feature by its units.
+
+    Parameters
+    ----------
+    samples : array-like of shape (n_samples, n_features)
+        The synthetic rows.
+    X_train : array-like of shape (n_train, n_features)
+        The rows the sampler was fitted on.
+    X_holdout : array-like of shape (n_holdout, n_features)
+        Real rows from the same source, not used by the fit.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        If every held-out row has a copy in ``X_train`` (the median distance is 0 and the
+        ratio undefined), or on invalid arrays.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skgradflow.metrics import distance_to_closest_record_ratio
+    >>> rng = np.random.default_rng(0)
+    >>> X_train, X_holdout = rng.normal(size=(500, 2)), rng.normal(size=(200, 2))
+    >>> distance_to_closest_record_ratio(X_train[:100], X_train, X_holdout)
+    0.0
+    >>> new = rng.normal(size=(300, 2))
+    >>> 0.8 < distance_to_closest_record_ratio(new, X_train, X_holdout) < 1.25
+    True
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    samples, X_train, X_holdout = _check_point_sets(
+        {"samples": samples, "X_train": X_train, "X_holdout": X_holdout}
+    )
+    index = NearestNeighbors(n_neighbors=1).fit(X_train)
+    sample_dist = float(np.median(index.kneighbors(samples)[0][:, 0]))
+    holdout_dist = float(np.median(index.kneighbors(X_holdout)[0][:, 0]))
+    if not holdout_dist > 0:
+        raise ValueError(
+            "X_holdout must be rows the sampler did not see: at least half of them have a "
+            "copy in X_train (median distance 0), so the ratio is undefined. Hold out rows "
+            "that are not in X_train."
+        )
+    return sample_dist / holdout_dist
+
+
+def classifier_two_sample_auc(
+    samples, X_real, *, classifier=None, cv: int = 5, random_state: Any = 0
+) -> float:
+    """Classifier two-sample test: how well a classifier tells synthetic from real rows.
+
+    The rows of ``samples`` (label 1) and ``X_real`` (label 0) are pooled, and the mean
+    ROC AUC of ``classifier`` over ``cv`` stratified, shuffled folds is returned.  0.5: the
+    classifier cannot tell them apart (the samples look like the real rows); 1: it always
+    can.  ``X_real`` should be rows the sampler did not see: against its training rows,
+    copies of them would score 0.5.
+
+    Parameters
+    ----------
+    samples : array-like of shape (n_samples, n_features)
+    X_real : array-like of shape (n_real, n_features)
+    classifier : scikit-learn classifier or None, default=None
+        Cloned for each fold; it needs ``predict_proba`` or ``decision_function``.  ``None``:
+        ``HistGradientBoostingClassifier(max_iter=100, early_stopping=False)``, fast, and
+        sensitive to differences in the shape of the marginals and of their interactions.
+    cv : int, default=5
+        Number of folds, at least 2 and at most the rows of the smaller set.
+    random_state : int, RandomState instance or None, default=0
+        Seeds the shuffle of the folds and the default classifier.
+
+    Returns
+    -------
+    float
+        The mean AUC over the folds.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skgradflow.metrics import classifier_two_sample_auc
+    >>> rng = np.random.default_rng(0)
+    >>> real, same = rng.normal(size=(300, 2)), rng.normal(size=(300, 2))
+    >>> bool(classifier_two_sample_auc(same, real) < 0.6)
+    True
+    >>> bool(classifier_two_sample_auc(same + 5.0, real) > 0.99)
+    True
+    """
+    from sklearn.base import clone, is_classifier
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    samples, X_real = _check_point_sets({"samples": samples, "X_real": X_real})
+    smaller = min(samples.shape[0], X_real.shape[0])
+    if not isinstance(cv, numbers.Integral) or isinstance(cv, bool) or not 2 <= cv <= smaller:
+        raise ValueError(
+            f"cv must be an integer from 2 to the rows of the smaller set ({smaller}); "
+            f"got {cv!r}."
+        )
+    seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)
+    if classifier is None:
+        classifier = HistGradientBoostingClassifier(
+            max_iter=100, early_stopping=False, random_state=seed
+        )
+    elif not is_classifier(classifier):
+        raise TypeError(
+            f"classifier must be a scikit-learn classifier (with predict_proba or "
+            f"decision_function); got {type(classifier).__name__}."
+        )
+    pooled = np.concatenate([samples, X_real])
+    labels = np.r_[np.ones(samples.shape[0]), np.zeros(X_real.shape[0])].astype(int)
+    folds = StratifiedKFold(n_splits=int(cv), shuffle=True, random_state=seed)
+    scores = cross_val_score(clone(classifier), pooled, labels, scoring="roc_auc", cv=folds,
+                             error_score="raise")
+    return float(np.mean(scores))

@@ -54,6 +54,8 @@ class WFRMMDFlow(_BaseMMDFlow):
         (exposed as ``total_mass_``).
     init : {"gaussian", "subsample"} or array of shape (n_particles, n_features), \
 default="gaussian"
+    smoothing : float or "auto", default="auto"
+        See :class:`IFTSampler`.
     batch_size : int or None, default=None
     backend : {"auto", "numba", "keops", "numpy"}, a registered name or a Backend, default="auto"
         See :class:`IFTSampler`.
@@ -75,7 +77,7 @@ default="gaussian"
     reaction_step_size_ : float
         The reaction's time step at the end of the run (``step_size_`` for an explicit
         step size, 0 when ``beta=0``).
-    bandwidth_, bandwidth_schedule_, step_size_, n_iter_, converged_, loss_curve_, \
+    bandwidth_, bandwidth_schedule_, smoothing_, step_size_, n_iter_, converged_, loss_curve_, \
 backend_, n_features_in_, feature_names_in_
         As in :class:`IFTSampler`.
 
@@ -104,6 +106,7 @@ backend_, n_features_in_, feature_names_in_
         tol: float = 1e-4,
         conserve_mass: bool = True,
         init="gaussian",
+        smoothing: float | str = "auto",
         batch_size: int | None = None,
         backend: str = "auto",
         random_state=None,
@@ -121,6 +124,7 @@ backend_, n_features_in_, feature_names_in_
         self.tol = tol
         self.conserve_mass = conserve_mass
         self.init = init
+        self.smoothing = smoothing
         self.batch_size = batch_size
         self.backend = backend
         self.random_state = random_state

@@ -9,10 +9,9 @@ from abc import abstractmethod
 import numpy as np
 from sklearn.base import OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
 
 from ..backends import Targets
-from ..data import Data, as_data, held_here, session
+from ..data import Data
 from ..kernels import BANDWIDTH_RULES, KERNELS, Kernel
 from ._estimator import _BaseParticleFlow
 from ._matching import _MMDMatching
@@ -41,6 +40,7 @@ class _BaseMMDFlow(_MMDSampling, _MMDMatching, OneToOneFeatureMixin, Transformer
         "kernel": [StrOptions(set(KERNELS))],
         "conserve_mass": ["boolean"],
         "init": [StrOptions({"gaussian", "subsample"}), "array-like"],
+        "smoothing": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
     }
 
     def _kernel(self, bandwidth: float | None = None) -> Kernel:
@@ -153,27 +153,3 @@ class _BaseMMDFlow(_MMDSampling, _MMDMatching, OneToOneFeatureMixin, Transformer
         return np.stack(columns, axis=1), {"c": c, "grad_c": grad_c}
 
     # --- using the fitted measure ---------------------------------------------------------
-    def score(self, X, y=None, sample_weight=None) -> float:
-        """Minus the energy distance between the fitted particle measure and ``X``.
-
-        Higher is better.  The energy distance has no bandwidth, so scores of fits with
-        different bandwidths or kernels are comparable (what ``GridSearchCV`` needs).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        y : ignored
-        sample_weight : array-like of shape (n_samples,), optional
-
-        Returns
-        -------
-        float
-        """
-        from ..metrics import _energy_distance
-
-        check_is_fitted(self)
-        with session(self.backend, X, sample_weight, arrays_only=True):
-            data = as_data(X, sample_weight, estimator=self, dtype=self.particles_.dtype,
-                           reset=False)
-            atoms, w = self._fitted_measure()
-            return -_energy_distance(held_here(atoms, w), data, self.backend)

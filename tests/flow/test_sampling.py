@@ -109,7 +109,9 @@ def test_new_samples_follow_the_weights(cls):
     est.particles_ = est.particles_.copy()
     est.particles_[3], est.particles_[8] = (0.0, 0.0), (6.0, 6.0)
     est.weights_ = w
-    new = est.sample(2000, random_state=0)
+    # the transport draws use the particles as they are now (the smoothed measure is built
+    # at fit: test_smoothed_samples_carry_the_mass_of_each_mode)
+    new = est.sample(2000, random_state=0, method="transport")
     near8 = np.linalg.norm(new - est.particles_[8], axis=1) < 3.0
     near3 = np.linalg.norm(new - est.particles_[3], axis=1) < 3.0
     assert np.all(near3 | near8)
@@ -171,3 +173,144 @@ def test_a_short_last_batch_is_not_biased():
     assert 10 <= right <= 30
     five = est.sample(5, random_state=0)
     assert five.shape == (5, 2)
+
+
+# --- the smoothed fitted measure (method="smooth", score, score_samples) ----------------------
+def quiet(est, X):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X)
+
+
+@SAMPLERS
+def test_smoothed_samples_have_the_data_mean_and_covariance(cls):
+    rng = np.random.default_rng(3)
+    A = np.array([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [-0.5, 0.3, 0.4]])
+    X = np.column_stack([rng.standard_normal((400, 3)) ** 3 @ A.T, np.full(400, 2.5)])
+    est = quiet(cls(n_particles=60, max_iter=60, random_state=0), X)
+    S = est.sample(200_000, random_state=1)
+    # the recolouring makes the expected mean and covariance the data's exactly; 2·10⁵ draws
+    # leave a Monte-Carlo error of a few tenths of a percent of the largest variance
+    cov = np.cov(X, rowvar=False, bias=True)
+    np.testing.assert_allclose(S.mean(axis=0), X.mean(axis=0), atol=0.01 * np.sqrt(cov[0, 0]))
+    np.testing.assert_allclose(np.cov(S, rowvar=False), cov, atol=0.02 * cov.max())
+    # no spread where the data has none
+    np.testing.assert_allclose(S[:, 3], 2.5, rtol=0, atol=1e-12)
+
+
+def wine_split(seed=0):
+    from sklearn.datasets import load_wine
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    X_train, X_holdout = train_test_split(load_wine().data, test_size=0.3, random_state=seed)
+    scaler = StandardScaler().fit(X_train)
+    return scaler.transform(X_train), scaler.transform(X_holdout)
+
+
+@SAMPLERS
+def test_smoothed_samples_are_as_new_as_held_out_rows_where_particles_copy_rows(cls):
+    """Wine (124 training rows, 13 features): with a particle per row, the particles and
+    the earlier jitter-and-transport samples sit on the training rows."""
+    from skgradflow.metrics import distance_to_closest_record_ratio
+
+    X_train, X_holdout = wine_split()
+    est = quiet(cls(random_state=0), X_train)
+    n = X_train.shape[0]
+    transport = est.sample(n, random_state=0, method="transport")
+    assert distance_to_closest_record_ratio(transport, X_train, X_holdout) < 0.5
+    smooth = est.sample(n, random_state=0)
+    assert distance_to_closest_record_ratio(smooth, X_train, X_holdout) >= 0.9
+
+
+def test_score_samples_is_the_density_sample_draws_from(split):
+    """exp(score_samples) integrates to 1, and gives the share of samples in a box."""
+    X, _ = split
+    est = quiet(IFTSampler(n_particles=80, max_iter=80, random_state=0), X[:600])
+    grid = np.linspace(-4.0, 4.0, 321)
+    gx, gy = np.meshgrid(grid, grid, indexing="ij")
+    density = np.exp(est.score_samples(np.column_stack([gx.ravel(), gy.ravel()])))
+    density = density.reshape(gx.shape)
+    step = grid[1] - grid[0]
+    assert density.sum() * step * step == pytest.approx(1.0, abs=0.01)
+    S = est.sample(100_000, random_state=0)
+    box = (grid >= -1.0) & (grid <= 0.5)
+    # the trapezoid-free Riemann sum over the closed box, against the samples' share
+    expected = density[np.ix_(box, box)].sum() * step * step
+    inside = np.mean((S[:, 0] >= -1.0 - step / 2) & (S[:, 0] <= 0.5 + step / 2)
+                     & (S[:, 1] >= -1.0 - step / 2) & (S[:, 1] <= 0.5 + step / 2))
+    assert inside == pytest.approx(expected, abs=0.01)
+    # score is the mean of score_samples, weighted by sample_weight
+    sw = np.linspace(1.0, 2.0, 50)
+    assert est.score(X[600:650], sample_weight=sw) == pytest.approx(
+        np.average(est.score_samples(X[600:650]), weights=sw), rel=1e-12)
+
+
+def test_default_score_ranks_a_memorising_fit_below_a_generalising_one():
+    """GridSearchCV with the default score: the candidate whose samples are near-copies of
+    its training rows (a smoothing width of 0.03) must rank below the automatic width.  The
+    energy distance, which rewards copies, does not tell them apart."""
+    from sklearn.model_selection import GridSearchCV
+
+    from skgradflow.metrics import distance_to_closest_record_ratio, make_distribution_scorer
+
+    X_train, X_holdout = wine_split()
+    sampler = IFTSampler(max_iter=100, random_state=0)
+    grid = {"smoothing": [0.03, "auto"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search = GridSearchCV(sampler, grid, cv=3).fit(X_train)
+        by_energy = GridSearchCV(sampler, grid, cv=3,
+                                 scoring=make_distribution_scorer()).fit(X_train)
+    memorising = quiet(IFTSampler(max_iter=100, random_state=0, smoothing=0.03), X_train)
+    copies = memorising.sample(X_train.shape[0], random_state=0)
+    assert distance_to_closest_record_ratio(copies, X_train, X_holdout) < 0.5
+    assert search.best_params_ == {"smoothing": "auto"}
+    assert list(search.cv_results_["rank_test_score"]) == [2, 1]
+    # the two candidates differ only in how they sample: the same fitted measure
+    energy = by_energy.cv_results_["mean_test_score"]
+    assert energy[0] == energy[1]
+
+
+@SAMPLERS
+def test_smoothed_samples_carry_the_mass_of_each_mode(cls):
+    """Two separated clusters of 50 and 150 rows: the samples split 1/4, 3/4 within 0.01
+    (systematic resampling; independent draws of 4000 would have a spread of 0.007)."""
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(50, 2)), 8.0 + rng.normal(size=(150, 2))])
+    est = quiet(cls(n_particles=40, max_iter=100, random_state=0), X)
+    new = est.sample(4000, random_state=0)
+    far = np.linalg.norm(new - 8.0, axis=1) < np.linalg.norm(new, axis=1)
+    mass = est.weights_[np.linalg.norm(est.particles_ - 8.0, axis=1)
+                        < np.linalg.norm(est.particles_, axis=1)].sum()
+    assert mass == pytest.approx(0.75, abs=0.05)  # the fit has about the mass of the data
+    # and the samples have it more closely: a particle stranded between the clusters moves
+    # toward the mean of its neighbouring rows
+    assert far.mean() == pytest.approx(0.75, abs=0.01)
+
+
+def test_the_leave_one_out_width_matches_a_dense_computation():
+    """The width maximises Σ_j w_j log Σ_{i≠j} w_i/(1-w_j) N(x_j; x_i, h² S_i) over the grid,
+    atoms of weight 0 left out (scipy's multivariate normal densities, one by one)."""
+    from scipy.stats import multivariate_normal
+
+    from skgradflow._flow._sampling import _WIDTHS, _loo_width
+
+    rng = np.random.default_rng(0)
+    N = 30
+    X, w = rng.normal(size=(N, 2)), rng.uniform(size=N)
+    w[:5] = 0.0
+    w /= w.sum()
+    shapes = np.array([[[0.5 + i / N, 0.2], [0.2, 0.6]] for i in range(N)])
+    got = _loo_width(X, w, np.linalg.cholesky(shapes), rng)
+    keep = w > 0
+    Xp, wp, Sp = X[keep], w[keep] / w[keep].sum(), shapes[keep]
+
+    def loo(h):
+        return sum(wp[j] * np.log(sum(
+            wp[i] / (1 - wp[j]) * multivariate_normal(Xp[i], h * h * Sp[i]).pdf(Xp[j])
+            for i in range(len(Xp)) if i != j)) for j in range(len(Xp)))
+
+    with np.errstate(divide="ignore"):
+        expected = max(_WIDTHS, key=loo)
+    assert got == expected
