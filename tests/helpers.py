@@ -36,7 +36,7 @@ def backend_params():
     skipped.
 
     Tests that take ``backend`` from here run the same checks on every engine.  ``"dask"``
-    is not among them: each fit would start a cluster of its own; ``test_dask.py`` runs
+    is not among them: each fit would start a cluster of its own; ``tests/data/test_dask.py`` runs
     the oracle checks and the estimators on one shared cluster instead."""
     from skgradflow.backends import backend_names
 

@@ -1,6 +1,6 @@
 """The Numba backend's own parts: its exponential, its blocks, threads, the disk cache and a
 missing or broken Numba.  Its reductions are checked against the dense formulas with every
-other backend in ``test_backends.py``, and its fits in the estimators' tests."""
+other backend in ``tests/backends/test_protocol.py``, and its fits in the estimators' tests."""
 
 import os
 import signal
