@@ -14,7 +14,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..datasets import BUILTIN_DATASETS, describe_builtin, load_builtin
-from ..metrics import energy_distance
+from ..metrics import (
+    classifier_two_sample_auc,
+    distance_to_closest_record_ratio,
+    energy_distance,
+)
 from ._errors import _CLIError, _one_line, _RunFailed, _StdoutFailed
 from ._io import (
     _check_csv_options,
@@ -76,7 +80,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    X = data.X
+    X, X_holdout = _split_holdout(data.X, args.holdout, args.random_state)
     scaler = None if args.no_standardize else StandardScaler()
     X_fit = X if scaler is None else scaler.fit_transform(X)
 
@@ -141,6 +145,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                 X.shape[0], size=samples.shape[0], replace=samples.shape[0] > X.shape[0]
             )
             reference = energy_distance(X[rows], X, backend=metric_backend)
+            quality = "" if X_holdout is None else _holdout_quality(
+                samples, X, X_holdout, scaler, args.random_state)
         except _ESTIMATOR_ERRORS as exc:
             raise _CLIError(f"{name}: {_one_line(exc)}") from None
     # One line each, without the source line Python's warning format adds; the
@@ -166,9 +172,35 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     _print_out(
         f"estimator={args.estimator} rows={samples.shape[0]} features={samples.shape[1]} "
         f"n_iter={estimator.n_iter_} converged={bool(estimator.converged_)} "
-        f"energy_distance={distance:.6g} reference={reference:.6g} seconds={elapsed:.2f}"
+        f"energy_distance={distance:.6g} reference={reference:.6g}{quality} "
+        f"seconds={elapsed:.2f}"
     )
     return 0
+
+
+def _split_holdout(X: np.ndarray, fraction: float | None, seed: int):
+    """The rows to fit on and the rows held out (``None`` without ``--holdout``), drawn at
+    random with ``seed``; each part needs at least 2 rows."""
+    if fraction is None:
+        return X, None
+    n_holdout = int(round(fraction * X.shape[0]))
+    if n_holdout < 2 or X.shape[0] - n_holdout < 2:
+        raise _CLIError(
+            f"--holdout {fraction:g} of {X.shape[0]} rows holds out {n_holdout} and fits on "
+            f"{X.shape[0] - n_holdout}; both need at least 2 rows. Use a fraction nearer 0.5."
+        )
+    rows = np.random.default_rng(seed).permutation(X.shape[0])
+    return X[rows[n_holdout:]], X[rows[:n_holdout]]
+
+
+def _holdout_quality(samples, X_train, X_holdout, scaler, seed: int) -> str:
+    """`` dcr_ratio=... c2st_auc=...``: the samples judged on the held-out rows, in the
+    units the flow ran in (standardised on the training rows unless --no-standardize)."""
+    units = (lambda A: A) if scaler is None else scaler.transform
+    S, T, H = units(samples), units(X_train), units(X_holdout)
+    dcr = distance_to_closest_record_ratio(S, T, H)
+    auc = classifier_two_sample_auc(S, H, random_state=seed)
+    return f" dcr_ratio={dcr:.4g} c2st_auc={auc:.4g}"
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:

@@ -67,6 +67,13 @@ def _non_negative_float(text: str) -> float:
     return _float(text, positive=False)
 
 
+def _fraction(text: str) -> float:
+    value = _float(text, positive=True)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction between 0 and 1; got {text!r}")
+    return value
+
+
 def _float_or(*words: str):
     def parse(text: str) -> float | str:
         if text in words:
@@ -290,6 +297,15 @@ def _build_parser() -> _ArgumentParser:
     )
     flow.add_argument(
         "--quiet", action="store_true", help="no progress on stderr (warnings are kept)"
+    )
+    flow.add_argument(
+        "--holdout",
+        type=_fraction,
+        metavar="FRACTION",
+        help=(
+            "fit on the other rows and judge the samples on this fraction of the rows, drawn "
+            "at random: the summary line adds dcr_ratio and c2st_auc"
+        ),
     )
     flow.add_argument(
         "--save-model",

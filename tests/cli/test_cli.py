@@ -807,3 +807,42 @@ def test_backend_help_lists_every_registered_engine(capsys, monkeypatch):
     assert "blockwise-test" in backend_names()
     engines = [name for name in backend_names() if name != "auto"]
     assert "registered engines: " + ", ".join(engines) + " (default: auto)" in text
+
+
+HOLDOUT = re.compile(r" dcr_ratio=(\S+) c2st_auc=(\S+) seconds=")
+
+
+def test_holdout_judges_the_samples_on_rows_the_fit_did_not_see(tmp_path, capsys, gmm):
+    from skgradflow.metrics import classifier_two_sample_auc, distance_to_closest_record_ratio
+
+    data = write_csv(tmp_path / "data.csv", gmm, ["x", "y"])
+    out = tmp_path / "new.csv"
+    assert cli.main(sample(data, out, 200, "--quiet", "--holdout", "0.25",
+                           "--random-state", "3")) == 0
+    line = capsys.readouterr().out.strip()
+    printed = [float(v) for v in HOLDOUT.search(line).groups()]
+    # the split, the scaler and both metrics again, from the written samples
+    rows = np.random.default_rng(3).permutation(len(gmm))
+    held, train = gmm[rows[:100]], gmm[rows[100:]]
+    scaler = StandardScaler().fit(train)
+    samples = scaler.transform(read_csv(out)[1])
+    expected = [
+        distance_to_closest_record_ratio(samples, scaler.transform(train),
+                                         scaler.transform(held)),
+        classifier_two_sample_auc(samples, scaler.transform(held), random_state=3),
+    ]
+    np.testing.assert_allclose(printed, expected, rtol=1e-3)
+    assert 0.5 < printed[0] < 2.0 and 0.0 <= printed[1] <= 1.0
+
+
+@pytest.mark.parametrize("fraction, message", [
+    ("1.5", "must be a fraction between 0 and 1"),
+    ("0", "must be a finite positive number"),
+    ("0.001", "both need at least 2 rows"),
+])
+def test_a_bad_holdout_is_refused(tmp_path, capsys, gmm, fraction, message):
+    data = write_csv(tmp_path / "data.csv", gmm[:50], ["x", "y"])
+    out = tmp_path / "new.csv"
+    assert cli.main(sample(data, out, 20, "--quiet", "--holdout", fraction)) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
