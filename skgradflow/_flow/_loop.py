@@ -42,15 +42,6 @@ def _phase_shares(max_iter: int, n_phases: int) -> list[int]:
     return [*shares, max(0, max_iter - sum(shares))]
 
 
-def _phase_bandwidths(estimator) -> list[float]:
-    """The bandwidths of a fitted estimator's phases, in order."""
-    schedule = np.asarray(getattr(estimator, "bandwidth_schedule_", []))
-    if schedule.size == 0:
-        return [estimator.bandwidth_]
-    starts = np.flatnonzero(np.r_[True, schedule[1:] != schedule[:-1]])
-    return [float(h) for h in schedule[starts]]
-
-
 def _carried_step(estimator, tau: float) -> float | None:
     """The step a later phase starts from: with step_size="auto" and the full batch, the
     step the previous phase ended with (the safeguard shrinks it where the finer bandwidth

@@ -33,9 +33,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from ..data import as_data, held_here, session
-from ._loop import _phase_bandwidths, _phase_shares
-from ._state import FlowState
+from ..data import as_data, session
 
 # ε = _EPS_FRACTION × δ², δ² the weighted mean squared distance from an atom to its nearest
 # other atom: a point's plan then spreads over a few neighbouring atoms.  On the matching
@@ -249,45 +247,3 @@ class _MMDMatching:
             shift[filled] = Y[filled] - received[filled, 1:] / mass[filled, None]
             return points.map_rows(lambda rows, engine: plan.apply(rows, g, eps, shift),
                                    self.backend, Y.shape[0], columns=points.n_features)
-
-    def inverse_transform(self, X):
-        """Not defined: raises ``NotImplementedError``.
-
-        ``transform`` maps a set onto the fitted measure by a plan computed from that set;
-        the set's own distribution is not kept, so there is nothing to map back onto.  To
-        map target rows onto a source set, fit an estimator on the source rows and
-        ``transform`` the target rows."""
-        raise NotImplementedError(
-            f"{type(self).__name__}.inverse_transform is not defined: transform maps a point "
-            "set onto the fitted measure by a transport plan computed from that set, and the "
-            "set's distribution is not kept. To map the other way, fit an estimator on the "
-            "source rows and call its transform on the target rows."
-        )
-
-    def _move(self, Z: np.ndarray, desc: str, max_iter: int | None = None,
-              verbose: int | None = None, warn: bool = True, final: bool = False) -> np.ndarray:
-        """The points ``Z`` (validated, owned) after the transport part of the flow (the
-        Wasserstein gradient flow of the MMD toward the fitted measure, weights fixed), through
-        the bandwidths of the fit's phases in turn (the last only with ``final``), each for a
-        share of ``max_iter``: what ``sample`` runs on its jittered draws."""
-        if self.alpha == 0 or Z.shape[0] == 0:
-            return Z
-        atoms, b = self._fitted_measure()
-        rng = np.random.default_rng(0)
-        phases = [self.bandwidth_] if final else _phase_bandwidths(self)
-        shares = _phase_shares(self.max_iter if max_iter is None else max_iter, len(phases))
-        w = np.full(Z.shape[0], 1.0 / Z.shape[0])
-        # points that start in place make no progress to compare with: the scale of the
-        # energies of the fit stands in for it
-        scale = float(abs(self.loss_curve_[0] - self.loss_curve_[-1]))
-        for h, share in zip(phases, shares, strict=True):
-            # the fitted measure is small: every iteration uses all of it, whatever batch_size
-            problem = self._make_problem(
-                held_here(atoms.astype(Z.dtype), b), self._kernel(h), Z.shape[0], rng,
-                update_weights=False, minibatches=False,
-            )
-            self._prepare(problem, Z.shape[0])
-            state, *_ = self._run_flow(problem, FlowState(Z, w), desc, scale, max_iter=share,
-                                       verbose=verbose, warn=warn and h == phases[-1])
-            Z = state.atoms
-        return Z
