@@ -105,7 +105,7 @@ backend_, n_features_in_, feature_names_in_
         max_iter: int = 500,
         tol: float = 1e-4,
         conserve_mass: bool = True,
-        init="gaussian",
+        init="subsample",
         smoothing: float | str = "auto",
         batch_size: int | None = None,
         backend: str = "auto",

@@ -19,6 +19,13 @@ from ._state import FlowState, Problem
 # energies decay to ~0 like a power of the iteration count, so a decrease relative to the
 # current energy would never fall below any tolerance.
 _WINDOW = 10
+# A run whose targets carry a statistical resolution ν (Problem.resolution: the energy
+# between the targets and the law they were drawn from) also stops once its energy is below
+# _RESOLVED ν, or falls by less than that over _WINDOW iterations: further steps would fit
+# the targets' sampling noise.  On digits reduced to 16 dimensions, from a draw of the rows,
+# the fine phase's energy falls 4% in 400 iterations (2e-6 a window, against ν = 4e-4)
+# while the samples' two-sample AUC stays within 0.01.
+_RESOLVED = 0.01
 # The safeguard halves the step at most this many times in one iteration; an energy that
 # still goes up is then at the floating-point floor, and the flow stops there.
 _MAX_HALVINGS = 30
@@ -141,6 +148,10 @@ class RunLoop:
             if tol > 0 and n_iter >= min_iter and self._has_converged(losses, energy_scale, tol):
                 converged = True
                 break
+            if self.tol > 0 and not problem.stochastic and _is_resolved(losses,
+                                                                        problem.resolution):
+                converged = True
+                break
         progress.close(n_iter, losses[-1], converged)
         # tol=0 asks for exactly max_iter iterations, a callback that stops the run and a
         # caller that caps the iterations ask for no more: nothing to warn about
@@ -170,3 +181,16 @@ class RunLoop:
         last = float(np.mean(losses[-_WINDOW:]))
         progress = losses[0] - last
         return (before - last) <= tol * max(progress, energy_scale)
+
+
+def _is_resolved(losses: list[float], resolution: float) -> bool:
+    """Whether the energy is below ``_RESOLVED`` times the resolution, or its mean over the
+    last ``_WINDOW`` iterations below that of the ``_WINDOW`` before by less than that."""
+    if resolution <= 0.0:
+        return False
+    if losses[-1] <= _RESOLVED * resolution:
+        return True
+    if len(losses) < 2 * _WINDOW + 1:
+        return False
+    before = float(np.mean(losses[-2 * _WINDOW : -_WINDOW]))
+    return before - float(np.mean(losses[-_WINDOW:])) <= _RESOLVED * resolution

@@ -43,6 +43,8 @@ class Problem:
     rng: np.random.Generator
     update_weights: bool = True
     const: float = 0.0
+    # the energy's statistical resolution (0: none known); see RunLoop._has_converged
+    resolution: float = 0.0
 
     @property
     def stochastic(self) -> bool:

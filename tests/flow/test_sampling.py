@@ -9,6 +9,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from skgradflow import IFTSampler, WFRMMDFlow
 from skgradflow.backends import NumpyBackend
+from skgradflow.data import as_data
 from skgradflow.metrics import energy_distance
 from tests.helpers import three_mode_mixture
 
@@ -274,8 +275,9 @@ def test_default_score_ranks_a_memorising_fit_below_a_generalising_one():
 
 @SAMPLERS
 def test_smoothed_samples_carry_the_mass_of_each_mode(cls):
-    """Two separated clusters of 50 and 150 rows: the samples split 1/4, 3/4 within 0.01
-    (systematic resampling; independent draws of 4000 would have a spread of 0.007)."""
+    """Two separated clusters of 50 and 150 rows: the samples split as the fitted measure's
+    mass within 0.01 (systematic resampling; independent draws of 4000 would have a spread of
+    0.007), and the fitted mass is the data's 1/4, 3/4 within 0.05."""
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.normal(size=(50, 2)), 8.0 + rng.normal(size=(150, 2))])
     est = quiet(cls(n_particles=40, max_iter=100, random_state=0), X)
@@ -284,33 +286,77 @@ def test_smoothed_samples_carry_the_mass_of_each_mode(cls):
     mass = est.weights_[np.linalg.norm(est.particles_ - 8.0, axis=1)
                         < np.linalg.norm(est.particles_, axis=1)].sum()
     assert mass == pytest.approx(0.75, abs=0.05)  # the fit has about the mass of the data
-    # and the samples have it more closely: a particle stranded between the clusters moves
-    # toward the mean of its neighbouring rows
-    assert far.mean() == pytest.approx(0.75, abs=0.01)
+    assert far.mean() == pytest.approx(mass, abs=0.01)
 
 
-def test_the_leave_one_out_width_matches_a_dense_computation():
-    """The width maximises Σ_j w_j log Σ_{i≠j} w_i/(1-w_j) N(x_j; x_i, h² S_i) over the grid,
-    atoms of weight 0 left out (scipy's multivariate normal densities, one by one)."""
-    from scipy.stats import multivariate_normal
+def test_nearest_distances_match_a_kd_tree():
+    from scipy.spatial import cKDTree
 
-    from skgradflow._flow._sampling import _WIDTHS, _loo_width
+    from skgradflow._flow import _sampling
 
     rng = np.random.default_rng(0)
-    N = 30
-    X, w = rng.normal(size=(N, 2)), rng.uniform(size=N)
-    w[:5] = 0.0
-    w /= w.sum()
-    shapes = np.array([[[0.5 + i / N, 0.2], [0.2, 0.6]] for i in range(N)])
-    got = _loo_width(X, w, np.linalg.cholesky(shapes), rng)
-    keep = w > 0
-    Xp, wp, Sp = X[keep], w[keep] / w[keep].sum(), shapes[keep]
+    rows, queries = rng.normal(size=(700, 5)), rng.normal(size=(300, 5))
+    tree = cKDTree(rows)
+    np.testing.assert_allclose(_sampling._nearest_distance(queries, rows),
+                               tree.query(queries)[0], rtol=1e-10)
+    # the first rows as queries, each skipping itself: its second neighbour in the tree
+    np.testing.assert_allclose(_sampling._nearest_distance(rows[:200], rows, skip_self=True),
+                               tree.query(rows[:200], k=2)[0][:, 1], rtol=1e-10)
 
-    def loo(h):
-        return sum(wp[j] * np.log(sum(
-            wp[i] / (1 - wp[j]) * multivariate_normal(Xp[i], h * h * Sp[i]).pdf(Xp[j])
-            for i in range(len(Xp)) if i != j)) for j in range(len(Xp)))
 
-    with np.errstate(divide="ignore"):
-        expected = max(_WIDTHS, key=loo)
-    assert got == expected
+def test_the_width_is_the_smallest_of_the_grid_whose_samples_are_as_new_as_rows(monkeypatch):
+    """A scan of the whole grid, with scipy's k-d tree for every distance, finds the width the
+    bisection finds, from the same draws (the samples' distance grows with the width, so the
+    first width far enough is the one)."""
+    from scipy.spatial import cKDTree
+
+    from skgradflow._flow import _sampling
+
+    monkeypatch.setattr(_sampling, "_FLOOR_DRAWS", 500)
+    rng = np.random.default_rng(1)
+    X = np.concatenate([rng.normal(size=(300, 3)), 5.0 + rng.normal(size=(200, 3))])
+    est = quiet(IFTSampler(n_particles=150, max_iter=40, random_state=0), X)
+    atoms, w = est._fitted_measure()
+    data = as_data(X).merged()
+    chosen = _sampling.smoothed_measure(atoms, w, data, "auto", np.random.default_rng(5))
+
+    # the same draws as the rule (all the rows shape the components: n < _SHAPE_MAX_ROWS),
+    # then every width of the grid in turn
+    rows = np.asarray(data.to_host(), dtype=np.float64)
+    tree = cKDTree(rows)
+
+    def ratio(width, picks, normals, probe_rows):
+        sm = _sampling.smoothed_measure(atoms, w, data, width, np.random.default_rng(0))
+        Z = sm.centres[picks] + np.einsum("nij,nj->ni", sm.factors[picks], normals)
+        samples = sm.mean + Z @ sm.colour.T
+        new_row = np.median(tree.query(rows[probe_rows], k=2)[0][:, 1])
+        return np.median(tree.query(samples)[0]) / new_row
+
+    rng = np.random.default_rng(5)
+    probe_rows = rng.choice(len(rows), size=min(500, len(rows)), replace=False,
+                            p=data.weights / data.weights.sum())
+    weights = chosen.weights
+    picks = _sampling._systematic_draw(weights, 500, rng)
+    normals = rng.standard_normal((500, chosen.centres.shape[1]))
+    far = [ratio(h, picks, normals, probe_rows) >= _sampling._NEW_ROW_RATIO
+           for h in _sampling._WIDTHS]
+    assert any(far)
+    assert chosen.width == _sampling._WIDTHS[far.index(True)]
+
+
+def test_the_smoothed_density_matches_scipy():
+    """score_samples: log Σ_i w_i N(x; c_i, Σ_i) in the data's units, against scipy's
+    multivariate normal densities summed one by one."""
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(200, 3)) @ np.array([[1.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0, 0.3, 2.0]])
+    est = quiet(IFTSampler(n_particles=40, max_iter=30, random_state=0), X)
+    sm = est._smoothed
+    points = rng.normal(size=(25, 3))
+    expected = np.zeros(len(points))
+    for c, F, wi in zip(sm.centres, sm.factors, sm.weights, strict=True):
+        # x = mean + B z: the component N(mean + B c, B F Fᵀ Bᵀ) in the data's units
+        cov = sm.colour @ F @ F.T @ sm.colour.T
+        expected += wi * multivariate_normal(sm.mean + sm.colour @ c, cov).pdf(points)
+    np.testing.assert_allclose(est.score_samples(points), np.log(expected), rtol=1e-9)
