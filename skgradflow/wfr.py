@@ -53,7 +53,7 @@ class WFRMMDFlow(_BaseMMDFlow):
         Normalise the weights after each step; ``False`` lets the total mass evolve
         (exposed as ``total_mass_``).
     init : {"gaussian", "subsample"} or array of shape (n_particles, n_features), \
-default="gaussian"
+default="subsample"
     smoothing : float or "auto", default="auto"
         See :class:`IFTSampler`.
     batch_size : int or None, default=None

@@ -302,12 +302,12 @@ class _MMDSampling:
         """Draw new samples of the fitted distribution.
 
         ``method="smooth"`` (default) draws from the smoothed fitted measure
-        ``Σ_i w_i N(c_i, Σ_i)``: an atom by weight, plus Gaussian noise shaped like the
-        training rows around it (the covariance of its 20 nearest rows, with a tenth of
-        the data's covariance mixed in), of a width ``smoothing_`` chosen at fit by the
-        leave-one-out likelihood of the atoms (or the ``smoothing`` parameter); the atoms
-        are then shrunk toward the data's mean so that the samples' mean and covariance
-        are the data's (design page, "Smoothed samples").  ``score`` and
+        ``Σ_i w_i N(c_i, Σ_i)``: an atom by weight (systematic resampling), plus Gaussian
+        noise shaped like the training rows around it (the covariance of its 20 nearest
+        rows, a tenth of their mean variance on the diagonal) of a width ``smoothing_``
+        chosen at fit as the smallest that places the samples like new rows of the data (or
+        the ``smoothing`` parameter), then a linear map that makes the samples' mean and
+        covariance the data's (design page, "Smoothed samples").  ``score`` and
         ``score_samples`` give this measure's log-density.
 
         ``method="transport"`` draws particles by weight (systematic resampling), moves

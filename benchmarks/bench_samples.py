@@ -3,8 +3,8 @@ GaussianMixture, KernelDensity and bootstrap copies of the training rows.
 
 Run on demand (never part of the test suite)::
 
-    python benchmarks/bench_sampling.py                     # every set, 3 seeds
-    python benchmarks/bench_sampling.py --sets wine iris --seeds 0
+    python benchmarks/bench_samples.py                     # every set, 3 seeds
+    python benchmarks/bench_samples.py --sets wine iris --seeds 0
 
 For each data set and seed: a 70/30 split (seeded), features standardised on the training
 split, each estimator fitted on the training rows and asked for ``n_train`` samples.  Columns
@@ -205,6 +205,31 @@ def run(estimators: dict[str, Callable], sets: list[str], seeds: list[int],
     return results
 
 
+def check_targets(results: dict, sets: list[str], out=sys.stdout) -> None:
+    """One line per set and sampler of the package: whether its AUC is at most the better
+    of GaussianMixture's and KernelDensity's + 0.02, its DCR at least 0.9, and its fit +
+    sample at most max(2 s, 10x GaussianMixture's BIC selection) (means over the seeds)."""
+    out.write("\n### Against the targets\n\n| set | estimator | AUC <= peers + 0.02 | "
+              "DCR >= 0.9 | seconds <= max(2, 10x GMM) |\n|---|---|---|---|---|\n")
+    for name in sets:
+        peers = [results.get((name, label)) for label in ("GMM (BIC)", "KDE (CV)")]
+        if any(p is None for p in peers):
+            continue
+        best_auc = min(np.mean([r["auc"] for r in p]) for p in peers)
+        gmm_seconds = np.mean([r["seconds"] for r in peers[0]])
+        for label in ("IFT", "WFR", "IKL"):
+            rows = results.get((name, label))
+            if rows is None:
+                continue
+            auc, dcr = np.mean([r["auc"] for r in rows]), np.mean([r["dcr"] for r in rows])
+            seconds = np.mean([r["seconds"] for r in rows])
+            limit = max(2.0, 10.0 * gmm_seconds)
+            out.write(f"| {name} | {label} | {auc:.3f} vs {best_auc + 0.02:.3f}: "
+                      f"{'yes' if auc <= best_auc + 0.02 else 'no'} | {dcr:.2f}: "
+                      f"{'yes' if dcr >= 0.9 else 'no'} | {seconds:.2f} vs {limit:.2f}: "
+                      f"{'yes' if seconds <= limit else 'no'} |\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
@@ -212,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                    choices=list(ESTIMATORS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     args = p.parse_args(argv)
-    run({k: ESTIMATORS[k] for k in args.estimators}, args.sets, args.seeds)
+    results = run({k: ESTIMATORS[k] for k in args.estimators}, args.sets, args.seeds)
+    check_targets(results, args.sets)
     return 0
 
 
