@@ -56,9 +56,9 @@ class InclusiveKLFitter(_ShapedSteps, _IsotropicSteps, _BaseParticleFlow):
     ----------
     n_components : int or "auto", default="auto"
         Number of atoms (mixture components); at most the number of samples for
-        ``init="kmeans++"`` and ``"kmeans"``.  ``"auto"``: one per three distinct samples of positive weight
-        (rounded up), at most 100, so that 50 samples get 17 components; with an ``init`` array, its
-        number of rows.
+        ``init="kmeans++"`` and ``"kmeans"``.  ``"auto"``: one per three distinct samples of
+        positive weight (rounded up), at most 100, so that 50 samples get 17 components; with
+        an ``init`` array, its number of rows.
     bandwidth : float or {"auto", "scott", "silverman", "median"}, default="auto"
         Standard deviation ``h`` of every component.  ``"auto"``: the width of the kernel
         density estimate of the samples with the highest leave-one-out log-likelihood (each
