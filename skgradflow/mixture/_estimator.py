@@ -32,7 +32,8 @@ from sklearn.utils.validation import check_is_fitted
 from .._flow import Evaluation, FlowState, Problem, _BaseParticleFlow
 from ..backends import Targets
 from ..data import Data, as_data, session
-from ..kernels import Kernel, _seed_from
+from ..kernels import BANDWIDTH_RULES, Kernel, _seed_from
+from ._bandwidth import leave_one_out_bandwidth
 from ._isotropic import _IsotropicSteps
 from ._restarts import fit_best_of
 from ._shaped import _precision_cholesky, _ShapedSteps, covariances, with_covariances
@@ -55,16 +56,19 @@ class InclusiveKLFitter(_ShapedSteps, _IsotropicSteps, _BaseParticleFlow):
     ----------
     n_components : int or "auto", default="auto"
         Number of atoms (mixture components); at most the number of samples for
-        ``init="kmeans++"``.  ``"auto"``: one per three distinct samples of positive weight
-        (rounded up), at most 100, so that 50 samples get 17 components; with an ``init`` array, its
-        number of rows.
-    bandwidth : float or {"scott", "silverman", "median"}, default="scott"
-        Standard deviation ``h`` of every component (see
-        :func:`skgradflow.kernels.resolve_bandwidth`).  The rules assume a unimodal,
-        roughly Gaussian shape and are too wide for thin or multimodal data: choose it by
-        ``GridSearchCV`` (``score`` is the held-out log-likelihood).  With
-        ``covariance="data"``, ``"tied"`` or ``"full"`` it is the factor ``h`` of ``h² Σ̂``
-        (the rules see whitened data: ``"scott"`` is ``scipy.stats.gaussian_kde``'s factor).
+        ``init="kmeans++"`` and ``"kmeans"``.  ``"auto"``: one per three distinct samples of
+        positive weight (rounded up), at most 100, so that 50 samples get 17 components; with
+        an ``init`` array, its number of rows.
+    bandwidth : float or {"auto", "scott", "silverman", "median"}, default="auto"
+        Standard deviation ``h`` of every component.  ``"auto"``: the width of the kernel
+        density estimate of the samples with the highest leave-one-out log-likelihood (each
+        sample scored under the others), over a grid of 48 factors from 0.02 to 2 of the root
+        mean variance of the features, on at most 2000 samples drawn by weight; the fit
+        then starts from it (design page, "The default bandwidth").  The rules (see
+        :func:`skgradflow.kernels.resolve_bandwidth`) assume a unimodal, roughly Gaussian
+        shape and are too wide for thin or multimodal data.  With ``covariance="data"``,
+        ``"tied"`` or ``"full"`` it is the factor ``h`` of ``h² Σ̂``, chosen in whitened
+        coordinates (``"scott"`` is ``scipy.stats.gaussian_kde``'s factor).
     covariance : {"isotropic", "data", "tied", "full"}, default="isotropic"
         Shape of the components.  ``"isotropic"``: ``N(x_i, h² I)``.  ``"data"``: one shared
         shape ``N(x_i, h² Σ̂)``, ``Σ̂`` the weighted sample covariance (as
@@ -100,11 +104,13 @@ class InclusiveKLFitter(_ShapedSteps, _IsotropicSteps, _BaseParticleFlow):
         them by less than ``tol`` times the decrease achieved since the start (the
         log-likelihood flattens well before 1e-4 would be met).
     init : {"kmeans++", "kmeans", "subsample"} or array of shape (n_components, \
-n_features), default="kmeans++"
+n_features), default="kmeans"
         Initial atoms: k-means++ seeding (weighted by ``sample_weight``), Lloyd's k-means
         from such a seeding (``GaussianMixture``'s initialisation, which few ``"full"``
-        components need: the likelihood has many local maxima), a draw of sample rows by
-        weight, or given positions.  The initial weights are uniform.
+        components need: the likelihood has many local maxima; by default, as its centroids
+        spread less than the samples, the initial mixture is less over-dispersed than one on
+        seeded sample rows), a draw of sample rows by weight, or given positions.  The initial
+        weights are uniform.
     n_init : int, default=1
         Number of fits from different initialisations (seeds drawn from ``random_state``,
         so ``n_init=1`` and the first of several runs start differently); the one that ends
@@ -175,6 +181,8 @@ n_features), default="kmeans++"
 
     _parameter_constraints: dict = {
         **_BaseParticleFlow._parameter_constraints,
+        "bandwidth": [Interval(numbers.Real, 0, None, closed="neither"),
+                      StrOptions({*BANDWIDTH_RULES, "auto"})],
         "n_components": [Interval(numbers.Integral, 1, None, closed="left"),
                          StrOptions({"auto"})],
         "init": [StrOptions({"kmeans++", "kmeans", "subsample"}), "array-like"],
@@ -197,7 +205,7 @@ n_features), default="kmeans++"
         self,
         n_components: int | str = "auto",
         *,
-        bandwidth: float | str = "scott",
+        bandwidth: float | str = "auto",
         covariance: str = "isotropic",
         reg_covar: float = 1e-6,
         alpha: float = 1.0,
@@ -205,7 +213,7 @@ n_features), default="kmeans++"
         step_size: float | str = "auto",
         max_iter: int = 300,
         tol: float = 1e-3,
-        init="kmeans++",
+        init="kmeans",
         n_init: int = 1,
         batch_size: int | None = None,
         backend: str = "auto",
@@ -234,6 +242,11 @@ n_features), default="kmeans++"
 
     def _kernel(self, bandwidth: float | None = None) -> Kernel:
         return Kernel("gaussian", self.bandwidth_ if bandwidth is None else bandwidth)
+
+    def _bandwidth_schedule(self, data: Data, rng) -> list[float]:
+        if self.bandwidth != "auto":
+            return super()._bandwidth_schedule(data, rng)
+        return [leave_one_out_bandwidth(data, rng)]
 
     def _fit(self, data: Data):
         resume = self.warm_start and hasattr(self, "weights_")

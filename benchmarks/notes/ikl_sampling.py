@@ -1,0 +1,79 @@
+"""Scratch comparison behind benchmarks/notes/sampling-research.md, "InclusiveKLFitter.sample":
+``InclusiveKLFitter`` with its earlier defaults (``bandwidth="scott"``, ``init="kmeans++"``),
+its current defaults, and the alternatives tried, against ``bench_sampling.py``'s
+``KernelDensity`` (5-fold CV) and ``GaussianMixture`` (BIC), with its splits and metrics::
+
+    python benchmarks/notes/ikl_sampling.py                       # the four main rows
+    python benchmarks/notes/ikl_sampling.py --variants "rows as atoms" "data shape" \\
+        --sets iris breast_cancer --seeds 0
+
+Besides ``bench_sampling.DATASETS`` (``gmm2d`` left out by default), ``gmm5d``: 600 rows of
+a 5-D mixture of three Gaussians of unequal covariances (scales 0.3, 1 and 2.5) and weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import bench_sampling as bs  # noqa: E402
+
+from skgradflow import InclusiveKLFitter  # noqa: E402
+
+
+def gmm5d() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    parts = []
+    for k, (n, scale) in enumerate([(300, 0.3), (200, 1.0), (100, 2.5)]):
+        A = rng.normal(size=(5, 5)) * scale
+        parts.append(rng.normal(size=(n, 5)) @ A + 4 * k * rng.normal(size=5))
+    return np.vstack(parts)
+
+
+bs.DATASETS["gmm5d"] = gmm5d
+
+
+class RowsAsAtoms:
+    """Every training row an atom (the kernel density estimate at the default width),
+    then the flow."""
+
+    def __init__(self, random_state=0, **params):
+        self.random_state, self.params = random_state, params
+
+    def fit(self, X):
+        self.model_ = InclusiveKLFitter(X.shape[0], init=X, random_state=self.random_state,
+                                        **self.params).fit(X)
+        return self
+
+    def sample(self, n, random_state=None):
+        return self.model_.sample(n, random_state=random_state)
+
+
+VARIANTS = {
+    "IKL old": lambda s: InclusiveKLFitter(bandwidth="scott", init="kmeans++", random_state=s),
+    "IKL new": lambda s: InclusiveKLFitter(random_state=s),
+    "KDE (CV)": lambda s: bs.CVKernelDensity(random_state=s),
+    "GMM (BIC)": lambda s: bs.BICGaussianMixture(random_state=s),
+    "rows as atoms": lambda s: RowsAsAtoms(s),
+    "data shape": lambda s: InclusiveKLFitter(covariance="data", random_state=s),
+    "kmeans++": lambda s: InclusiveKLFitter(init="kmeans++", random_state=s),
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sets", nargs="+", default=[k for k in bs.DATASETS if k != "gmm2d"],
+                   choices=list(bs.DATASETS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS)[:4], choices=list(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    args = p.parse_args()
+    bs.run({k: VARIANTS[k] for k in args.variants}, args.sets, args.seeds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
