@@ -1,6 +1,8 @@
 """What the tests share besides fixtures: the test data, the engines to run on, and the
 invariants checked after every iteration."""
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 
@@ -140,3 +142,21 @@ def is_slow(item) -> bool:
         # scikit-learn's checks of the defaults run every fit for all its iterations
         or ("estimator_checks[" in item.name and "()-" in item.name)
     )
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """One estimator class as the tests of every estimator see it (extended per test module)."""
+
+    cls: type
+    n_atoms: str  # the constructor parameter that sets the number of atoms
+    atoms: str  # the fitted attribute that holds them
+
+    @property
+    def name(self) -> str:
+        return self.cls.__name__
+
+    @property
+    def is_sampler(self) -> bool:
+        """The two MMD samplers (transform, kernel, conserve_mass)."""
+        return hasattr(self.cls, "transform")

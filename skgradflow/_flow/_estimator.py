@@ -209,7 +209,7 @@ class _BaseParticleFlow(RunLoop, BaseEstimator, metaclass=ABCMeta):
             init = np.asarray(self.init)
             return init.shape[0] if init.ndim == 2 else 1
         per_atom = self._auto_samples_per_atom
-        return int(max(1, min(self._auto_max_atoms, -(-data.n_distinct() // per_atom))))
+        return max(1, min(self._auto_max_atoms, -(-data.n_distinct() // per_atom)))
 
     def _warm_state(self, data: Data, n_atoms: int) -> tuple[FlowState, float] | None:
         """``(state, step size)`` to resume from with ``warm_start=True`` (copies, in the
@@ -291,12 +291,7 @@ class _BaseParticleFlow(RunLoop, BaseEstimator, metaclass=ABCMeta):
         engine = data.engine(self.backend, n_points * n_src,
                              n_calls=self._reductions_per_iteration * self.max_iter)
         return Problem(engine, kernel, data.bind(engine), batch, rng, update_weights,
-                       resolution=self._energy_resolution(data, kernel))
-
-    def _energy_resolution(self, data: Data, kernel: Kernel) -> float:
-        """The size of the energy's sampling error at the targets, below which the
-        stopping rule stops (0, none, by default)."""
-        return 0.0
+                       effective_size=data.effective_size())
 
     # --- public API shared by every flow -------------------------------------------------
     def _fitted_measure(self) -> tuple[np.ndarray, np.ndarray]:

@@ -22,8 +22,6 @@ from ._state import Evaluation, FlowState, Problem
 # less than _CONST_ITERATIONS iterations), and estimated from _CONST_SUBSAMPLE rows above.
 _CONST_ITERATIONS = 20
 _CONST_SUBSAMPLE = 5000
-# The energy's resolution ν is estimated from the pairs of this many rows drawn by weight.
-_RESOLUTION_DRAWS = 1000
 
 
 class _BaseMMDFlow(_MMDSampling, _MMDMatching, OneToOneFeatureMixin, TransformerMixin,
@@ -66,25 +64,13 @@ class _BaseMMDFlow(_MMDSampling, _MMDMatching, OneToOneFeatureMixin, Transformer
 
     def _prepare(self, problem: Problem, n_particles: int) -> None:
         problem.const = self._target_energy(problem, n_particles)
-
-    def _energy_resolution(self, data: Data, kernel: Kernel) -> float:
-        """``ν = (k(0) - E k(y, y')) / (2 M)``, ``y, y'`` independent draws of the targets and
-        ``M = 1/Σb²`` their effective number: the expected energy ``½ MMD²(π̂, π)`` between
-        ``M`` rows and the distribution ``π`` they were drawn from.  The targets know ``π``
-        only to this accuracy, so a fit whose energy is far below it, or falls by a small
-        part of it in many iterations, has nothing left to learn from them."""
-        from ..backends._numpy import kernel_value
-
-        # a fixed stream: the estimate must not shift the fit's own random draws
-        rows = np.asarray(data.draw(_RESOLUTION_DRAWS, np.random.default_rng(0)),
-                          dtype=np.float64) / kernel.scale
-        sq = np.sum(rows * rows, axis=1)
-        r2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * rows @ rows.T, 0.0)
-        np.fill_diagonal(r2, 0.0)
-        k = kernel_value(kernel, r2)
-        m = rows.shape[0]
-        between = (float(k.sum()) - float(np.trace(k))) / (m * (m - 1))
-        return max(kernel.diagonal - between, 0.0) / (2.0 * data.effective_size())
+        # ν = (k(0) - E k(y, y')) / (2M), y, y' independent draws of the targets and M their
+        # effective number: the expected energy ½ MMD²(π̂, π) between M rows and the law π
+        # they were drawn from.  The targets know π only to this accuracy, so a fit whose
+        # energy is far below it, or falls by a small part of it in many iterations, has
+        # nothing left to learn from them.  E k(y, y') = bᵀK_yy b = 2 const.
+        problem.resolution = (max(problem.kernel.diagonal - 2.0 * problem.const, 0.0)
+                              / (2.0 * problem.effective_size))
 
     def _check_flow_params(self) -> None:
         if not self.conserve_mass and self.kernel == "energy":

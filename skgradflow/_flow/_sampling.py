@@ -126,6 +126,9 @@ def smoothed_measure(atoms: np.ndarray, w: np.ndarray, data: Data, width, rng) -
         return _Smoothed(mean, whiten, colour, log_jacobian, z_atoms,
                          np.zeros((atoms.shape[0], 0, 0)), w, 0.0)
     shapes = _local_shapes(z_atoms, rows, row_w)
+    centres = z_atoms - w @ z_atoms
+    spread = (centres * w[:, None]).T @ centres  # the atoms' covariance, the same at any h
+    mean_shape = np.tensordot(w, shapes, axes=1)
 
     def at_width(h: float) -> _Smoothed:
         # Smoothing adds h² S_i to the spread around each atom, which then widens the whole
@@ -135,18 +138,15 @@ def smoothed_measure(atoms: np.ndarray, w: np.ndarray, data: Data, width, rng) -
         # bootstrap) is a step of mean shift, which crowds the samples into the modes: on the
         # built-in 2-D mixture their distance to the closest training row then stays at 0.87
         # of a new row's at any width, and the width could not be chosen to reach 1.
-        centres, noise = z_atoms.copy(), h * h * shapes
-        centres = centres - w @ centres
-        total = (centres * w[:, None]).T @ centres + np.tensordot(w, noise, axes=1)
-        tval, tvec = np.linalg.eigh(total)
+        tval, tvec = np.linalg.eigh(spread + h * h * mean_shape)
         T = (tvec / np.sqrt(np.maximum(tval, _RANK_TOL * tval.max()))) @ tvec.T
-        factors = np.linalg.cholesky(T @ noise @ T.T)
+        factors = np.linalg.cholesky(h * h * (T @ shapes @ T.T))
         return _Smoothed(mean, whiten, colour, log_jacobian, centres @ T, factors, w, h)
 
     if not isinstance(width, str):
         return at_width(float(width))
     atoms_here = z_atoms[w > 0] @ colour.T  # in the data's units, less the data's mean
-    return at_width(_new_row_width(at_width, rows @ colour.T, row_w, atoms_here, rng))
+    return at_width(_new_row_width(at_width, w, r, rows @ colour.T, row_w, atoms_here, rng))
 
 
 def _systematic_draw(weights: np.ndarray, n: int, rng) -> np.ndarray:
@@ -180,15 +180,16 @@ def _nearest_distance(queries: np.ndarray, rows: np.ndarray, skip_self: bool = F
     return np.sqrt(np.maximum(out, 0.0))
 
 
-def _new_row_width(at_width, rows: np.ndarray, row_w: np.ndarray, atoms: np.ndarray,
-                   rng) -> float:
+def _new_row_width(at_width, weights: np.ndarray, rank: int, rows: np.ndarray,
+                   row_w: np.ndarray, atoms: np.ndarray, rng) -> float:
     """The smallest width of the grid whose samples are placed like new rows of the data:
     ``_NEW_ROW_RATIO`` times as far from the training ``rows`` as a row from its nearest
     other row (not copies of the rows), and as far from the ``atoms`` as the rows are (not
-    clumps at the atoms); medians of the distance to the nearest, in the data's units."""
-    h = float(_WIDTHS[0])
+    clumps at the atoms); medians of the distance to the nearest, in the data's units.
+    ``weights`` are the atoms' and ``rank`` the dimension of the whitened space that
+    ``at_width`` draws in."""
     if rows.shape[0] < 3:
-        return h
+        return float(_WIDTHS[0])
     # a new row's distances, from at most _FLOOR_DRAWS rows drawn by weight; rows on an
     # atom (those a subsample start began from) are left out of the distance to the atoms:
     # a new row would not sit on one
@@ -198,15 +199,14 @@ def _new_row_width(at_width, rows: np.ndarray, row_w: np.ndarray, atoms: np.ndar
     new_row = float(np.median(_nearest_distance(rows[probe_rows], rows[order],
                                                 skip_self=True)))
     if new_row <= 0.0:
-        return h
+        return float(_WIDTHS[0])
     to_atoms = _nearest_distance(rows[probe_rows], atoms)
     off_atoms = to_atoms[to_atoms > 1e-6 * new_row]
     row_to_atom = float(np.median(off_atoms)) if off_atoms.size else 0.0
     # the same draws at every width (common random numbers), so that the distances grow
     # with the width as the spread does, not with the noise of fresh draws
-    probe = at_width(h)
-    picks = _systematic_draw(probe.weights, _FLOOR_DRAWS, rng)
-    normals = rng.standard_normal((_FLOOR_DRAWS, probe.centres.shape[1]))
+    picks = _systematic_draw(weights, _FLOOR_DRAWS, rng)
+    normals = rng.standard_normal((_FLOOR_DRAWS, rank))
 
     def far_enough(width: float) -> bool:
         sm = at_width(width)
@@ -216,19 +216,15 @@ def _new_row_width(at_width, rows: np.ndarray, row_w: np.ndarray, atoms: np.ndar
                 and float(np.median(_nearest_distance(samples, atoms)))
                 >= _NEW_ROW_RATIO * row_to_atom)
 
-    if far_enough(h):
-        return h
-    grid = _WIDTHS[_WIDTHS > h]
-    if grid.size == 0 or not far_enough(float(grid[-1])):
-        return float(grid[-1]) if grid.size else h
-    lo, hi = 0, grid.size - 1  # bisection for the first width of the grid far enough
+    # bisection for the first width of the grid far enough (the widest if none is)
+    lo, hi = 0, _WIDTHS.size - 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if far_enough(float(grid[mid])):
+        if far_enough(float(_WIDTHS[mid])):
             hi = mid
         else:
             lo = mid + 1
-    return float(grid[lo])
+    return float(_WIDTHS[lo])
 
 
 class _MMDSampling:

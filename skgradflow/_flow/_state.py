@@ -43,7 +43,9 @@ class Problem:
     rng: np.random.Generator
     update_weights: bool = True
     const: float = 0.0
-    # the energy's statistical resolution (0: none known); see RunLoop._has_converged
+    # the targets' effective number 1/Σb², and the energy's statistical resolution that a
+    # flow derives from it (0: none known; see _loop._is_resolved)
+    effective_size: float = 1.0
     resolution: float = 0.0
 
     @property

@@ -13,26 +13,16 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 from skgradflow import IFTSampler, InclusiveKLFitter, WFRMMDFlow
 from skgradflow.metrics import energy_distance, make_distribution_scorer, mmd
+from tests.helpers import EstimatorSpec
 
 BAD = (ValueError, TypeError)
 
 
 @dataclass(frozen=True)
-class Spec:
+class Spec(EstimatorSpec):
     """How to build one estimator class, and which methods take data once fitted."""
 
-    cls: type
-    n_atoms: str  # the constructor parameter that sets the number of atoms
-    atoms: str  # the fitted attribute that holds them
     methods: tuple  # the fitted methods that take X
-
-    @property
-    def name(self) -> str:
-        return self.cls.__name__
-
-    @property
-    def is_sampler(self) -> bool:
-        return hasattr(self.cls, "transform")
 
     def make(self, **params):
         kw = {self.n_atoms: 10, "max_iter": 5, "backend": "numpy", "random_state": 0}

@@ -23,7 +23,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from skgradflow import IFTSampler, InclusiveKLFitter, WFRMMDFlow
 from skgradflow.backends import AUTO_KEOPS_MIN_WORK
 from skgradflow.metrics import make_distribution_scorer, mmd
-from tests.helpers import keops_usable, needs_keops, needs_numba, numba_usable
+from tests.helpers import EstimatorSpec, keops_usable, needs_keops, needs_numba, numba_usable
 
 # fitted by every estimator, besides its atoms and its own extras
 COMMON_FITTED = (
@@ -39,23 +39,11 @@ COMMON_FITTED = (
 
 
 @dataclass(frozen=True)
-class Spec:
+class Spec(EstimatorSpec):
     """How to build and inspect one estimator class."""
 
-    cls: type
-    n_atoms: str  # the constructor parameter that sets the number of atoms
-    atoms: str  # the fitted attribute that holds them
     inits: tuple  # the string values of init
     extra_fitted: tuple = ()
-
-    @property
-    def name(self) -> str:
-        return self.cls.__name__
-
-    @property
-    def is_sampler(self) -> bool:
-        """The two MMD samplers: transform, kernel, conserve_mass, score = -energy distance."""
-        return hasattr(self.cls, "transform")
 
     @property
     def fitted(self) -> tuple:
