@@ -5,7 +5,7 @@ Run on demand (never part of the test suite)::
     python benchmarks/bench_contention.py                    # every table, a few minutes
     python benchmarks/bench_contention.py --tables calls --dims 2 16 --out contention.md
 
-Five tables, the first four measured in this one invocation, so that their ratios compare like
+Six tables, the first five measured in this one invocation, so that their ratios compare like
 with like on a shared machine.  *Busy* means beside two processes that spin on the CPU for as long
 as the rows take (started by this script, at its own priority, and stopped after them).
 
@@ -13,18 +13,22 @@ as the rows take (started by this script, at its own priority, and stopped after
    digits reduced to 16 dimensions by PCA (1797 × 16, standardised), for every engine
    (``auto``, ``numba`` on its default threads, ``numba`` pinned to one thread, ``numpy``),
    quiet and busy; ``busy / quiet`` is the slowdown.
-2. **grid**: ``GridSearchCV(IFTSampler(n_particles=100, max_iter=100, tol=0), {"bandwidth":
+2. **pinned**: the default fit + sample on 1257 digits rows (the 70% split of the sample
+   benchmark), ``backend="auto"`` against the same fit pinned to one thread, in alternating
+   order in one process (``--rounds`` pairs), quiet and busy: the median and the largest ratio
+   of a pair, and how many of auto's reductions ran on more than one thread.
+3. **grid**: ``GridSearchCV(IFTSampler(n_particles=100, max_iter=100, tol=0), {"bandwidth":
    [0.3, 1, 3], "beta": [0, 1]}, cv=3)`` on 1500 2-D points, ``n_jobs=1`` against ``n_jobs=2``,
    quiet and busy.
-3. **calls**: one ``value_grad`` reduction (the MMD flows' witness and gradient) of ``N``
+4. **calls**: one ``value_grad`` reduction (the MMD flows' witness and gradient) of ``N``
    points against ``M`` sources, for ``d`` in ``--dims``, on every engine in ``--engines``
    (``numba, per-pair loop``: the Numba backend without its blocked loops for d >= 8): the
    best of ``--repeats`` warm calls, quiet only; then NumPy's time less Numba's per kernel
    entry, the figures ``AUTO_NUMBA_SAVES_NS`` in ``skgradflow/backends/_registry.py`` holds.
-4. **starts**: Numba's start in a fresh process, for each ``d``: importing it, then the first
+5. **starts**: Numba's start in a fresh process, for each ``d``: importing it, then the first
    ``value_grad`` and ``matvec`` (compiled with an empty ``NUMBA_CACHE_DIR``, then loaded from
    the cache that run filled): ``AUTO_NUMBA_WARM_START_S`` and ``AUTO_NUMBA_COLD_START_S``.
-5. **crossovers**: no measurement: from how many calls of each size ``backend="auto"`` picks
+6. **crossovers**: no measurement: from how many calls of each size ``backend="auto"`` picks
    Numba, with its loops loaded in the process, in its disk cache, or to compile, from the
    figures the registry holds.
 
@@ -121,6 +125,67 @@ def fits(args) -> list[str]:
             loaded, _ = time_fit(engine(name), X)
         log(f"fit, {name}: quiet {quiet:.2f} s, busy {loaded:.2f} s ({ran})")
         lines.append(f"| {name} | {ran} | {quiet:.2f} | {loaded:.2f} | {loaded / quiet:.2f} |")
+    return lines + [""]
+
+
+def pinned(args) -> list[str]:
+    """The target case, fit + sample on 1257 × 16 digits rows: ``backend="auto"`` against the
+    same fit pinned to one thread (``NUMBA_NUM_THREADS=1``, read by the backend at every
+    reduction), in alternating order, ``--rounds`` pairs, quiet and busy."""
+    from sklearn.utils import check_random_state
+
+    from skgradflow import IFTSampler
+    from skgradflow.backends import _numba
+
+    X = digits16()[check_random_state(0).permutation(1797)[:1257]]
+    threads: list[int] = []
+    default_threads = _numba.default_threads
+
+    def counted() -> int:
+        n = default_threads()
+        threads.append(n)
+        return n
+
+    def one(pin: bool) -> float:
+        before = os.environ.pop("NUMBA_NUM_THREADS", None)
+        if pin:
+            os.environ["NUMBA_NUM_THREADS"] = "1"
+        try:
+            t0 = time.perf_counter()
+            IFTSampler(random_state=0).fit(X).sample(X.shape[0], random_state=0)
+            return time.perf_counter() - t0
+        finally:
+            os.environ.pop("NUMBA_NUM_THREADS", None)
+            if before is not None:
+                os.environ["NUMBA_NUM_THREADS"] = before
+
+    one(False)  # the engine chosen and its loops loaded before any timing
+    lines = ["### Default fit + sample(1257), digits PCA16 (1257 × 16): auto against one thread, "
+             f"{args.rounds} alternating pairs", "",
+             "| machine | auto s (median) | 1 thread s (median) | auto / 1 thread: median | "
+             "max | reductions auto ran on > 1 thread |", "|---|---:|---:|---:|---:|---:|"]
+    _numba.default_threads = counted
+    try:
+        for machine in ("quiet", "busy"):
+            auto, single, multi, calls = [], [], 0, 0
+            with busy(2) if machine == "busy" else contextlib.nullcontext():
+                for r in range(args.rounds):
+                    for pin in (r % 2 == 1, r % 2 == 0):
+                        threads.clear()
+                        seconds = one(pin)
+                        if pin:
+                            single.append(seconds)
+                        else:
+                            auto.append(seconds)
+                            multi += sum(n > 1 for n in threads)
+                            calls += len(threads)
+            ratios = np.array(auto) / np.array(single)
+            log(f"pinned, {machine}: auto {np.round(auto, 2)}, 1 thread {np.round(single, 2)}")
+            lines.append(f"| {machine} | {np.median(auto):.2f} | {np.median(single):.2f} | "
+                         f"{np.median(ratios):.2f} | {ratios.max():.2f} | "
+                         f"{multi} of {calls} |")
+    finally:
+        _numba.default_threads = default_threads
     return lines + [""]
 
 
@@ -266,8 +331,10 @@ def starts(args) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tables", nargs="+",
-                   choices=["fits", "grid", "calls", "starts", "crossovers"],
-                   default=["fits", "grid", "calls", "starts", "crossovers"])
+                   choices=["fits", "pinned", "grid", "calls", "starts", "crossovers"],
+                   default=["fits", "pinned", "grid", "calls", "starts", "crossovers"])
+    p.add_argument("--rounds", type=int, default=7,
+                   help="alternating pairs of fits in the pinned table")
     p.add_argument("--fit-engines", nargs="+", default=["auto", "numba", "numba, 1 thread",
                                                          "numpy"])
     p.add_argument("--engines", nargs="+",
@@ -292,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{time.strftime('%Y-%m-%d %H:%M')}; load average before: "
              f"{os.getloadavg()[0]:.1f}.", ""]
     for table in args.tables:
-        lines += {"fits": fits, "grid": grid, "calls": calls, "starts": starts,
+        lines += {"fits": fits, "pinned": pinned, "grid": grid, "calls": calls, "starts": starts,
                   "crossovers": crossovers}[table](args)
     write_table("\n".join(lines), args.out)
     return 0

@@ -108,18 +108,21 @@ def _client_for_address(address: str):
 _engines: dict[tuple, Backend] = {}
 
 
-def worker_engine(inner: Any, n_pairs: int) -> Backend:
-    """The inner backend on this worker: resolved here (``"auto"`` probes this machine),
-    once per kind of work."""
+def worker_engine(inner: Any, n_pairs: int, n_dims: int) -> Backend:
+    """The inner backend on this worker for reductions of about ``n_pairs`` kernel entries
+    on ``n_dims`` coordinates: resolved here (``"auto"`` probes this machine), once per kind
+    of work (whether it is large enough for KeOps, and its dimension, on which the time Numba
+    saves over NumPy depends)."""
     from ._registry import AUTO_KEOPS_MIN_WORK, resolve_backend
 
     if isinstance(inner, Backend):
         return inner
-    key = (inner, inner == "auto" and n_pairs * _WORKER_CALLS >= AUTO_KEOPS_MIN_WORK)
+    key = (inner, inner == "auto" and n_pairs * _WORKER_CALLS >= AUTO_KEOPS_MIN_WORK,
+           n_dims if inner == "auto" else None)
     engine = _engines.get(key)
     if engine is None:
         engine = _engines[key] = _fit_to_worker(
-            resolve_backend(inner, n_pairs, n_calls=_WORKER_CALLS)
+            resolve_backend(inner, n_pairs, n_calls=_WORKER_CALLS, n_dims=n_dims)
         )
     return engine
 
@@ -164,7 +167,7 @@ def _kernel_mean(chunk, Z, kernel, inner):
     if Y.shape[0] == 0:
         return 0, np.zeros(Z.shape[0]), np.zeros(Z.shape, dtype=np.float64)
     bb = b.astype(Y.dtype)
-    engine = worker_engine(inner, Z.shape[0] * Y.shape[0])
+    engine = worker_engine(inner, Z.shape[0] * Y.shape[0], Z.shape[1])
     val, grad = engine.value_grad(kernel, Z, Y, bb[:, None], bb)
     return Y.shape[0], val[:, 0].astype(np.float64), grad.astype(np.float64)
 
@@ -174,7 +177,7 @@ def _pair_sum(chunk_i, chunk_j, kernel, inner):
     (Yi, bi), (Yj, bj) = chunk_i, chunk_j
     if Yi.shape[0] == 0 or Yj.shape[0] == 0:
         return Yi.shape[0] * Yj.shape[0], 0.0
-    Kb = worker_engine(inner, Yi.shape[0] * Yj.shape[0]).matvec(
+    Kb = worker_engine(inner, Yi.shape[0] * Yj.shape[0], Yi.shape[1]).matvec(
         kernel, Yi, Yj, bj.astype(Yj.dtype)[:, None]
     )
     return Yi.shape[0] * Yj.shape[0], float(bi @ Kb[:, 0].astype(np.float64))
@@ -195,7 +198,7 @@ def _log_mixture(chunk, X, logw, kernel, inner) -> np.ndarray:
     Y, _ = chunk
     if Y.shape[0] == 0:
         return np.zeros(0)
-    engine = worker_engine(inner, X.shape[0] * Y.shape[0])
+    engine = worker_engine(inner, X.shape[0] * Y.shape[0], X.shape[1])
     return engine.logsumexp(kernel, Y, X, logw).astype(np.float64)
 
 
@@ -211,7 +214,8 @@ def _responsibility_moments(chunk, X, L, kernel, inner):
         return 0, np.zeros(X.shape[0]), np.zeros(X.shape)
     with np.errstate(divide="ignore"):  # a zero weight: exp(-inf) = 0 exactly
         c = (np.log(b) - L).astype(X.dtype)
-    mass, first = worker_engine(inner, X.shape[0] * Y.shape[0]).softmax_moments(kernel, X, Y, c)
+    engine = worker_engine(inner, X.shape[0] * Y.shape[0], X.shape[1])
+    mass, first = engine.softmax_moments(kernel, X, Y, c)
     return Y.shape[0], mass.astype(np.float64), first.astype(np.float64)
 
 
@@ -219,7 +223,7 @@ def _log_mixture_shaped(chunk, X, P, logw, inner) -> np.ndarray:
     Y, _ = chunk
     if Y.shape[0] == 0:
         return np.zeros(0)
-    engine = worker_engine(inner, X.shape[0] * Y.shape[0])
+    engine = worker_engine(inner, X.shape[0] * Y.shape[0], X.shape[1])
     dt = X.dtype
     return engine.shaped_logsumexp(Y, X, P.astype(dt), logw.astype(dt)).astype(np.float64)
 
@@ -232,7 +236,7 @@ def _responsibility_moments_shaped(chunk, X, P, log_norm, L, second, inner):
     with np.errstate(divide="ignore"):  # a zero weight: exp(-inf) = 0 exactly
         c = np.log(b) - L
     dt = X.dtype
-    mass, first, moment2 = worker_engine(inner, n * Y.shape[0]).shaped_moments(
+    mass, first, moment2 = worker_engine(inner, n * Y.shape[0], d).shaped_moments(
         X, P.astype(dt), log_norm.astype(dt), Y, c.astype(dt), second
     )
     return (Y.shape[0], mass.astype(np.float64), first.astype(np.float64),

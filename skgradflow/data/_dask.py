@@ -158,7 +158,7 @@ def _signed_pair(Pi, ai, Pj, aj, kernel, inner) -> tuple[int, float, float]:
     if Pi.shape[0] == 0 or Pj.shape[0] == 0:
         return Pi.shape[0] * Pj.shape[0], 0.0, 0.0
     V = np.stack([aj, np.abs(aj)], axis=1).astype(Pj.dtype)
-    K_a = worker_engine(inner, Pi.shape[0] * Pj.shape[0]).matvec(kernel, Pi, Pj, V)
+    K_a = worker_engine(inner, Pi.shape[0] * Pj.shape[0], Pi.shape[1]).matvec(kernel, Pi, Pj, V)
     K_a = K_a.astype(np.float64)
     return Pi.shape[0] * Pj.shape[0], float(ai @ K_a[:, 0]), float(np.abs(ai) @ K_a[:, 1])
 
@@ -168,7 +168,7 @@ def _map_block(rows, fn, inner, width: int, columns: int | None = None):
     rows = np.asarray(rows)
     if rows.shape[0] == 0:
         return np.zeros((0,) if columns is None else (0, columns), dtype=rows.dtype)
-    return fn(rows, worker_engine(inner, rows.shape[0] * width))
+    return fn(rows, worker_engine(inner, rows.shape[0] * width, rows.shape[1]))
 
 
 def _sum_block(rows, fn) -> np.ndarray:

@@ -87,10 +87,10 @@ def test_all_estimators_on_a_dask_array_match_numpy(client, data, weighted):
     np.testing.assert_array_equal(X, X_before)
 
 
-def _worker_engine(n_pairs):
+def _worker_engine(n_pairs, n_dims=2):
     from skgradflow.backends._dask import worker_engine
 
-    engine = worker_engine("auto", n_pairs)
+    engine = worker_engine("auto", n_pairs, n_dims)
     return engine.device, getattr(engine, "n_threads", None)
 
 
@@ -99,6 +99,21 @@ def test_auto_is_resolved_on_each_worker_for_its_threads(client):
     # small chunks: NumPy; large ones: the Numba backend, one thread per worker thread
     assert client.submit(_worker_engine, 1000, pure=False).result() == ("numpy", None)
     assert client.submit(_worker_engine, 10**12, pure=False).result() == ("numba-cpu", 1)
+
+
+@needs_numba
+def test_auto_on_a_worker_weighs_the_dimension(monkeypatch):
+    # 3000 kernel entries a reduction: by the registry's measured savings NumPy is the faster
+    # at d = 2 and Numba at d = 32 (its loops taken as ready, so that the test does not
+    # depend on the disk cache)
+    from skgradflow.backends import _dask, _registry
+
+    monkeypatch.setattr(_dask, "_engines", {})
+    monkeypatch.setattr(_registry, "loops_ready", lambda n_dims: True)
+    assert _registry.numba_saving_s(3000, 2) < 0 < _registry.numba_saving_s(3000, 32)
+    assert _dask.worker_engine("auto", 3000, 2).device == "numpy"
+    assert _dask.worker_engine("auto", 3000, 32).device == "numba-cpu"
+    assert _dask.worker_engine("auto", 3000, 2).device == "numpy"  # one engine per dimension
 
 
 def test_numpy_input_with_the_dask_backend_is_split_over_the_workers(client, data):
