@@ -1,13 +1,18 @@
 """Scratch comparison behind benchmarks/notes/sampling-research.md, "InclusiveKLFitter.sample":
 ``InclusiveKLFitter`` with its earlier defaults (``bandwidth="scott"``, ``init="kmeans++"``),
-its current defaults, and the alternatives tried, against ``bench_sampling.py``'s
+its current defaults, and the alternatives tried, against ``bench_samples.py``'s
 ``KernelDensity`` (5-fold CV) and ``GaussianMixture`` (BIC), with its splits and metrics::
 
     python benchmarks/notes/ikl_sampling.py                       # the four main rows
     python benchmarks/notes/ikl_sampling.py --variants "rows as atoms" "data shape" \\
         --sets iris breast_cancer --seeds 0
+    python benchmarks/notes/ikl_sampling.py --variants "IKL new" "KDE (CV)" --sets iris wine \\
+        --seeds 0 1 2 3 4 5 6 7 8 9 10 11 --paired
 
-Besides ``bench_sampling.DATASETS`` (``gmm2d`` left out by default), ``gmm5d``: 600 rows of
+``--paired``: the mean over the seeds of the first variant's AUC and energy-distance ratio
+less the second's, with its standard error (the same splits for both).
+
+Besides ``bench_samples.DATASETS`` (``gmm2d`` left out by default), ``gmm5d``: 600 rows of
 a 5-D mixture of three Gaussians of unequal covariances (scales 0.3, 1 and 2.5) and weights.
 """
 
@@ -20,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import bench_sampling as bs  # noqa: E402
+import bench_samples as bs  # noqa: E402
 
 from skgradflow import InclusiveKLFitter  # noqa: E402
 
@@ -35,6 +40,25 @@ def gmm5d() -> np.ndarray:
 
 
 bs.DATASETS["gmm5d"] = gmm5d
+
+
+class EqualWeights:
+    """The default fit started from Lloyd's k-means centres with equal weights (a given
+    ``init`` array), as before the start from the clusters' masses."""
+
+    def __init__(self, random_state=0):
+        self.random_state = random_state
+
+    def fit(self, X):
+        from sklearn.cluster import KMeans
+
+        n = min(100, max(1, len(np.unique(X, axis=0)) // 3))
+        centres = KMeans(n, n_init=1, random_state=self.random_state).fit(X).cluster_centers_
+        self.model_ = InclusiveKLFitter(n, init=centres, random_state=self.random_state).fit(X)
+        return self
+
+    def sample(self, n, random_state=None):
+        return self.model_.sample(n, random_state=random_state)
 
 
 class RowsAsAtoms:
@@ -61,6 +85,7 @@ VARIANTS = {
     "rows as atoms": lambda s: RowsAsAtoms(s),
     "data shape": lambda s: InclusiveKLFitter(covariance="data", random_state=s),
     "kmeans++": lambda s: InclusiveKLFitter(init="kmeans++", random_state=s),
+    "equal weights": lambda s: EqualWeights(s),
 }
 
 
@@ -70,8 +95,21 @@ def main() -> int:
                    choices=list(bs.DATASETS))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS)[:4], choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--paired", action="store_true",
+                   help="the first variant less the second, per set, over the seeds")
     args = p.parse_args()
-    bs.run({k: VARIANTS[k] for k in args.variants}, args.sets, args.seeds)
+    results = bs.run({k: VARIANTS[k] for k in args.variants}, args.sets, args.seeds)
+    if args.paired:
+        first, second = args.variants[:2]
+        print(f"\n### {first} less {second}, mean ± standard error over "
+              f"{len(args.seeds)} seeds\n\n| set | AUC | ED ratio |\n|---|---:|---:|")
+        for name in args.sets:
+            cells = []
+            for key in ("auc", "ed"):
+                diff = np.array([a[key] - b[key] for a, b in zip(
+                    results[name, first], results[name, second], strict=True)])
+                cells.append(f"{diff.mean():+.3f} ± {diff.std(ddof=1) / np.sqrt(diff.size):.3f}")
+            print(f"| {name} | " + " | ".join(cells) + " |")
     return 0
 
 

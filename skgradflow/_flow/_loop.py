@@ -93,6 +93,8 @@ class RunLoop:
         ev = self._evaluate(problem, state, targets)
         if not np.isfinite(ev.energy):
             raise ValueError("The initial energy is not finite; check the data and init.")
+        if problem.resolution == 0.0 and self.tol > 0 and not problem.stochastic:
+            problem.resolution = self._energy_resolution(problem, ev, targets)
         adaptive = isinstance(self.step_size, str)
         if step_size is not None:
             tau = float(step_size)
@@ -148,8 +150,8 @@ class RunLoop:
             if tol > 0 and n_iter >= min_iter and self._has_converged(losses, energy_scale, tol):
                 converged = True
                 break
-            if self.tol > 0 and not problem.stochastic and _is_resolved(losses,
-                                                                        problem.resolution):
+            if self.tol > 0 and not problem.stochastic and _is_resolved(
+                    losses, problem.resolution, problem.least_energy):
                 converged = True
                 break
         progress.close(n_iter, losses[-1], converged)
@@ -172,6 +174,12 @@ class RunLoop:
             )
         return state, tau, n_iter, converged, np.asarray(losses), stopped
 
+    def _energy_resolution(self, problem: Problem, ev, targets) -> float:
+        """The statistical resolution of the energy, from its value at the start of a run
+        where the flow did not derive it before the run (``Problem.resolution``): 0, none,
+        unless a flow knows one."""
+        return 0.0
+
     def _has_converged(self, losses: list[float], energy_scale: float = 0.0,
                        tol: float | None = None) -> bool:
         tol = self.tol if tol is None else tol
@@ -183,12 +191,14 @@ class RunLoop:
         return (before - last) <= tol * max(progress, energy_scale)
 
 
-def _is_resolved(losses: list[float], resolution: float) -> bool:
-    """Whether the energy is below ``_RESOLVED`` times the resolution, or its mean over the
-    last ``_WINDOW`` iterations below that of the ``_WINDOW`` before by less than that."""
+def _is_resolved(losses: list[float], resolution: float,
+                 least_energy: float | None = 0.0) -> bool:
+    """Whether the energy is within ``_RESOLVED`` times the resolution of its least value
+    (where that is known), or its mean over the last ``_WINDOW`` iterations below that of the
+    ``_WINDOW`` before by less than that."""
     if resolution <= 0.0:
         return False
-    if losses[-1] <= _RESOLVED * resolution:
+    if least_energy is not None and losses[-1] - least_energy <= _RESOLVED * resolution:
         return True
     if len(losses) < 2 * _WINDOW + 1:
         return False

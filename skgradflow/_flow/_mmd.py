@@ -71,6 +71,7 @@ class _BaseMMDFlow(_MMDSampling, _MMDMatching, OneToOneFeatureMixin, Transformer
         # nothing left to learn from them.  E k(y, y') = bᵀK_yy b = 2 const.
         problem.resolution = (max(problem.kernel.diagonal - 2.0 * problem.const, 0.0)
                               / (2.0 * problem.effective_size))
+        problem.least_energy = 0.0
 
     def _check_flow_params(self) -> None:
         if not self.conserve_mass and self.kernel == "energy":

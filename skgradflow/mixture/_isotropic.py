@@ -29,8 +29,9 @@ class _IsotropicSteps:
         x, w = state.atoms, state.weights
         # L_m = log Σ_i w_i exp(-|y_m - x_i|²/(2h²)), so log μ(y_m) = L_m - log norm
         L = targets.log_mixture(problem.kernel, x, self._log_weights(w, x.dtype))
-        mean, magnitude = targets.average(L, self._log_norm(x.shape[1]))
-        return Evaluation(-mean, magnitude, {"L": L})
+        shift = self._log_norm(x.shape[1])
+        mean, magnitude = targets.average(L, shift)
+        return Evaluation(-mean, magnitude, {"L": L, "shift": shift, "mean": mean})
 
     def _step_isotropic(self, problem: Problem, state: FlowState, ev: Evaluation,
                         targets: Targets, tau: float):

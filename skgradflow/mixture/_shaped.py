@@ -50,7 +50,8 @@ class _ShapedSteps:
         mean, magnitude = targets.average(L, shift)
         # the objective the step lowers: -ℓ plus the reg_covar term
         energy = -mean + self._penalty(P)
-        return Evaluation(energy, magnitude, {"L": L, "P": P, "log_det": log_det})
+        return Evaluation(energy, magnitude, {"L": L, "P": P, "log_det": log_det,
+                                              "shift": shift, "mean": mean})
 
     def _step_shaped(self, state: FlowState, ev: Evaluation, targets: Targets, tau: float):
         """One step of design page section "Shaped kernels": every component moves a

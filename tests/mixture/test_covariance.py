@@ -498,4 +498,6 @@ def test_kmeans_init_is_a_lloyd_fixed_point_in_the_units_of_x(data, covariance):
         cell = nearest == j
         np.testing.assert_allclose(centres[j], b[cell] @ X[cell] / b[cell].sum(), rtol=1e-6,
                                    atol=1e-9)
+        # and each starts with the weight of its cell, as GaussianMixture's clusters do
+        np.testing.assert_allclose(est.weights_[j], b[cell].sum() / b.sum(), rtol=1e-6)
 

@@ -56,7 +56,45 @@ def test_likelihood_never_decreases_and_beats_the_initial_kde(mixture_split):
     initial = InclusiveKLFitter(n_components=60, random_state=0, alpha=0.0, beta=0.0,
                                 max_iter=1, tol=0).fit(X)
     np.testing.assert_allclose(initial.loss_curve_[0], curve[0])  # the same initial atoms
-    assert kl.score(X_test) > initial.score(X_test) + 0.05
+    # the k-means centres with equal weights (a given init): the start before the weights
+    # of the clusters' masses, which both that start and the flow beat on held-out data
+    equal = InclusiveKLFitter(n_components=60, init=initial.means_, bandwidth=kl.bandwidth_,
+                              alpha=0.0, beta=0.0, max_iter=1, tol=0).fit(X)
+    np.testing.assert_allclose(equal.weights_, 1 / 60)
+    assert initial.score(X_test) > equal.score(X_test) + 0.05
+    assert kl.score(X_test) > equal.score(X_test) + 0.05
+
+
+def test_the_stopping_rule_knows_the_sampling_noise_of_the_log_likelihood(mixture_split,
+                                                                          monkeypatch):
+    """The resolution of the objective is the mean absolute deviation of log μ(y) over the
+    samples at the start, over √M (M = 1/Σb²), computed here from ``score_samples``."""
+    from skgradflow._flow import _loop
+
+    X, _ = mixture_split
+    raw = np.random.default_rng(1).uniform(0.5, 1.5, size=X.shape[0])
+    b = raw / raw.sum()
+    seen = []
+    is_resolved = _loop._is_resolved
+
+    def spy(losses, resolution, least_energy=0.0):
+        seen.append((resolution, least_energy))
+        return is_resolved(losses, resolution, least_energy)
+
+    monkeypatch.setattr(_loop, "_is_resolved", spy)
+    kl = InclusiveKLFitter(n_components=60, random_state=0).fit(X, sample_weight=raw)
+    start = InclusiveKLFitter(n_components=60, random_state=0, alpha=0.0, beta=0.0,
+                              max_iter=1, tol=0).fit(X, sample_weight=raw)
+    log_density = start.score_samples(X)
+    spread = b @ np.abs(log_density - b @ log_density)
+    resolution, least_energy = seen[0]
+    assert resolution == pytest.approx(spread * np.sqrt(np.sum(b**2)), rel=1e-9)
+    assert least_energy is None  # a log-likelihood has no known least value
+    assert all(r == resolution for r, _ in seen)
+    # it stopped on that rule: the mean of its last window within a hundredth of it
+    curve = kl.loss_curve_
+    assert kl.n_iter_ < kl.max_iter
+    assert np.mean(curve[-20:-10]) - np.mean(curve[-10:]) <= _loop._RESOLVED * resolution
 
 
 def test_weight_step_is_em_to_first_order(problem):
@@ -117,3 +155,20 @@ def test_sample_draws_from_the_mixture(rng):
     cov = np.cov(kl.means_.T, aweights=kl.weights_, bias=True) + kl.bandwidth_**2 * np.eye(2)
     np.testing.assert_allclose(draws.mean(0), mean, atol=0.1)
     np.testing.assert_allclose(np.cov(draws.T), cov, rtol=0.05, atol=0.1)
+
+
+def test_seeded_atoms_at_one_position_share_its_mass():
+    # more components than distinct rows (each given twice): every row is an atom and some
+    # rows are drawn again; the copies of a row share its weight, so that each position
+    # carries its row's
+    X = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [3.0, 3.0], [-2.0, 1.0]])
+    raw = np.array([1.0, 2.0, 3.0, 4.0, 10.0])
+    est = InclusiveKLFitter(n_components=8, init="kmeans", alpha=0.0, beta=0.0, max_iter=1,
+                            tol=0, random_state=0, bandwidth=0.5).fit(
+                                np.r_[X, X], sample_weight=np.r_[raw, raw])
+    assert len(np.unique(est.means_, axis=0)) == 5
+    for row, weight in zip(X, raw / raw.sum(), strict=True):
+        at_row = np.all(est.means_ == row, axis=1)
+        assert at_row.any()
+        np.testing.assert_allclose(est.weights_[at_row].sum(), weight, rtol=1e-12)
+        np.testing.assert_allclose(est.weights_[at_row], weight / at_row.sum(), rtol=1e-12)
