@@ -261,7 +261,8 @@ class DaskBackend(Backend):
         each fit starts and closes.
     inner : str or Backend, default="auto"
         The backend each worker runs its chunks with (a registered name or an instance);
-        ``"auto"`` is resolved on each worker, for its own hardware.
+        ``"auto"`` is resolved on each worker, for its own hardware and the size and
+        dimension of its chunk's reductions.
     chunk_rows : int or None, default=None
         Rows per chunk when the targets are a NumPy array (at most ``1_000_000``, and at
         least one chunk per worker thread when ``None``).  A dask array keeps its own row
