@@ -61,6 +61,22 @@ class EqualWeights:
         return self.model_.sample(n, random_state=random_state)
 
 
+class OnePerRow:
+    """The defaults with a component per distinct row, at most 100 (instead of one per
+    three rows)."""
+
+    def __init__(self, random_state=0):
+        self.random_state = random_state
+
+    def fit(self, X):
+        n = min(100, len(np.unique(X, axis=0)))
+        self.model_ = InclusiveKLFitter(n, random_state=self.random_state).fit(X)
+        return self
+
+    def sample(self, n, random_state=None):
+        return self.model_.sample(n, random_state=random_state)
+
+
 class RowsAsAtoms:
     """Every training row an atom (the kernel density estimate at the default width),
     then the flow."""
@@ -86,6 +102,7 @@ VARIANTS = {
     "data shape": lambda s: InclusiveKLFitter(covariance="data", random_state=s),
     "kmeans++": lambda s: InclusiveKLFitter(init="kmeans++", random_state=s),
     "equal weights": lambda s: EqualWeights(s),
+    "one per row": lambda s: OnePerRow(s),
 }
 
 
