@@ -329,8 +329,10 @@ SIMPLEX_CASES = [
 
 @pytest.mark.parametrize("spec, kernel, beta", SIMPLEX_CASES)
 def test_weights_on_the_simplex(spec, data, kernel, beta):
+    # from a draw of the rows, with equal weights (the mixture's k-means start weights its
+    # atoms by their clusters: tests/mixture)
     params = {"kernel": kernel} if kernel else {}
-    est = quiet_fit(spec.make(beta=beta, max_iter=10, **params), data)
+    est = quiet_fit(spec.make(beta=beta, max_iter=10, init="subsample", **params), data)
     w = est.weights_
     assert w.shape == (20,)
     assert abs(w.sum() - 1.0) <= 1e-10

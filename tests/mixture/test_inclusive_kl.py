@@ -172,3 +172,14 @@ def test_seeded_atoms_at_one_position_share_its_mass():
         assert at_row.any()
         np.testing.assert_allclose(est.weights_[at_row].sum(), weight, rtol=1e-12)
         np.testing.assert_allclose(est.weights_[at_row], weight / at_row.sum(), rtol=1e-12)
+
+
+def test_without_reweighting_the_clusters_masses_stay(mixture_split):
+    X, _ = mixture_split
+    start = InclusiveKLFitter(n_components=20, alpha=0.0, beta=0.0, max_iter=1, tol=0,
+                              random_state=0).fit(X)
+    moved = InclusiveKLFitter(n_components=20, beta=0.0, max_iter=10, tol=0,
+                              random_state=0).fit(X)
+    assert not np.allclose(start.weights_, 1 / 20)
+    assert np.abs(moved.means_ - start.means_).max() > 1e-3  # the atoms did move
+    np.testing.assert_array_equal(moved.weights_, start.weights_)
