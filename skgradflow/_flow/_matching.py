@@ -193,13 +193,30 @@ class _Plan:
             total[:, 1 + d] += P.T @ np.sum(Z * Z, axis=1)
         return total
 
+    def _cells(self, Z: np.ndarray, g: np.ndarray, eps: float, offset: np.ndarray,
+               scale: np.ndarray) -> np.ndarray:
+        """``Σ_j π_j(z) (offset_j + scale_j z)`` for the aligned rows ``Z``."""
+        P = self._rows(Z, g, eps)
+        return P @ offset + (P @ scale)[:, None] * Z
+
+    def image_moments(self, X: np.ndarray, g: np.ndarray, eps: float, offset: np.ndarray,
+                      scale: np.ndarray) -> np.ndarray:
+        """``[Σ_i t_i; Σ_i t_i t_iᵀ]`` of the cells' images ``t_i``, shape ``(1 + d, d)``."""
+        d = self.Y.shape[1]
+        total = np.zeros((1 + d, d))
+        for _, Z in self._chunks(X):
+            T = self._cells(Z, g, eps, offset, scale)
+            total[0] += T.sum(axis=0)
+            total[1:] += T.T @ T
+        return total
+
     def apply(self, X: np.ndarray, g: np.ndarray, eps: float, offset: np.ndarray,
-              scale: np.ndarray) -> np.ndarray:
-        """``Σ_j π_j(z) (offset_j + scale_j z)`` for every row, in the dtype of ``X``."""
+              scale: np.ndarray, A: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """The cells' images mapped by ``t ↦ t A + c``, for every row, in the dtype of
+        ``X``."""
         out = np.empty(X.shape, dtype=X.dtype)
         for s, Z in self._chunks(X):
-            P = self._rows(Z, g, eps)
-            out[s : s + Z.shape[0]] = P @ offset + (P @ scale)[:, None] * Z
+            out[s : s + Z.shape[0]] = self._cells(Z, g, eps, offset, scale) @ A + c
         return out
 
 
@@ -348,6 +365,13 @@ class _MMDMatching:
             scale[wide] = np.sqrt(nearest[wide] / spread[wide])
             offset = np.where(filled[:, None], Y - scale[:, None] * centre, 0.0)
             scale[~filled] = 1.0
+            # the cells' images have ν's mean (up to the plan's tolerance) but not quite its
+            # covariance (the spread the cells keep, the points shared between cells): the
+            # Gaussian map from their moments to ν's makes both exact
+            image = points.sum_rows(lambda X: plan.image_moments(X, g, eps, offset, scale))
+            mean_t = image[0] / points.n_samples
+            cov_t = image[1:] / points.n_samples - np.outer(mean_t, mean_t)
+            A_t, c_t = gaussian_map(mean_t, 0.5 * (cov_t + cov_t.T), mean_y, cov_y)
             return points.map_rows(
-                lambda rows, engine: plan.apply(rows, g, eps, offset, scale),
+                lambda rows, engine: plan.apply(rows, g, eps, offset, scale, A_t, c_t),
                 self.backend, Y.shape[0], columns=points.n_features)

@@ -143,15 +143,27 @@ def test_input_is_untouched_and_dtype_kept(fitted, mixture_split):
 
 
 def test_one_row_goes_to_the_fitted_mean(fitted):
-    """One row sends mass π_j ≈ b_j to every atom, so it lands on Σ_j π_j y_j: the fitted
-    mean, up to the plan's tolerance |π_j - b_j| <= 5% b_j."""
+    """One row has no spread: the last Gaussian map sends it to the fitted mean exactly
+    (and the plan alone, mass π_j ≈ b_j on every atom, nearly there)."""
     atoms, w = fitted._fitted_measure()
     moved = fitted.transform(np.array([[5.0, -3.0]]))
-    mean = w @ atoms
-    bound = _matching._MARGINAL_TOL * (w @ np.linalg.norm(atoms - mean, axis=1))
-    assert np.linalg.norm(moved[0] - mean) <= bound
-    # and far from where it started: the bound is small against the move
-    assert bound < 0.1 * np.linalg.norm(np.array([5.0, -3.0]) - mean)
+    np.testing.assert_allclose(moved[0], w @ atoms / w.sum(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [IFTSampler, WFRMMDFlow])
+def test_image_has_the_fitted_mean_and_covariance(cls, mixture_split):
+    """Whatever the plan's tolerance, the moved set has exactly the fitted measure's mean
+    and covariance (weighted moments of the atoms, computed here with np.cov)."""
+    X, X_test = mixture_split
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = cls(n_particles=60, max_iter=100, random_state=0).fit(X)
+    atoms, w = est._fitted_measure()
+    moved = est.transform(bent(X_test[:300]))
+    np.testing.assert_allclose(moved.mean(axis=0), w @ atoms / w.sum(), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(np.cov(moved, rowvar=False, bias=True),
+                               np.cov(atoms, rowvar=False, aweights=w, bias=True),
+                               rtol=0, atol=1e-10)
 
 
 def test_unconverged_plan_warns(fitted, mixture_split, monkeypatch):
@@ -181,8 +193,8 @@ def test_readme_transform_line_runs_without_a_warning():
         warnings.simplefilter("error")
         Z_matched = sampler.transform(X_test + 1.0)
     atoms, w = sampler._fitted_measure()
-    # the shift of 1 is undone up to the plan's marginal tolerance
-    np.testing.assert_allclose(Z_matched.mean(axis=0), w @ atoms, atol=0.02)
+    # the shift of 1 is undone: the moved set has the fitted mean
+    np.testing.assert_allclose(Z_matched.mean(axis=0), w @ atoms, atol=1e-10)
 
 
 def dense_plan(Z, Y, b, eps):
@@ -213,7 +225,8 @@ def dense_plan(Z, Y, b, eps):
 def reference_transform(est, X):
     """``transform`` from its definition on the design page, every step dense: the Gaussian
     map (scipy's matrix square roots), ε from the atoms' nearest distances, the plan of
-    :func:`dense_plan`, each cell's spread capped at its atom's nearest squared distance."""
+    :func:`dense_plan`, each cell's spread capped at its atom's nearest squared distance,
+    the Gaussian map from the cells' images' moments to the fitted measure's."""
     Y, b = est._fitted_measure()
     b = b / b.sum()
     S, C = np.cov(X, rowvar=False, bias=True), np.cov(Y, rowvar=False, aweights=b, bias=True)
@@ -229,8 +242,12 @@ def reference_transform(est, X):
     centre = P.T @ Z / mass[:, None]
     spread = P.T @ np.sum(Z * Z, axis=1) / mass - np.sum(centre**2, axis=1)
     scale = np.minimum(1.0, np.sqrt(nearest / spread))
-    moved = P @ (Y - scale[:, None] * centre) + (P @ scale)[:, None] * Z
-    return moved, spread > nearest
+    cells = P @ (Y - scale[:, None] * centre) + (P @ scale)[:, None] * Z
+    # the last Gaussian map, from the cells' moments to the fitted measure's
+    root = sqrtm(np.cov(cells, rowvar=False, bias=True)).real
+    inv_root = np.linalg.inv(root)
+    A = inv_root @ sqrtm(root @ C @ root).real @ inv_root
+    return (cells - cells.mean(axis=0)) @ A + b @ Y, spread > nearest
 
 
 @pytest.fixture(scope="module")
