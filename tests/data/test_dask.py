@@ -206,11 +206,12 @@ def test_transform_score_and_score_samples_on_dask_input(client, data):
     ift.set_params(max_iter=20).fit(X)
     kl.fit(X)
     # uneven chunks: the plan's sums run over five chunks on the workers, the map chunk by
-    # chunk, and the result equals the in-memory map
+    # chunk, and the result equals the in-memory map up to the round-off of summing in
+    # another order (which the last Newton step's J x J solve amplifies to a few 1e-12)
     points = X[:300] + 1.0
     moved = ift.transform(da.from_array(points, chunks=(70, 2)))
     assert isinstance(moved, da.Array) and moved.chunks == ((70, 70, 70, 70, 20), (2,))
-    np.testing.assert_allclose(moved.compute(), ift.transform(points), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(moved.compute(), ift.transform(points), rtol=0, atol=1e-10)
     np.testing.assert_allclose(ift.score(Xd), ift.score(X), rtol=1e-10)
     np.testing.assert_allclose(ift.score(Xd, sample_weight=swd),
                                ift.score(X, sample_weight=sw), rtol=1e-10)

@@ -10,9 +10,11 @@ import warnings
 import numpy as np
 import pytest
 from scipy.linalg import sqrtm
-from scipy.optimize import linprog
+from scipy.optimize import linprog, minimize
+from scipy.special import logsumexp
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import Pipeline
+from threadpoolctl import threadpool_limits
 
 from skgradflow import IFTSampler, WFRMMDFlow
 from skgradflow._flow import _matching
@@ -141,15 +143,27 @@ def test_input_is_untouched_and_dtype_kept(fitted, mixture_split):
 
 
 def test_one_row_goes_to_the_fitted_mean(fitted):
-    """One row sends mass π_j ≈ b_j to every atom, so it lands on Σ_j π_j y_j: the fitted
-    mean, up to the plan's tolerance |π_j - b_j| <= 5% b_j."""
+    """One row has no spread: the last Gaussian map sends it to the fitted mean exactly
+    (and the plan alone, mass π_j ≈ b_j on every atom, nearly there)."""
     atoms, w = fitted._fitted_measure()
     moved = fitted.transform(np.array([[5.0, -3.0]]))
-    mean = w @ atoms
-    bound = _matching._MARGINAL_TOL * (w @ np.linalg.norm(atoms - mean, axis=1))
-    assert np.linalg.norm(moved[0] - mean) <= bound
-    # and far from where it started: the bound is small against the move
-    assert bound < 0.1 * np.linalg.norm(np.array([5.0, -3.0]) - mean)
+    np.testing.assert_allclose(moved[0], w @ atoms / w.sum(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [IFTSampler, WFRMMDFlow])
+def test_image_has_the_fitted_mean_and_covariance(cls, mixture_split):
+    """Whatever the plan's tolerance, the moved set has exactly the fitted measure's mean
+    and covariance (weighted moments of the atoms, computed here with np.cov)."""
+    X, X_test = mixture_split
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = cls(n_particles=60, max_iter=100, random_state=0).fit(X)
+    atoms, w = est._fitted_measure()
+    moved = est.transform(bent(X_test[:300]))
+    np.testing.assert_allclose(moved.mean(axis=0), w @ atoms / w.sum(), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(np.cov(moved, rowvar=False, bias=True),
+                               np.cov(atoms, rowvar=False, aweights=w, bias=True),
+                               rtol=0, atol=1e-10)
 
 
 def test_unconverged_plan_warns(fitted, mixture_split, monkeypatch):
@@ -179,5 +193,127 @@ def test_readme_transform_line_runs_without_a_warning():
         warnings.simplefilter("error")
         Z_matched = sampler.transform(X_test + 1.0)
     atoms, w = sampler._fitted_measure()
-    # the shift of 1 is undone up to the plan's marginal tolerance
-    np.testing.assert_allclose(Z_matched.mean(axis=0), w @ atoms, atol=0.02)
+    # the shift of 1 is undone: the moved set has the fitted mean
+    np.testing.assert_allclose(Z_matched.mean(axis=0), w @ atoms, atol=1e-10)
+
+
+def dense_plan(Z, Y, b, eps):
+    """The entropic optimal-transport plan between the uniform measure on the rows of ``Z``
+    and ``Σ_j b_j δ_{y_j}``, cost ``½|z - y|²``, rows scaled to sum to 1: the semi-dual
+    maximised by scipy's L-BFGS over the dense cost matrix (no chunks, no floor, no
+    Newton), then plain fixed-point steps until every atom's mass is right to 10⁻⁹."""
+    C = 0.5 * np.sum((Z[:, None, :] - Y[None, :, :]) ** 2, axis=-1)
+
+    def log_plan(g):
+        L = (g[None, :] - C) / eps + np.log(b)[None, :]
+        return L - logsumexp(L, axis=1, keepdims=True), logsumexp(L, axis=1)
+
+    def minus_semi_dual(g):
+        log_P, lse = log_plan(g)
+        return eps * lse.mean() - b @ g, np.exp(log_P).mean(axis=0) - b
+
+    g = minimize(minus_semi_dual, np.zeros(len(Y)), jac=True, method="L-BFGS-B",
+                 options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 10_000}).x
+    for _ in range(10_000):  # then plain fixed-point steps, to the last digits
+        P = np.exp(log_plan(g)[0])
+        if np.max(np.abs(P.mean(axis=0) / b - 1)) < 1e-9:
+            return P
+        g = g - eps * np.log(P.mean(axis=0) / b)
+    raise AssertionError("the reference plan did not converge")
+
+
+def reference_transform(est, X):
+    """``transform`` from its definition on the design page, every step dense: the Gaussian
+    map (scipy's matrix square roots), ε from the atoms' nearest distances, the plan of
+    :func:`dense_plan`, each cell's spread capped at its atom's nearest squared distance,
+    the Gaussian map from the cells' images' moments to the fitted measure's."""
+    Y, b = est._fitted_measure()
+    b = b / b.sum()
+    S, C = np.cov(X, rowvar=False, bias=True), np.cov(Y, rowvar=False, aweights=b, bias=True)
+    root = sqrtm(S).real
+    inv_root = np.linalg.inv(root)
+    A = inv_root @ sqrtm(root @ C @ root).real @ inv_root
+    Z = (X - X.mean(axis=0)) @ A + b @ Y
+    D = np.sum((Y[:, None, :] - Y[None, :, :]) ** 2, axis=-1)
+    np.fill_diagonal(D, np.inf)
+    nearest = D.min(axis=1)
+    P = dense_plan(Z, Y, b, _matching._EPS_FRACTION * (b @ nearest))
+    mass = P.sum(axis=0)
+    centre = P.T @ Z / mass[:, None]
+    spread = P.T @ np.sum(Z * Z, axis=1) / mass - np.sum(centre**2, axis=1)
+    scale = np.minimum(1.0, np.sqrt(nearest / spread))
+    cells = P @ (Y - scale[:, None] * centre) + (P @ scale)[:, None] * Z
+    # the last Gaussian map, from the cells' moments to the fitted measure's
+    root = sqrtm(np.cov(cells, rowvar=False, bias=True)).real
+    inv_root = np.linalg.inv(root)
+    A = inv_root @ sqrtm(root @ C @ root).real @ inv_root
+    return (cells - cells.mean(axis=0)) @ A + b @ Y, spread > nearest
+
+
+@pytest.fixture(scope="module")
+def reference(fitted, mixture_split):
+    _, X_test = mixture_split
+    source = bent(X_test[:200])
+    return source, *reference_transform(fitted, source)
+
+
+@pytest.mark.parametrize("newton", [True, False])
+def test_transform_is_its_definition(fitted, reference, monkeypatch, newton):
+    """Newton's and Sinkhorn's potentials, chunks, the floor of the logits and the spread
+    cap against the dense computation of the same map, the plan solved to 10⁻⁸ (Sinkhorn,
+    slower, to 10⁻⁶)."""
+    source, expected, capped = reference
+    assert capped.any() and not capped.all()  # the cap acts on some cells, not all
+    monkeypatch.setattr(_matching, "_MARGINAL_TOL", 1e-8 if newton else 1e-6)
+    if not newton:
+        monkeypatch.setattr(_matching, "_NEWTON_MAX_ATOMS", 0)
+        monkeypatch.setattr(_matching, "_MAX_PASSES", 50_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        moved = fitted.transform(source)
+    scale = np.sqrt(np.mean(np.sum((expected - expected.mean(axis=0)) ** 2, axis=1)))
+    np.testing.assert_allclose(moved, expected, rtol=0, atol=(1e-6 if newton else 1e-4) * scale)
+
+
+def test_newton_needs_far_fewer_passes_than_sinkhorn(monkeypatch):
+    """A near-assignment plan (16-D clusters whose sizes differ between the two sides, ε a
+    tenth of the atoms' squared spacing), where Sinkhorn needs hundreds of passes: both
+    reach the marginals (checked by a dense computation of the plan from the potentials),
+    Newton in at most a tenth of Sinkhorn's passes."""
+    from skgradflow.data import as_data
+
+    rng = np.random.default_rng(0)
+    centres = 3 * rng.normal(size=(8, 16))
+    Y = centres[rng.integers(8, size=300)] + 0.5 * rng.normal(size=(300, 16))
+    Z = centres[rng.choice(8, size=450, p=np.arange(1, 9) / 36)] + 0.5 * rng.normal(size=(450, 16))
+    b = np.full(300, 1 / 300)
+    eps = _matching.entropy(_matching.nearest_squared(Y), b)
+    passes = {}
+    for newton in (True, False):
+        counted = {"n": 0}
+        plan = _matching._Plan(Y, b, np.eye(16), np.zeros(16))
+        for name in ("mass", "curvature"):
+            method = getattr(plan, name)
+
+            def counting(X, g, e, method=method, counted=counted):
+                counted["n"] += 1
+                return method(X, g, e)
+
+            setattr(plan, name, counting)
+        monkeypatch.setattr(_matching, "_NEWTON_MAX_ATOMS", 2000 if newton else 0)
+        with threadpool_limits(1, user_api="blas"):  # as transform runs it
+            g = _matching._potentials(as_data(Z), plan, b, eps, "test")
+        log_P = (g[None, :] - 0.5 * np.sum((Z[:, None] - Y[None]) ** 2, axis=-1)) / eps
+        P = np.exp(log_P - logsumexp(log_P, axis=1, keepdims=True))
+        assert np.max(np.abs(P.mean(axis=0) / b - 1)) <= _matching._MARGINAL_TOL
+        passes[newton] = counted["n"]
+    assert passes[True] <= 0.1 * passes[False]
+
+
+def test_unconverged_newton_warns(fitted, mixture_split, monkeypatch):
+    _, X_test = mixture_split
+    monkeypatch.setattr(_matching, "_MARGINAL_TOL", 0.0)  # never reached
+    monkeypatch.setattr(_matching, "_MAX_PASSES", 60)
+    with pytest.warns(ConvergenceWarning, match="did not converge in 60 passes"):
+        moved = fitted.transform(bent(X_test[:100]))
+    assert np.all(np.isfinite(moved))
