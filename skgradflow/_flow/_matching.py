@@ -74,7 +74,10 @@ def _roots(C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     val, vec = np.linalg.eigh(C)
     val = np.clip(val, 0.0, None)
     spread = val > 1e-12 * max(float(val.max(initial=0.0)), np.finfo(np.float64).tiny)
-    root = np.sqrt(val)
+    # both roots zero where there is no spread: the square root of an eigenvalue that is 0
+    # up to round-off (rank-deficient data, d > n) would turn a perturbation of 1e-16 into
+    # one of 1e-8, and two fits equal to round-off would map a set 1e-8 apart
+    root = np.where(spread, np.sqrt(val), 0.0)
     inv = np.zeros_like(root)
     inv[spread] = 1.0 / root[spread]
     return (vec * root) @ vec.T, (vec * inv) @ vec.T

@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits
 
 from skgradflow import IFTSampler, WFRMMDFlow
 from skgradflow._flow import _matching
+from tests.helpers import needs_numba
 
 
 def dense_energy_distance(X, Y, x_weights=None, y_weights=None) -> float:
@@ -317,3 +318,36 @@ def test_unconverged_newton_warns(fitted, mixture_split, monkeypatch):
     with pytest.warns(ConvergenceWarning, match="did not converge in 60 passes"):
         moved = fitted.transform(bent(X_test[:100]))
     assert np.all(np.isfinite(moved))
+
+
+def test_the_roots_of_a_rank_deficient_covariance_are_stable_to_round_off():
+    # rank 3 in 6 dimensions, as the covariance of fewer rows than features: a perturbation
+    # at round-off must not move the square root by its square root
+    rng = np.random.default_rng(0)
+    B = rng.normal(size=(6, 3))
+    C = B @ B.T
+    E = 1e-16 * rng.normal(size=(6, 6))
+    root, inverse = _matching._roots(C)
+    root_perturbed, inverse_perturbed = _matching._roots(C + E + E.T)
+    np.testing.assert_allclose(root @ root, C, atol=1e-12)
+    np.testing.assert_allclose(root, np.real(sqrtm(C)), atol=1e-6)  # scipy's, on a singular C
+    assert np.abs(root - root_perturbed).max() < 1e-12
+    assert np.abs(inverse - inverse_perturbed).max() < 1e-9
+    # the pseudo-inverse root inverts the root on C's range
+    np.testing.assert_allclose(inverse @ C @ inverse, B @ np.linalg.pinv(B), atol=1e-10)
+
+
+@needs_numba
+def test_fits_equal_to_round_off_map_a_set_equally_with_more_features_than_rows():
+    # scikit-learn's sample-weight check: repeated rows and integer weights fit the same
+    # particles, here on two engines (as backend="auto" may pick once Numba's loops are
+    # loaded), so to round-off only; their maps of a set whose covariance is singular (15
+    # rows, 30 features) must agree to round-off as well, not to its square root
+    rng = np.random.RandomState(42)
+    X = rng.rand(15, 30)
+    rng.randint(0, 3, size=15)
+    weights = rng.randint(0, 5, size=15)
+    repeated = IFTSampler(random_state=0, backend="numpy").fit(X.repeat(weights, axis=0))
+    weighted = IFTSampler(random_state=0, backend="numba").fit(X, sample_weight=weights)
+    assert np.abs(repeated.particles_ - weighted.particles_).max() < 1e-14
+    np.testing.assert_allclose(repeated.transform(X), weighted.transform(X), rtol=0, atol=1e-11)
