@@ -281,8 +281,9 @@ n_features), default="kmeans"
         # would differ by about the spread of log μ(y) over √M (here the mean absolute
         # deviation, robust to the long lower tail of a log-density).  A decrease far below
         # that fits the samples' noise: on china colours and the 2-D mixture the default
-        # fits then end after 80-85 iterations instead of warning at 300, with the same
-        # held-out likelihood and samples (benchmarks/notes/sampling-research.md).
+        # fits then end after 82 and 111 iterations (means of 3 seeds) instead of warning at
+        # 300, with the held-out likelihood within 0.015 (benchmarks/notes/
+        # sampling-research.md).
         L, shift, mean = ev.cache["L"], ev.cache["shift"], ev.cache["mean"]
         _, spread = targets.average(L, shift + mean)
         return float(spread) / float(np.sqrt(problem.effective_size))
