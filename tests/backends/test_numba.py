@@ -299,6 +299,24 @@ def test_thread_limits_of_the_environment_are_respected(monkeypatch):
     assert NumbaBackend().threads() == 1 and NumbaBackend(n_threads=3).threads() == 3
 
 
+def test_the_free_cpus_leave_out_this_processs_own_threads(monkeypatch):
+    from skgradflow.backends import _numba
+
+    monkeypatch.setattr(_numba, "_IDLE_CPUS_TTL", 0.0)
+    monkeypatch.setattr(_numba.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(_numba, "_runnable_tasks", lambda: 5)
+    monkeypatch.setattr(_numba, "_own_runnable_threads", lambda: 3)
+    assert _numba._idle_cpus() == 2  # 2 tasks of other processes on 4 CPUs
+    monkeypatch.setattr(_numba, "_own_runnable_threads", lambda: 6)  # ours stopped between
+    assert _numba._idle_cpus() == 4
+    monkeypatch.setattr(_numba, "_runnable_tasks", lambda: 9)
+    monkeypatch.setattr(_numba, "_own_runnable_threads", lambda: 1)
+    assert _numba._idle_cpus() == -4  # oversubscribed: default_threads() makes it 1
+    monkeypatch.undo()
+    if os.path.exists("/proc/self/task"):
+        assert 1 <= _numba._own_runnable_threads() <= len(os.listdir("/proc/self/task"))
+
+
 def test_joblib_workers_run_the_reductions_on_their_share_of_the_cores():
     # joblib (scikit-learn's n_jobs) limits each worker's threads through the environment;
     # a worker then starts no helper thread of its own
