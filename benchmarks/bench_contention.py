@@ -255,6 +255,9 @@ def calls(args) -> list[str]:
             for name in args.engines:
                 be = engine(name)
                 be.value_grad(kernel, Z, S, V, V[:, 0])
+                # OpenBLAS's threads spin for a while after the NumPy engine's last product,
+                # taking the cores from the next engine's threads: let them park first
+                time.sleep(0.3)
                 times = []
                 for _ in range(args.repeats):
                     t0 = time.perf_counter()
