@@ -140,7 +140,7 @@ def default_threads() -> int:
     ``NUMBA_NUM_THREADS`` and ``OMP_NUM_THREADS`` (which joblib, and so scikit-learn's
     ``n_jobs``, set in its worker processes to share the cores among them), by
     ``numba.set_num_threads`` where the program has started Numba's own threads, and by the
-    CPUs that no other task wants at this moment (at least 1).
+    CPUs that no other process wants at this moment (at least 1).
 
     Read at every call (the busy CPUs at most every 50 ms), so a limit set while a program
     runs applies to its next reduction, and a reduction beside busy processes runs on the
