@@ -254,16 +254,18 @@ class _BaseParticleFlow(RunLoop, BaseEstimator, metaclass=ABCMeta):
         return init.astype(data.dtype, copy=True)
 
     def _initial_state(self, data: Data, rng, n: int) -> FlowState:
-        """The state a fresh fit starts from: the initial atoms, with equal weights."""
-        x = self._initial_particles(data, rng, n)
-        return FlowState(x, np.full(x.shape[0], 1.0 / x.shape[0]))
+        """The state a fresh fit starts from: the initial atoms, with their clusters' masses
+        for a k-means start and equal weights otherwise."""
+        x, w = self._initial_particles(data, rng, n)
+        return FlowState(x, np.full(x.shape[0], 1.0 / x.shape[0]) if w is None else w)
 
-    def _initial_particles(self, data: Data, rng, n: int) -> np.ndarray:
+    def _initial_particles(self, data: Data, rng, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The initial atoms, and their weights where the start has its own (else None)."""
         given = self._check_init(data, n)
         if given is not None:
-            return given
+            return given, None
         if self.init == "subsample":
-            return data.subsample(n, rng)
+            return data.subsample(n, rng), None
         if self.init in ("kmeans++", "kmeans"):
             positive = data.n_positive()
             if n > positive:
@@ -277,7 +279,7 @@ class _BaseParticleFlow(RunLoop, BaseEstimator, metaclass=ABCMeta):
         # "gaussian": the normal distribution with the target's (weighted) mean and covariance
         mean, root = data.moments()
         z = rng.standard_normal((n, data.n_features))
-        return (mean + z @ root.T).astype(data.dtype)
+        return (mean + z @ root.T).astype(data.dtype), None
 
     # kernel reductions per iteration, and whether they sum over the atoms as well as the
     # targets, for backend="auto"

@@ -19,12 +19,12 @@ from ._state import FlowState, Problem
 # energies decay to ~0 like a power of the iteration count, so a decrease relative to the
 # current energy would never fall below any tolerance.
 _WINDOW = 10
-# A run whose targets carry a statistical resolution ν (Problem.resolution: the energy
-# between the targets and the law they were drawn from) also stops once its energy is below
-# _RESOLVED ν, or falls by less than that over _WINDOW iterations: further steps would fit
-# the targets' sampling noise.  On digits reduced to 16 dimensions, from a draw of the rows,
-# the fine phase's energy falls 4% in 400 iterations (2e-6 a window, against ν = 4e-4)
-# while the samples' two-sample AUC stays within 0.01.
+# A run whose flow knows the statistical resolution ν of its energy (_energy_resolution: how
+# much the energy would change for another draw of the targets) also stops once its energy
+# is within _RESOLVED ν of its least value, or falls by less than that over _WINDOW
+# iterations: further steps would fit the targets' sampling noise.  On digits reduced to 16
+# dimensions, from a draw of the rows, the fine phase's energy falls 4% in 400 iterations
+# (2e-6 a window, against ν = 4e-4) while the samples' two-sample AUC stays within 0.01.
 _RESOLVED = 0.01
 # The safeguard halves the step at most this many times in one iteration; an energy that
 # still goes up is then at the floating-point floor, and the flow stops there.
@@ -93,8 +93,8 @@ class RunLoop:
         ev = self._evaluate(problem, state, targets)
         if not np.isfinite(ev.energy):
             raise ValueError("The initial energy is not finite; check the data and init.")
-        if problem.resolution == 0.0 and self.tol > 0 and not problem.stochastic:
-            problem.resolution = self._energy_resolution(problem, ev, targets)
+        resolution, least_energy = (self._energy_resolution(problem, ev, targets)
+                                    if self.tol > 0 and not problem.stochastic else (0.0, None))
         adaptive = isinstance(self.step_size, str)
         if step_size is not None:
             tau = float(step_size)
@@ -150,8 +150,7 @@ class RunLoop:
             if tol > 0 and n_iter >= min_iter and self._has_converged(losses, energy_scale, tol):
                 converged = True
                 break
-            if self.tol > 0 and not problem.stochastic and _is_resolved(
-                    losses, problem.resolution, problem.least_energy):
+            if _is_resolved(losses, resolution, least_energy):
                 converged = True
                 break
         progress.close(n_iter, losses[-1], converged)
@@ -174,11 +173,11 @@ class RunLoop:
             )
         return state, tau, n_iter, converged, np.asarray(losses), stopped
 
-    def _energy_resolution(self, problem: Problem, ev, targets) -> float:
-        """The statistical resolution of the energy, from its value at the start of a run
-        where the flow did not derive it before the run (``Problem.resolution``): 0, none,
-        unless a flow knows one."""
-        return 0.0
+    def _energy_resolution(self, problem: Problem, ev, targets) -> tuple[float, float | None]:
+        """The statistical resolution of the energy and its least value where known, from
+        the problem and the evaluation at the start of a full-batch run: ``(0, None)``, none,
+        unless a flow knows them."""
+        return 0.0, None
 
     def _has_converged(self, losses: list[float], energy_scale: float = 0.0,
                        tol: float | None = None) -> bool:

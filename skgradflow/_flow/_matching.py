@@ -36,6 +36,7 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from ..data import as_data, session
+from ._sampling import _nearest_distance
 
 # ε = _EPS_FRACTION × δ², δ² the weighted mean squared distance from an atom to its nearest
 # other atom: a point's plan then spreads over a few neighbouring atoms.  On the matching
@@ -105,17 +106,8 @@ def _atoms(atoms: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def nearest_squared(Y: np.ndarray) -> np.ndarray:
     """The squared distance from every atom to its nearest other atom (``inf`` for a single
-    atom), by chunks of at most ``_CHUNK_ENTRIES`` pairs."""
-    sq = np.sum(Y * Y, axis=1)
-    nearest = np.full(Y.shape[0], np.inf)
-    if Y.shape[0] < 2:
-        return nearest
-    step = max(1, _CHUNK_ENTRIES // Y.shape[0])
-    for s in range(0, Y.shape[0], step):
-        D = sq[s : s + step, None] + sq[None, :] - 2.0 * Y[s : s + step] @ Y.T
-        D[np.arange(D.shape[0]), np.arange(s, s + D.shape[0])] = np.inf
-        nearest[s : s + step] = np.maximum(D.min(axis=1), 0.0)
-    return nearest
+    atom)."""
+    return _nearest_distance(Y, Y, skip_self=True) ** 2
 
 
 def entropy(nearest: np.ndarray, b: np.ndarray) -> float:
@@ -142,18 +134,20 @@ class _Plan:
             Z = np.asarray(X[s : s + step], dtype=np.float64) @ self.A + self.c
             yield s, Z
 
-    def _logits(self, Z: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
+    def _logits(self, Z: np.ndarray, g: np.ndarray, eps: float):
         """``log π_j(z_i)`` up to a constant of each row, shifted so that a row's largest
-        is 0 and floored at ``_LOG_FLOOR``: the ``1/ε`` is folded into the atoms and the
-        bias, so that a pass touches the (rows, J) array as few times as it can."""
+        is 0 and floored at ``_LOG_FLOOR``, and the shift of each row: the ``1/ε`` is folded
+        into the atoms and the bias, so that a pass touches the (rows, J) array as few times
+        as it can."""
         L = Z @ (self.Y.T / eps)
         L += (g - self.half_sq) / eps + self.log_b
-        L -= L.max(axis=1, keepdims=True)
+        top = L.max(axis=1)
+        L -= top[:, None]
         np.maximum(L, _LOG_FLOOR, out=L)
-        return L
+        return L, top
 
     def _rows(self, Z: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
-        E = self._logits(Z, g, eps)
+        E, _ = self._logits(Z, g, eps)
         np.exp(E, out=E)
         E /= E.sum(axis=1, keepdims=True)
         return E
@@ -162,7 +156,7 @@ class _Plan:
         """``Σ_i π_j(x_i)`` for every atom ``j``, over the rows ``X``."""
         total = np.zeros(self.Y.shape[0])
         for _, Z in self._chunks(X):
-            E = self._logits(Z, g, eps)
+            E, _ = self._logits(Z, g, eps)
             np.exp(E, out=E)
             total += (1.0 / E.sum(axis=1)) @ E
         return total
@@ -175,11 +169,7 @@ class _Plan:
         J = self.Y.shape[0]
         total = np.zeros((J, J + 2))
         for _, Z in self._chunks(X):
-            L = Z @ (self.Y.T / eps)
-            L += (g - self.half_sq) / eps + self.log_b
-            top = L.max(axis=1)
-            L -= top[:, None]
-            np.maximum(L, _LOG_FLOOR, out=L)
+            L, top = self._logits(Z, g, eps)
             np.exp(L, out=L)
             row_sum = L.sum(axis=1)
             total[0, J + 1] += float(np.sum(top + np.log(row_sum)))

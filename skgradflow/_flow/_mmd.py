@@ -64,14 +64,17 @@ class _BaseMMDFlow(_MMDSampling, _MMDMatching, OneToOneFeatureMixin, Transformer
 
     def _prepare(self, problem: Problem, n_particles: int) -> None:
         problem.const = self._target_energy(problem, n_particles)
+
+    def _energy_resolution(self, problem: Problem, ev=None, targets=None) -> tuple[float, float]:
         # ν = (k(0) - E k(y, y')) / (2M), y, y' independent draws of the targets and M their
         # effective number: the expected energy ½ MMD²(π̂, π) between M rows and the law π
         # they were drawn from.  The targets know π only to this accuracy, so a fit whose
         # energy is far below it, or falls by a small part of it in many iterations, has
-        # nothing left to learn from them.  E k(y, y') = bᵀK_yy b = 2 const.
-        problem.resolution = (max(problem.kernel.diagonal - 2.0 * problem.const, 0.0)
-                              / (2.0 * problem.effective_size))
-        problem.least_energy = 0.0
+        # nothing left to learn from them.  E k(y, y') = bᵀK_yy b = 2 const; the energy's
+        # least value is 0.
+        nu = (max(problem.kernel.diagonal - 2.0 * problem.const, 0.0)
+              / (2.0 * problem.effective_size))
+        return nu, 0.0
 
     def _check_flow_params(self) -> None:
         if not self.conserve_mass and self.kernel == "energy":

@@ -352,19 +352,13 @@ class _MMDSampling:
         # the noise is shaped like the fitted measure, so that a direction in which it does
         # not spread (a constant feature, data on a line) gets none
         root = 0.1 * held_here(atoms, w).moments()[1]
+        drawn = _systematic_draw(w, n, rng)
         batches = []
-        cumulative = np.cumsum(w)
         for start in range(0, n, N):
-            # systematic resampling: each particle is drawn ⌊N w_i⌋ or ⌈N w_i⌉ times, so a
-            # batch carries the fitted weights without the noise of independent draws
-            u = (rng.uniform() + np.arange(N)) / N
-            rows = np.minimum(np.searchsorted(cumulative, u * cumulative[-1]), N - 1)
-            # in random order, so that a last, cut batch is a random part of a whole one
-            rows = rng.permutation(rows)
-            Z = atoms[rows] + (rng.standard_normal((N, d)) @ root.T).astype(atoms.dtype)
+            rows = drawn[start : start + N]
+            Z = atoms[rows] + (rng.standard_normal((rows.size, d)) @ root.T).astype(atoms.dtype)
             # one progress bar per batch would flood the terminal: the batches run quietly
-            moved = self._transport_batch(Z)
-            batches.append(moved[: n - start])
+            batches.append(self._transport_batch(Z))
         return np.concatenate(batches)
 
     def _sample_smoothed(self, n_samples, random_state) -> np.ndarray:

@@ -43,13 +43,9 @@ class Problem:
     rng: np.random.Generator
     update_weights: bool = True
     const: float = 0.0
-    # the targets' effective number 1/Σb², and the energy's statistical resolution that a
-    # flow derives from it (0: none known; see _loop._is_resolved)
+    # the targets' effective number 1/Σb², from which a flow derives the statistical
+    # resolution of its energy (see _loop._is_resolved)
     effective_size: float = 1.0
-    resolution: float = 0.0
-    # the energy's least value where it is known (0 for the MMD energies), so that an energy
-    # within _RESOLVED ν of it is resolved too; None for the negative log-likelihood
-    least_energy: float | None = None
 
     @property
     def stochastic(self) -> bool:

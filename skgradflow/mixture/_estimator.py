@@ -276,7 +276,8 @@ n_features), default="kmeans"
             return self._step_shaped(state, ev, targets, tau)
         return self._step_isotropic(problem, state, ev, targets, tau)
 
-    def _energy_resolution(self, problem: Problem, ev: Evaluation, targets: Targets) -> float:
+    def _energy_resolution(self, problem: Problem, ev: Evaluation,
+                           targets: Targets) -> tuple[float, None]:
         # The objective is the mean of log μ(y) over M samples (M = 1/Σb²): drawn again, it
         # would differ by about the spread of log μ(y) over √M (here the mean absolute
         # deviation, robust to the long lower tail of a log-density).  A decrease far below
@@ -284,9 +285,10 @@ n_features), default="kmeans"
         # fits then end after 82 and 111 iterations (means of 3 seeds) instead of warning at
         # 300, with the held-out likelihood within 0.015 (benchmarks/notes/
         # sampling-research.md).
+        # A log-likelihood has no known least value.
         L, shift, mean = ev.cache["L"], ev.cache["shift"], ev.cache["mean"]
         _, spread = targets.average(L, shift + mean)
-        return float(spread) / float(np.sqrt(problem.effective_size))
+        return float(spread) / float(np.sqrt(problem.effective_size)), None
 
     def _auto_step_size(self, problem: Problem, ev: Evaluation) -> float:
         # in the whitened coordinates of "data" and "full", h is the kernel's scale there
@@ -334,48 +336,23 @@ n_features), default="kmeans"
 
     def _initial_state(self, data: Data, rng, n: int) -> FlowState:
         state = super()._initial_state(data, rng, n)
-        if isinstance(self.init, str) and self.init != "subsample":
-            state = state.replace(weights=self._cell_masses(data, state.atoms, rng))
         if self.covariance not in _LEARNT:
             return state
         h, d = self.bandwidth_, data.n_features
         return with_covariances(state, np.broadcast_to(h * h * np.eye(d), (n, d, d)))
 
-    def _cell_masses(self, data: Data, atoms: np.ndarray, rng) -> np.ndarray:
-        """The weight of the samples nearest each seeded atom (in the units of X, where the
-        seeding clustered them), as ``GaussianMixture`` starts its weights from the clusters:
-        with equal weights the mixture starts as far from unequal clusters as their masses
-        differ, and the Fisher-Rao steps, scaled to the bandwidth, take hundreds of
-        iterations to move the mass (on china colours, 100 atoms: a total variation of 0.32
-        between the equal weights and the clusters' masses, still 0.2 after 300 iterations).
-        Atoms at one position share its mass."""
-        from sklearn.metrics import pairwise_distances_argmin
-
-        rows, weights = data.clustering_sample(atoms.shape[0], rng)
-        rows = self._from_working(np.asarray(rows))
-        centres, copy_of = np.unique(self._from_working(atoms).astype(np.float64), axis=0,
-                                     return_inverse=True)
-        copy_of = copy_of.ravel()
-        nearest = pairwise_distances_argmin(rows.astype(np.float64), centres)
-        mass = np.bincount(nearest, weights=np.asarray(weights, dtype=np.float64),
-                           minlength=centres.shape[0])
-        w = mass[copy_of] / np.bincount(copy_of)[copy_of]
-        # an atom nearest to no sample keeps a little weight: the Fisher-Rao part of the flow
-        # multiplies weights, and cannot revive a zero
-        w = np.maximum(w, 1e-3 * w.sum() / w.shape[0])
-        return w / w.sum()
-
-    def _initial_particles(self, data: Data, rng, n: int) -> np.ndarray:
+    def _initial_particles(self, data: Data, rng, n: int):
         if self._whiten is not None and isinstance(self.init, str) and self.init != "subsample":
             # clusters in the units of X, as GaussianMixture seeds them: the Mahalanobis
             # distances of the whitened samples magnify their directions of least variance,
             # and k-means there ends in worse local maxima of the likelihood
             public = data.with_rows(self._from_working(data.rows))
-            return self._to_working(super()._initial_particles(public, rng, n))
-        x = super()._initial_particles(data, rng, n)
+            x, w = super()._initial_particles(public, rng, n)
+            return self._to_working(x), w
+        x, w = super()._initial_particles(data, rng, n)
         if self._whiten is not None and not isinstance(self.init, str):
             x = self._to_working(x)  # given in the units of X
-        return x
+        return x, w
 
     def _warm_state(self, data: Data, n_atoms: int):
         resume = super()._warm_state(data, n_atoms)

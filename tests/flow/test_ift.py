@@ -114,9 +114,9 @@ def test_defaults_fit_a_three_mode_mixture(mixture_split):
         est.fit(X)
     # the default start is a draw of the rows (a subsample of N rows: a real sample, the
     # yardstick); the flow must improve on it, and on the moment-matched Gaussian by 10x
-    start = est._initial_particles(InMemoryData(X, np.ones(len(X))), np.random.default_rng(0),
-                                   len(est.particles_))
-    gaussian = IFTSampler(init="gaussian")._initial_particles(
+    start, _ = est._initial_particles(InMemoryData(X, np.ones(len(X))),
+                                      np.random.default_rng(0), len(est.particles_))
+    gaussian, _ = IFTSampler(init="gaussian")._initial_particles(
         InMemoryData(X, np.ones(len(X))), np.random.default_rng(0), len(est.particles_))
     before = energy_distance(gaussian, X_test)
     # the fitted particle measure (score is the log-likelihood of the smoothed measure)

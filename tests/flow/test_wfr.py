@@ -74,9 +74,9 @@ def test_defaults_fit_a_three_mode_mixture(mixture_split):
     # the default start is a draw of N rows (a real sample: the flow must improve on it),
     # and the moment-matched Gaussian is 3x farther from the data than the fit
     data = InMemoryData(X, np.ones(len(X)))
-    start = est._initial_particles(data, np.random.default_rng(0), len(est.particles_))
-    gaussian = WFRMMDFlow(init="gaussian")._initial_particles(data, np.random.default_rng(0),
-                                                             len(est.particles_))
+    start, _ = est._initial_particles(data, np.random.default_rng(0), len(est.particles_))
+    gaussian, _ = WFRMMDFlow(init="gaussian")._initial_particles(data, np.random.default_rng(0),
+                                                                len(est.particles_))
     from skgradflow.metrics import energy_distance
 
     assert_energy_never_increases(est)

@@ -81,10 +81,10 @@ def test_the_stopping_rule_knows_the_sampling_noise_of_the_log_likelihood(mixtur
         seen.append((resolution, least_energy))
         return is_resolved(losses, resolution, least_energy)
 
-    monkeypatch.setattr(_loop, "_is_resolved", spy)
-    kl = InclusiveKLFitter(n_components=60, random_state=0).fit(X, sample_weight=raw)
     start = InclusiveKLFitter(n_components=60, random_state=0, alpha=0.0, beta=0.0,
                               max_iter=1, tol=0).fit(X, sample_weight=raw)
+    monkeypatch.setattr(_loop, "_is_resolved", spy)
+    kl = InclusiveKLFitter(n_components=60, random_state=0).fit(X, sample_weight=raw)
     log_density = start.score_samples(X)
     spread = b @ np.abs(log_density - b @ log_density)
     resolution, least_energy = seen[0]
