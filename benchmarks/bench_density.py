@@ -30,8 +30,8 @@ For every data set and every seed:
 
      * ``covariance`` in ``"isotropic"``, ``"data"`` with ``bandwidth = c × scott``, ``c`` in
        ``np.geomspace(0.25, 2, 7)``, ``scott = n_train^(-1/(d+4))`` (Scott's rule on
-       standardised data), ``n_components="auto"`` (one atom per three samples of each fit's
-       data, at most 100);
+       standardised data), ``n_components="auto"`` (one atom per 10, 3 or 1 samples of each
+       fit's data, at most 500, by the likelihood of a held-out quarter of it);
      * ``covariance="full"``, ``init="kmeans"``, ``n_init=3``, ``n_components`` in 1, 2, 4,
        8, 12, 16, ``bandwidth`` (the factor of the initial ``h² Σ̂``) 0.5 or 1, ``reg_covar``
        1e-6 or 1e-2;
@@ -135,8 +135,8 @@ def fit_inclusive_kl(X_train, X_test, seed, args):
     smallest_fold = min(len(train) for train, _ in cv.split(X_train))
     h0 = scott(n, d)
     grid = [
-        # n_components="auto": one atom per three samples of each fit's data (a CV training
-        # fold, then the whole train split for the refit), at most 100
+        # n_components="auto": one atom per 10, 3 or 1 samples of each fit's data (a CV
+        # training fold, then the whole train split for the refit), by held-out likelihood
         {"bandwidth": list(GRID * h0), "covariance": ["isotropic", "data"],
          "n_components": ["auto"]},
         # a covariance per atom is estimable with few atoms: the regime of GaussianMixture

@@ -82,6 +82,8 @@ DATASETS: dict[str, Callable[[], np.ndarray]] = {
         sk_datasets.load_digits().data),
     "gmm2d": lambda: load_builtin("gmm2d", random_state=0)[0],
     "china_colours": _china_colours,
+    # a rolled 2-D sheet in 3-D: thin data whose detail a mixture keeps only with many atoms
+    "swiss_roll": lambda: sk_datasets.make_swiss_roll(1500, noise=0.3, random_state=0)[0],
 }
 
 

@@ -234,8 +234,8 @@ def _build_parser() -> _ArgumentParser:
         metavar="K",
         help=(
             "number of particles, or of mixture components for inclusive-kl (default: "
-            "one per distinct row, at most 500, for ift and wfr; one per three distinct "
-            "rows, at most 100, for inclusive-kl)"
+            "one per distinct row, at most 500, for ift and wfr; for inclusive-kl, one per "
+            "10, 3 or 1 distinct rows, at most 500, by held-out likelihood)"
         ),
     )
     flow.add_argument("--kernel", choices=KERNELS, help=f"kernel ({_default_text('kernel')})")

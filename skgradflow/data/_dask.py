@@ -19,7 +19,7 @@ import numpy as np
 from ..backends import Backend, DaskBackend, Targets, resolve_backend
 from ..backends._dask import _client, _draw, _require_dask, _session_lock, worker_engine
 from ..kernels import _MEDIAN_MAX_ROWS, Kernel, median_of_draws
-from ._memory import _extent
+from ._memory import _extent, _held_rows
 from ._protocol import Data
 from ._validation import check_rows, check_weight_facts, check_weights, raise_for_defect
 
@@ -212,6 +212,13 @@ class DaskData(Data):
 
     def to_host(self) -> np.ndarray:
         return np.asarray(self.rows.compute())
+
+    def held_out(self, fraction: float, rng: np.random.Generator):
+        # the rows stay where they are: each part keeps every row, with weight zero where
+        # it belongs to the other part (a weight of zero removes a row from every statistic)
+        held = self.wrap(_held_rows(self.n_samples, fraction, rng).astype(np.float64))
+        return DaskData(self.rows, self.weights * (1.0 - held)), DaskData(self.rows,
+                                                                         self.weights * held)
 
     def pooled_with(self, other: Data) -> DaskData:
         import dask.array as da

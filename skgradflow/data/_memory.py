@@ -52,6 +52,11 @@ class InMemoryData(Data):
     def to_host(self) -> np.ndarray:
         return self.rows
 
+    def held_out(self, fraction: float, rng: np.random.Generator):
+        held = _held_rows(self.n_samples, fraction, rng)
+        return (InMemoryData(self.rows[~held], self._raw[~held], self.held_here),
+                InMemoryData(self.rows[held], self._raw[held], self.held_here))
+
     def pooled_with(self, other: Data) -> InMemoryData:
         dtype = np.result_type(self.dtype, other.dtype)
         rows = np.concatenate([self.rows, other.to_host()]).astype(dtype, copy=False)
@@ -136,6 +141,14 @@ class InMemoryData(Data):
 
     def sum_rows(self, fn) -> np.ndarray:
         return np.asarray(fn(self.rows), dtype=np.float64)
+
+
+def _held_rows(n: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """A boolean mask of ``max(1, round(fraction · n))`` rows drawn uniformly, at most
+    ``n - 1``."""
+    held = np.zeros(n, dtype=bool)
+    held[rng.permutation(n)[: min(n - 1, max(1, round(fraction * n)))]] = True
+    return held
 
 
 def _extent(lowest: np.ndarray, highest: np.ndarray) -> tuple[float, float]:

@@ -71,6 +71,12 @@ class Data(ABC):
         """The rows as an in-memory NumPy array (for point sets small enough to gather)."""
 
     @abstractmethod
+    def held_out(self, fraction: float, rng: np.random.Generator) -> tuple[Data, Data]:
+        """``(rest, held)``: a random ``fraction`` of the rows (at least one, each row with
+        the same chance whatever its weight) held out of the sample, and the other rows,
+        each part with its rows' weights (renormalised), in this placement."""
+
+    @abstractmethod
     def pooled_with(self, other: Data) -> Data:
         """The signed pool ``[self; other]`` with weights ``½ [b; b']`` and signs
         ``[+1; -1]``, for ``aᵀ K a`` with ``a = 2 signs · weights``."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+from sklearn.base import clone
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
@@ -35,7 +36,12 @@ from ..data import Data, as_data, session
 from ..kernels import BANDWIDTH_RULES, Kernel, _seed_from
 from ._bandwidth import leave_one_out_bandwidth
 from ._isotropic import _IsotropicSteps
-from ._restarts import fit_best_of
+from ._restarts import adopt_fit, fit_best_of
+from ._selection import (
+    FALLBACK_SAMPLES_PER_COMPONENT,
+    MAX_COMPONENTS,
+    select_n_components,
+)
 from ._shaped import _precision_cholesky, _ShapedSteps, covariances, with_covariances
 
 # the modes whose covariances the flow learns
@@ -56,9 +62,13 @@ class InclusiveKLFitter(_ShapedSteps, _IsotropicSteps, _BaseParticleFlow):
     ----------
     n_components : int or "auto", default="auto"
         Number of atoms (mixture components); at most the number of samples for
-        ``init="kmeans++"`` and ``"kmeans"``.  ``"auto"``: one per three distinct samples of
-        positive weight (rounded up), at most 100, so that 50 samples get 17 components; with
-        an ``init`` array, its number of rows.
+        ``init="kmeans++"`` and ``"kmeans"``.  ``"auto"``: one component per 10, per 3 or per
+        1 distinct samples of positive weight (rounded up, at most 500), whichever gives the
+        highest mean log-likelihood to a quarter of the samples held out of a fit (with these
+        parameters, ``n_init=1``) on the other three quarters; then the fit on all the
+        samples (``component_selection_`` keeps the comparison).  Below 20 distinct samples,
+        one per three; with an ``init`` array, its number of rows; a warm start keeps the
+        number it resumes from.
     bandwidth : float or {"auto", "scott", "silverman", "median"}, default="auto"
         Standard deviation ``h`` of every component.  ``"auto"``: the width of the kernel
         density estimate of the samples with the highest leave-one-out log-likelihood (each
@@ -98,7 +108,7 @@ class InclusiveKLFitter(_ShapedSteps, _IsotropicSteps, _BaseParticleFlow):
         and ``τβ = 1`` for ``"tied"`` and ``"full"`` (whose steps are implicit and monotone
         at any size), and halves ``τ`` whenever a step lowers the likelihood (for the learnt
         shapes, a halved step doubles back after each accepted one).
-    max_iter : int, default=300
+    max_iter : int, default=500
     tol : float, default=1e-3
         Stop when the mean loss of the last 10 iterations is below that of the 10 before
         them by less than ``tol`` times the decrease achieved since the start (the
@@ -152,6 +162,15 @@ n_features), default="kmeans"
         Same shape: ``1/h``, or upper triangular ``P`` with ``P Pᵀ`` the precision.
     weights_ : ndarray of shape (n_components,)
         Mixture weights (float64, on the simplex).
+    n_components_ : int
+        The number of components fitted.
+    component_selection_ : dict or None
+        For ``n_components="auto"``, the held-out comparison that chose it: arrays with an
+        entry per candidate, ``samples_per_component``, ``n_components`` (on all the
+        samples) and ``held_out_log_likelihood`` (mean over the held-out quarter), and
+        ``chosen``, the index of the one kept.  ``None`` where nothing was chosen (an int or
+        an ``init`` array, a warm start, under 20 distinct samples, or 4991 and more, where
+        every candidate has 500 components).
     bandwidth_ : float
     bandwidth_schedule_ : ndarray of shape ``(n_iter_,)``
         The bandwidth of each iteration (all ``bandwidth_``).
@@ -196,10 +215,9 @@ n_features), default="kmeans"
     }
     _atoms_attr = "means_"
     _n_atoms_param = "n_components"
-    # "auto": one component per 3 samples, at most 100 (a mixture with as many components as
-    # samples is a kernel density estimate, which the bandwidth alone regularises)
-    _auto_samples_per_atom = 3
-    _auto_max_atoms = 100
+    # "auto" where there is nothing to choose (the held-out selection, _selection.py)
+    _auto_samples_per_atom = FALLBACK_SAMPLES_PER_COMPONENT
+    _auto_max_atoms = MAX_COMPONENTS
     # the LogSumExp over atoms and the reduction over targets, twice (before and after
     # the transport)
     _reductions_per_iteration = 4
@@ -215,7 +233,7 @@ n_features), default="kmeans"
         alpha: float = 1.0,
         beta: float = 1.0,
         step_size: float | str = "auto",
-        max_iter: int = 300,
+        max_iter: int = 500,
         tol: float = 1e-3,
         init="kmeans",
         n_init: int = 1,
@@ -254,9 +272,25 @@ n_features), default="kmeans"
 
     def _fit(self, data: Data):
         resume = self.warm_start and hasattr(self, "weights_")
-        if self.n_init == 1 or resume or not isinstance(self.init, str):
-            return super()._fit(data)
-        return fit_best_of(self, data, lambda run, data: _BaseParticleFlow._fit(run, data))
+        selection = None
+        if self.n_components == "auto" and isinstance(self.init, str) and not resume:
+            rng = np.random.default_rng(_seed_from(check_random_state(self.random_state)))
+            selection = select_n_components(self, data, rng)
+        if selection is not None:
+            chosen = int(selection["n_components"][selection["chosen"]])
+            run = clone(self).set_params(n_components=chosen, callback=self.callback)
+            adopt_fit(self, run._fit(data))
+        elif self.n_init == 1 or resume or not isinstance(self.init, str):
+            super()._fit(data)
+        else:
+            fit_best_of(self, data, lambda run, data: _BaseParticleFlow._fit(run, data))
+        self.component_selection_ = selection
+        return self
+
+    def _n_atoms(self, data: Data) -> int:
+        if self.n_components == "auto" and self.warm_start and hasattr(self, "weights_"):
+            return self.means_.shape[0]  # a warm start resumes with the fitted components
+        return super()._n_atoms(data)
 
     def _mean_log_likelihood(self, data: Data) -> float:
         """The weighted mean log density of the fitted mixture over ``data``."""
@@ -378,6 +412,7 @@ n_features), default="kmeans"
     def _set_fitted_state(self, state: FlowState) -> None:
         super()._set_fitted_state(state)
         h, n = self.bandwidth_, self.weights_.shape[0]
+        self.n_components_ = n
         if self.covariance == "isotropic":
             self.covariances_ = np.full(n, h * h)
             self.precisions_cholesky_ = np.full(n, 1.0 / h)

@@ -43,11 +43,14 @@ def fit_best_of(estimator, data: Data, fit_one):
     for caught in best_warnings:
         warnings.warn_explicit(caught.message, caught.category, caught.filename,
                                caught.lineno)
-    # the fitted state, and nothing else: scikit-learn's own private attributes (its
-    # callback context) belong to this object, not to the runs
+    return adopt_fit(estimator, best)
+
+
+def adopt_fit(estimator, run):
+    """``estimator`` with the fitted state of ``run`` (a fitted clone), and nothing else:
+    scikit-learn's own private attributes (its callback context) belong to ``estimator``,
+    not to the run."""
     for key in [k for k in vars(estimator) if is_fitted_attribute(k)]:
         delattr(estimator, key)  # nothing of an earlier fit survives
-    estimator.__dict__.update(
-        {k: v for k, v in vars(best).items() if is_fitted_attribute(k)}
-    )
+    estimator.__dict__.update({k: v for k, v in vars(run).items() if is_fitted_attribute(k)})
     return estimator

@@ -213,7 +213,7 @@ def test_help_returns_zero(capsys):
     for option in ("--delimiter CHAR", "--header {auto,yes,no}", "--index-col {auto,none,N}"):
         assert option in text
     assert "0,1,...,d-1" in text and "1 the run failed" in text and "141" in text
-    assert "at most 100, for inclusive-kl" in text  # its n_components
+    assert "for inclusive-kl, one per 10, 3 or 1 distinct rows" in text  # its n_components
 
 
 # --- sample: errors -----------------------------------------------------------------------

@@ -238,6 +238,36 @@ def test_metrics_on_dask_input_match_numpy(client, data):
     assert abs(median - mmd(X, Y)) < 0.1 * mmd(X, Y)
 
 
+def test_held_out_parts_weigh_the_rows_of_the_in_memory_split(client, data):
+    from skgradflow.data import as_data
+
+    X, sw, _ = data
+    rest, held = as_data(da.from_array(X, chunks=(150, 2)), da.from_array(sw, chunks=150),
+                         ).held_out(0.25, np.random.default_rng(4))
+    mem_rest, mem_held = as_data(X, sw).held_out(0.25, np.random.default_rng(4))
+    for part, oracle in ((rest, mem_rest), (held, mem_held)):
+        w = np.asarray(part.weights.compute())
+        kept = w > 0
+        np.testing.assert_array_equal(X[kept], oracle.rows)
+        np.testing.assert_allclose(w[kept], oracle.weights, rtol=1e-12)
+        assert part.n_distinct() == oracle.n_samples
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_the_number_of_components_is_chosen_on_the_workers(client, data):
+    X, _, _ = data
+    est = InclusiveKLFitter(max_iter=30, random_state=0).fit(da.from_array(X, chunks=(150, 2)))
+    sel = est.component_selection_
+    assert est.backend_ == "dask"
+    np.testing.assert_array_equal(sel["n_components"], [60, 200, 500])
+    assert est.n_components_ == sel["n_components"][np.argmax(sel["held_out_log_likelihood"])]
+    # the held-out likelihoods of the in-memory selection, whose candidates start from all
+    # the rows where these start from a draw of them: the same ranking on three clear modes
+    oracle = InclusiveKLFitter(max_iter=30, random_state=0).fit(X).component_selection_
+    np.testing.assert_allclose(sel["held_out_log_likelihood"],
+                               oracle["held_out_log_likelihood"], atol=0.05)
+
+
 def test_a_nan_chunk_gives_the_numpy_message(client, data):
     X, sw, _ = data
     bad = X.copy()

@@ -89,6 +89,25 @@ def test_draws_follow_the_weights(rng):
     assert sorted(picked) == [1.0, 3.0]
 
 
+@pytest.mark.parametrize("n", [2, 7, 400])
+def test_held_out_parts_split_the_rows_and_keep_their_weights(n):
+    X = np.random.default_rng(n).normal(size=(n, 3))
+    w = np.random.default_rng(n + 1).uniform(0.1, 2.0, size=n)
+    rest, held = as_data(X, w).held_out(0.25, np.random.default_rng(0))
+    assert held.n_samples == min(n - 1, max(1, round(0.25 * n)))
+    assert rest.n_samples + held.n_samples == n
+    # every row in exactly one part, with its weight renormalised within the part
+    for part in (rest, held):
+        at = [int(np.flatnonzero(np.all(X == row, axis=1))[0]) for row in part.rows]
+        np.testing.assert_allclose(part.weights, w[at] / w[at].sum(), rtol=1e-12)
+    both = np.concatenate([rest.rows, held.rows])
+    assert len(np.unique(both, axis=0)) == n
+    # uniform over rows whatever their weight: the heavy half is held no more often
+    heavy = as_data(np.arange(1000.0)[:, None], np.r_[np.full(500, 100.0), np.ones(500)])
+    _, held = heavy.held_out(0.25, np.random.default_rng(1))
+    assert abs(np.mean(held.rows[:, 0] < 500) - 0.5) < 0.1
+
+
 def test_pooled_signed_quadratic_form_is_the_squared_mmd(rng):
     from skgradflow.kernels import Kernel
 

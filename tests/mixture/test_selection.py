@@ -1,0 +1,113 @@
+"""``n_components="auto"``: the held-out comparison against a dense recomputation, and the
+choice it makes on data whose right answer is known."""
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+from sklearn.datasets import make_swiss_roll
+from sklearn.utils import check_random_state
+
+from skgradflow import InclusiveKLFitter
+from skgradflow.data import as_data
+from skgradflow.data._memory import _held_rows
+from skgradflow.kernels import _seed_from
+from skgradflow.mixture._selection import MAX_COMPONENTS, select_n_components
+
+
+def dense_log_likelihood(X, means, weights, h):
+    """Mean log density of an isotropic Gaussian mixture, from its definition."""
+    d = X.shape[1]
+    sq = ((X[:, None, :] - means[None, :, :]) ** 2).sum(-1)
+    log_phi = -sq / (2 * h * h) - 0.5 * d * np.log(2 * np.pi * h * h)
+    return float(np.mean(logsumexp(log_phi + np.log(weights), axis=1)))
+
+
+def thin_roll(n, seed):
+    """A 2-D sheet rolled up in 3-D, standardised: kept in detail by one atom per sample."""
+    X = make_swiss_roll(n, noise=0.1, random_state=seed)[0]
+    return (X - X.mean(0)) / X.std(0)
+
+
+def diffuse_cloud(n, seed, d=30):
+    """A standard Gaussian in 30 dimensions: at a fixed width, atoms that pool many
+    samples generalise, one per sample overfits."""
+    return np.random.default_rng(seed).standard_normal((n, d))
+
+
+def test_the_comparison_matches_fits_on_the_held_in_rows_scored_densely():
+    X = thin_roll(160, 0)
+    est = InclusiveKLFitter(random_state=3).fit(X)
+    sel = est.component_selection_
+    # the same split of the (distinct, equally weighted: kept as given) rows
+    rng = np.random.default_rng(_seed_from(check_random_state(3)))
+    held = _held_rows(X.shape[0], 0.25, rng)
+    assert held.sum() == 40
+    np.testing.assert_array_equal(sel["samples_per_component"], [10, 3, 1])
+    np.testing.assert_array_equal(sel["n_components"], [16, 54, 160])
+    for per, value in zip(sel["samples_per_component"], sel["held_out_log_likelihood"],
+                          strict=True):
+        # a component per `per` of the 120 rows held in; the candidates are clones of the
+        # estimator, with its random_state
+        k = -(-120 // int(per))
+        run = InclusiveKLFitter(n_components=k, random_state=3).fit(X[~held])
+        assert run.means_.shape[0] == k
+        expected = dense_log_likelihood(X[held], run.means_, run.weights_, run.bandwidth_)
+        assert value == pytest.approx(expected, rel=1e-9)
+    assert sel["chosen"] == int(np.argmax(sel["held_out_log_likelihood"]))
+    assert est.n_components_ == sel["n_components"][sel["chosen"]] == est.means_.shape[0]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_thin_sheet_keeps_an_atom_per_sample_and_a_diffuse_cloud_pools_them(seed):
+    roll = InclusiveKLFitter(random_state=seed).fit(thin_roll(300, seed))
+    cloud = InclusiveKLFitter(random_state=seed).fit(diffuse_cloud(300, seed))
+    assert roll.n_components_ == 300
+    assert cloud.n_components_ == 30
+    # and the choice is the better model of new data of each kind
+    for est, make in ((roll, thin_roll), (cloud, diffuse_cloud)):
+        new = make(2000, seed + 100)
+        others = [InclusiveKLFitter(n_components=int(k), random_state=seed).fit(
+            make(300, seed)) for k in est.component_selection_["n_components"]
+            if k != est.n_components_]
+        assert all(est.score(new) > other.score(new) for other in others)
+
+
+def test_nothing_to_choose_below_twenty_or_from_4991_distinct_samples():
+    small = InclusiveKLFitter(random_state=0).fit(thin_roll(19, 0))
+    assert small.component_selection_ is None
+    assert small.n_components_ == 7  # one per three, rounded up
+    # every candidate has MAX_COMPONENTS from 4991 distinct samples: no fit is made
+    rng = np.random.default_rng(0)
+    large = as_data(rng.standard_normal((4991, 2)), None).merged()
+    assert select_n_components(InclusiveKLFitter(), large, rng) is None
+    assert InclusiveKLFitter()._n_atoms(large) == MAX_COMPONENTS
+    fewer = as_data(rng.standard_normal((4990, 2)), None).merged()
+    assert InclusiveKLFitter()._n_atoms(fewer) == MAX_COMPONENTS  # the fallback's cap too
+
+
+def test_an_int_an_init_array_and_a_warm_start_are_not_chosen_again():
+    X = thin_roll(120, 0)
+    assert InclusiveKLFitter(n_components=9, random_state=0).fit(X).component_selection_ is None
+    init = InclusiveKLFitter(init=X[:7], random_state=0).fit(X)
+    assert init.component_selection_ is None and init.n_components_ == 7
+    warm = InclusiveKLFitter(random_state=0, warm_start=True).fit(X)
+    chosen = warm.n_components_
+    assert warm.component_selection_ is not None
+    warm.set_params(max_iter=3)
+    with pytest.warns(Warning):  # three iterations: not converged, and said so
+        warm.fit(X)
+    assert warm.n_components_ == chosen and warm.component_selection_ is None
+
+
+def test_the_selection_leaves_no_warning_of_its_candidates(recwarn):
+    InclusiveKLFitter(max_iter=500, random_state=0).fit(thin_roll(200, 0))
+    assert not [w for w in recwarn if "did not converge" in str(w.message)]
+
+
+def test_a_callback_sees_the_final_fit_only():
+    X = thin_roll(120, 0)
+    sizes = []
+    est = InclusiveKLFitter(random_state=0, callback=lambda state: sizes.append(
+        state.atoms.shape[0])).fit(X)
+    assert set(sizes) == {est.n_components_}
+    assert len(sizes) == est.n_iter_  # once per iteration of the final fit
