@@ -39,7 +39,9 @@ The setup, for each of scikit-learn's iris, wine, breast cancer and digits (digi
    - ``map warned``: how many of the runs raised a ``ConvergenceWarning`` while mapping
      (for skgradflow, in ``transform``); ``fit warned``: in skgradflow's ``fit``;
    - ``non-finite rows``: rows a method returned as NaN or infinite, over the runs (they are
-     left unmoved for the other columns).
+     left unmoved for the other columns); a method that raises (POT's ``LinearTransport``
+     on features that are linear combinations of others: its covariance has no inverse)
+     counts all its rows, and its error goes to stderr.
 
 ``--large N ...`` adds, for each ``N``, a 3-D s-curve (``sklearn.datasets.make_s_curve``,
 noise 0.05, standardised) with ``N`` source rows, ``--large-target`` target-train rows
@@ -228,7 +230,11 @@ def run_case(methods: dict[str, Callable], source, train, test) -> dict[str, dic
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             t0 = time.perf_counter()
-            Z = method(Xs.copy(), Xt.copy())
+            try:
+                Z = method(Xs.copy(), Xt.copy())
+            except Exception as error:  # a peer's failure is a result, not the end of the run
+                log(f"{name} raised {type(error).__name__}: {error}")
+                Z = np.full_like(Xs, np.nan)
             seconds = time.perf_counter() - t0
             if isinstance(Z, tuple):
                 # skgradflow, whose fit is cached: (mapped, seconds of the fit, seconds of
