@@ -9,7 +9,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-from sklearn.exceptions import ConvergenceWarning
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,10 +34,12 @@ def test_code_blocks_run_as_written(page, extract, tmp_path, monkeypatch):
     assert len(blocks) >= (1 if page == "README.md" else 7)
     monkeypatch.chdir(tmp_path)  # files the blocks write land here
     namespace = {"__name__": "__docs__"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         for block in blocks:
             exec(compile(block, page, "exec"), namespace)
+    # every line a new user copies runs without a warning (a ConvergenceWarning included)
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
     if page == "README.md":
         assert namespace["X_new"].shape == (5000, 2)
         assert namespace["search"].best_params_["bandwidth"] in (0.3, 1, 3)
