@@ -63,6 +63,7 @@ def test_the_readme_main_command(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "skgradflow", *command[1:]], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Warning" not in proc.stderr, proc.stderr[-3000:]
     out = command[command.index("--out") + 1]
     rows = (tmp_path / out).read_text().strip().splitlines()
     n = int(command[command.index("--n-samples") + 1])
