@@ -25,7 +25,6 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-from sklearn.base import clone
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
@@ -36,7 +35,7 @@ from ..data import Data, as_data, session
 from ..kernels import BANDWIDTH_RULES, Kernel, _seed_from
 from ._bandwidth import leave_one_out_bandwidth
 from ._isotropic import _IsotropicSteps
-from ._restarts import adopt_fit, fit_best_of
+from ._restarts import adopt_fit, fit_best_of, variant
 from ._selection import (
     FALLBACK_SAMPLES_PER_COMPONENT,
     MAX_COMPONENTS,
@@ -278,8 +277,7 @@ n_features), default="kmeans"
             selection = select_n_components(self, data, rng)
         if selection is not None:
             chosen = int(selection["n_components"][selection["chosen"]])
-            run = clone(self).set_params(n_components=chosen, callback=self.callback)
-            adopt_fit(self, run._fit(data))
+            adopt_fit(self, variant(self, n_components=chosen)._fit(data))
         elif self.n_init == 1 or resume or not isinstance(self.init, str):
             super()._fit(data)
         else:

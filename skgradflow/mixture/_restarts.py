@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.base import clone
 from sklearn.utils import check_random_state
 
 from ..data import Data
@@ -30,9 +29,7 @@ def fit_best_of(estimator, data: Data, fit_one):
                                                                size=estimator.n_init)
     best, best_value, best_warnings = None, -np.inf, []
     for seed in seeds:
-        # set_params hands the callback itself to the run: clone would deep-copy it
-        run = clone(estimator).set_params(n_init=1, random_state=int(seed), warm_start=False,
-                                          callback=estimator.callback)
+        run = variant(estimator, n_init=1, random_state=int(seed), warm_start=False)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             fit_one(run, data)
@@ -44,6 +41,14 @@ def fit_best_of(estimator, data: Data, fit_one):
         warnings.warn_explicit(caught.message, caught.category, caught.filename,
                                caught.lineno)
     return adopt_fit(estimator, best)
+
+
+def variant(estimator, **params):
+    """A new, unfitted estimator of the same class with ``estimator``'s parameters, ``params``
+    replacing some.  The parameter objects themselves, not copies: ``clone`` deep-copies
+    them, and a callback that is a method of an object holding a lock or a file cannot be
+    copied (nor should the run call a copy of it)."""
+    return type(estimator)(**{**estimator.get_params(deep=False), **params})
 
 
 def adopt_fit(estimator, run):

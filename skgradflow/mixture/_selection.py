@@ -15,10 +15,10 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 
 from ..data import Data
+from ._restarts import variant
 
 # the candidates: one component per this many distinct samples (rounded up)
 SAMPLES_PER_COMPONENT = (10, 3, 1)
@@ -58,9 +58,8 @@ def select_n_components(estimator, data: Data, rng: np.random.Generator) -> dict
     for k, per in enumerate(per_component):
         # each candidate once (n_init=1), silently: an unconverged candidate is compared as
         # it is, and only the final fit's warnings concern the user
-        run = clone(estimator).set_params(n_components=n_components_for(n_rest, int(per)),
-                                          n_init=1, warm_start=False, verbose=0,
-                                          callback=None)
+        run = variant(estimator, n_components=n_components_for(n_rest, int(per)), n_init=1,
+                      warm_start=False, verbose=0, callback=None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             run._fit(rest)

@@ -1,6 +1,8 @@
 """``n_components="auto"``: the held-out comparison against a dense recomputation, and the
 choice it makes on data whose right answer is known."""
 
+import threading
+
 import numpy as np
 import pytest
 from scipy.special import logsumexp
@@ -111,3 +113,21 @@ def test_a_callback_sees_the_final_fit_only():
         state.atoms.shape[0])).fit(X)
     assert set(sizes) == {est.n_components_}
     assert len(sizes) == est.n_iter_  # once per iteration of the final fit
+
+
+@pytest.mark.parametrize("params", [{}, {"n_components": 5, "n_init": 2}])
+def test_a_callback_that_cannot_be_copied_is_called_not_copied(params):
+    # a method of an object holding a lock: deep-copying it (as clone would) raises
+    class Log:
+        def __init__(self):
+            self.lock, self.calls = threading.Lock(), 0
+
+        def step(self, state):
+            with self.lock:
+                self.calls += 1
+
+    log = Log()
+    est = InclusiveKLFitter(random_state=0, callback=log.step, **params).fit(thin_roll(120, 0))
+    assert est.callback == log.step  # the parameter itself, untouched
+    runs = params.get("n_init", 1)
+    assert log.calls >= est.n_iter_ and (runs > 1 or log.calls == est.n_iter_)
