@@ -23,6 +23,7 @@ responsibilities: to first order in ``τβ`` the weight step is ``(1 - τβ) w +
 from __future__ import annotations
 
 import numbers
+import sys
 
 import numpy as np
 from sklearn.utils import check_random_state
@@ -277,6 +278,12 @@ n_features), default="kmeans"
             selection = select_n_components(self, data, rng)
         if selection is not None:
             chosen = int(selection["n_components"][selection["chosen"]])
+            if self.verbose > 0:  # the candidates' fits ran silently: say what they found
+                scores = ", ".join(f"{k}: {v:.5g}" for k, v in zip(
+                    selection["n_components"], selection["held_out_log_likelihood"],
+                    strict=True))
+                print(f"{type(self).__name__}: n_components={chosen} by the held-out mean "
+                      f"log-likelihood of the candidates ({scores})", file=sys.stderr)
             adopt_fit(self, variant(self, n_components=chosen)._fit(data))
         elif self.n_init == 1 or resume or not isinstance(self.init, str):
             super()._fit(data)

@@ -131,3 +131,14 @@ def test_a_callback_that_cannot_be_copied_is_called_not_copied(params):
     assert est.callback == log.step  # the parameter itself, untouched
     runs = params.get("n_init", 1)
     assert log.calls >= est.n_iter_ and (runs > 1 or log.calls == est.n_iter_)
+
+
+def test_verbose_says_which_count_the_held_out_samples_chose(capsys):
+    est = InclusiveKLFitter(random_state=0, verbose=1).fit(thin_roll(120, 0))
+    err = capsys.readouterr().err
+    sel = est.component_selection_
+    assert f"n_components={est.n_components_} by the held-out" in err
+    for k, value in zip(sel["n_components"], sel["held_out_log_likelihood"], strict=True):
+        assert f"{k}: {value:.5g}" in err
+    InclusiveKLFitter(random_state=0).fit(thin_roll(120, 0))
+    assert "held-out" not in capsys.readouterr().err  # verbose=0 prints nothing
