@@ -32,6 +32,11 @@ from ._loop import RunLoop, _carried_step, _phase_shares, _shifted
 from ._state import Evaluation, FlowState, Problem
 
 
+def auto_atoms(n_distinct: int, samples_per_atom: int, max_atoms: int) -> int:
+    """``"auto"``'s count: one atom per ``samples_per_atom`` distinct samples, rounded up,
+    at least one and at most ``max_atoms``."""
+    return max(1, min(max_atoms, -(-n_distinct // samples_per_atom)))
+
 class _BaseParticleFlow(RunLoop, BaseEstimator, metaclass=ABCMeta):
     """Validation, initialisation, the time-stepping loop and sampling of a particle flow.
 
@@ -208,8 +213,7 @@ class _BaseParticleFlow(RunLoop, BaseEstimator, metaclass=ABCMeta):
         if not isinstance(self.init, str):  # an array: its rows (checked in _check_init)
             init = np.asarray(self.init)
             return init.shape[0] if init.ndim == 2 else 1
-        per_atom = self._auto_samples_per_atom
-        return max(1, min(self._auto_max_atoms, -(-data.n_distinct() // per_atom)))
+        return auto_atoms(data.n_distinct(), self._auto_samples_per_atom, self._auto_max_atoms)
 
     def _warm_state(self, data: Data, n_atoms: int) -> tuple[FlowState, float] | None:
         """``(state, step size)`` to resume from with ``warm_start=True`` (copies, in the

@@ -19,7 +19,7 @@ import numpy as np
 from ..backends import Backend, DaskBackend, Targets, resolve_backend
 from ..backends._dask import _client, _draw, _require_dask, _session_lock, worker_engine
 from ..kernels import _MEDIAN_MAX_ROWS, Kernel, median_of_draws
-from ._memory import _extent, _held_rows
+from ._memory import _extent
 from ._protocol import Data
 from ._validation import check_rows, check_weight_facts, check_weights, raise_for_defect
 
@@ -214,11 +214,15 @@ class DaskData(Data):
         return np.asarray(self.rows.compute())
 
     def held_out(self, fraction: float, rng: np.random.Generator):
-        # the rows stay where they are: each part keeps every row, with weight zero where
-        # it belongs to the other part (a weight of zero removes a row from every statistic)
-        held = self.wrap(_held_rows(self.n_samples, fraction, rng).astype(np.float64))
-        return DaskData(self.rows, self.weights * (1.0 - held)), DaskData(self.rows,
-                                                                         self.weights * held)
+        # the rows stay where they are: each row is held out with probability `fraction`,
+        # drawn on its worker, and each part keeps every row, with weight zero where it
+        # belongs to the other part (a weight of zero removes a row from every statistic)
+        import dask.array as da
+
+        draw = da.random.RandomState(int(rng.integers(2**31 - 1)))
+        held = draw.random_sample(self.n_samples, chunks=(self.rows.chunks[0],)) < fraction
+        return (DaskData(self.rows, da.where(held, 0.0, self.weights)),
+                DaskData(self.rows, da.where(held, self.weights, 0.0)))
 
     def pooled_with(self, other: Data) -> DaskData:
         import dask.array as da

@@ -72,9 +72,12 @@ class Data(ABC):
 
     @abstractmethod
     def held_out(self, fraction: float, rng: np.random.Generator) -> tuple[Data, Data]:
-        """``(rest, held)``: a random ``fraction`` of the rows (at least one, each row with
-        the same chance whatever its weight) held out of the sample, and the other rows,
-        each part with its rows' weights (renormalised), in this placement."""
+        """``(rest, held)``: a random ``fraction`` of the rows, each row with the same chance
+        whatever its weight, held out of the sample, and the other rows, each part with its
+        rows' weights (renormalised), in this placement.  In memory exactly
+        ``round(fraction · n)`` rows (at least one, at most ``n - 1``); rows on a cluster
+        stay there, each held out with probability ``fraction`` (a part may then have no
+        weight: its ``n_positive()`` is 0)."""
 
     @abstractmethod
     def pooled_with(self, other: Data) -> Data:

@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
+from .._flow._estimator import auto_atoms
 from ..data import Data
 from ._restarts import variant
 
@@ -34,15 +35,16 @@ FALLBACK_SAMPLES_PER_COMPONENT = 3
 def n_components_for(n_distinct: int, per_component: int) -> int:
     """One component per ``per_component`` distinct samples, rounded up, at most
     ``MAX_COMPONENTS``."""
-    return max(1, min(MAX_COMPONENTS, -(-n_distinct // per_component)))
+    return auto_atoms(n_distinct, per_component, MAX_COMPONENTS)
 
 
 def select_n_components(estimator, data: Data, rng: np.random.Generator) -> dict | None:
     """The held-out comparison of the candidates for ``estimator`` (with its other
     parameters) on ``data``: ``None`` where there is nothing to choose (too few samples, or
     every candidate gives the same number of components at this size), otherwise a dict of
-    arrays, one entry per candidate: ``samples_per_component``, ``n_components`` (on all
-    the samples) and ``held_out_log_likelihood``, and ``chosen``, the index of the best."""
+    arrays, one entry per candidate: ``samples_per_component`` (the nominal one per 10, 3 or
+    1; a candidate at the cap has ``n / MAX_COMPONENTS``), ``n_components`` (on all the
+    samples) and ``held_out_log_likelihood``, and ``chosen``, the index of the best."""
     n = data.n_distinct()
     if n < MIN_DISTINCT:
         return None
@@ -53,17 +55,29 @@ def select_n_components(estimator, data: Data, rng: np.random.Generator) -> dict
         return None
     rest, held = data.held_out(HELD_OUT_FRACTION, rng)
     n_rest = rest.n_distinct()
+    if n_rest < 2 or held.n_distinct() < 1:  # a draw left a part without weight (dask)
+        return None
     per_component = np.array(list(candidates.values()))
     likelihood = np.empty(per_component.size)
-    for k, per in enumerate(per_component):
-        # each candidate once (n_init=1), silently: an unconverged candidate is compared as
+    for k, (n_components, per) in enumerate(candidates.items()):
+        # on the three quarters, one per `per` of their samples; a candidate at the cap,
+        # which has n/MAX_COMPONENTS samples per component on all of them, as many there.
+        # Each candidate once (n_init=1), silently: an unconverged candidate is compared as
         # it is, and only the final fit's warnings concern the user
-        run = variant(estimator, n_components=n_components_for(n_rest, int(per)), n_init=1,
-                      warm_start=False, verbose=0, callback=None)
+        if n_components < MAX_COMPONENTS:
+            tried = n_components_for(n_rest, per)
+        else:
+            tried = max(1, min(n_rest, round(MAX_COMPONENTS * n_rest / n)))
+        run = variant(estimator, n_components=tried, n_init=1, warm_start=False, verbose=0,
+                      callback=None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             run._fit(rest)
         likelihood[k] = run._mean_log_likelihood(held)
+    if not np.all(np.isfinite(likelihood)):
+        raise FloatingPointError(
+            "InclusiveKLFitter(n_components='auto'): a candidate's held-out log-likelihood "
+            f"is not finite ({likelihood}); give n_components as an int.")
     return {
         "samples_per_component": per_component,
         "n_components": np.array(list(candidates)),

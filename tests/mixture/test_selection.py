@@ -13,7 +13,11 @@ from skgradflow import InclusiveKLFitter
 from skgradflow.data import as_data
 from skgradflow.data._memory import _held_rows
 from skgradflow.kernels import _seed_from
-from skgradflow.mixture._selection import MAX_COMPONENTS, select_n_components
+from skgradflow.mixture._selection import (
+    MAX_COMPONENTS,
+    n_components_for,
+    select_n_components,
+)
 
 
 def dense_log_likelihood(X, means, weights, h):
@@ -46,17 +50,34 @@ def test_the_comparison_matches_fits_on_the_held_in_rows_scored_densely():
     assert held.sum() == 40
     np.testing.assert_array_equal(sel["samples_per_component"], [10, 3, 1])
     np.testing.assert_array_equal(sel["n_components"], [16, 54, 160])
-    for per, value in zip(sel["samples_per_component"], sel["held_out_log_likelihood"],
-                          strict=True):
-        # a component per `per` of the 120 rows held in; the candidates are clones of the
-        # estimator, with its random_state
-        k = -(-120 // int(per))
+    expected = []
+    for k, value in zip([12, 40, 120], sel["held_out_log_likelihood"], strict=True):
+        # one per 10, 3 and 1 of the 120 rows held in, with the estimator's random_state
         run = InclusiveKLFitter(n_components=k, random_state=3).fit(X[~held])
-        assert run.means_.shape[0] == k
-        expected = dense_log_likelihood(X[held], run.means_, run.weights_, run.bandwidth_)
-        assert value == pytest.approx(expected, rel=1e-9)
-    assert sel["chosen"] == int(np.argmax(sel["held_out_log_likelihood"]))
-    assert est.n_components_ == sel["n_components"][sel["chosen"]] == est.means_.shape[0]
+        expected.append(dense_log_likelihood(X[held], run.means_, run.weights_,
+                                             run.bandwidth_))
+        assert value == pytest.approx(expected[-1], rel=1e-9)
+    # the fit on all the rows has the count of the best candidate on the held-out rows
+    best = [16, 54, 160][int(np.argmax(expected))]
+    assert est.n_components_ == best == est.means_.shape[0]
+
+
+def test_a_candidate_at_the_cap_is_tried_with_as_many_samples_per_component():
+    # 1600 rows: one per ten (160) and the cap (500, which one per three and one per row
+    # both reach); on the 1200 rows held in the cap is tried as 375 components, not 400
+    tried = []
+    original = InclusiveKLFitter._fit
+
+    def record(self, data):
+        tried.append(self.n_components)
+        return original(self, data)
+
+    X = diffuse_cloud(1600, 0, d=2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(InclusiveKLFitter, "_fit", record)
+        est = InclusiveKLFitter(max_iter=2, tol=0, random_state=0).fit(X)
+    np.testing.assert_array_equal(est.component_selection_["n_components"], [160, 500])
+    assert tried[:3] == ["auto", 120, 375]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -83,8 +104,8 @@ def test_nothing_to_choose_below_twenty_or_from_4991_distinct_samples():
     large = as_data(rng.standard_normal((4991, 2)), None).merged()
     assert select_n_components(InclusiveKLFitter(), large, rng) is None
     assert InclusiveKLFitter()._n_atoms(large) == MAX_COMPONENTS
-    fewer = as_data(rng.standard_normal((4990, 2)), None).merged()
-    assert InclusiveKLFitter()._n_atoms(fewer) == MAX_COMPONENTS  # the fallback's cap too
+    # one sample fewer: one per ten is 499, a choice to make
+    assert n_components_for(4990, 10) == 499 and n_components_for(4991, 10) == 500
 
 
 def test_an_int_an_init_array_and_a_warm_start_are_not_chosen_again():
@@ -101,9 +122,11 @@ def test_an_int_an_init_array_and_a_warm_start_are_not_chosen_again():
     assert warm.n_components_ == chosen and warm.component_selection_ is None
 
 
-def test_the_selection_leaves_no_warning_of_its_candidates(recwarn):
-    InclusiveKLFitter(max_iter=500, random_state=0).fit(thin_roll(200, 0))
-    assert not [w for w in recwarn if "did not converge" in str(w.message)]
+def test_only_the_final_fit_warns(recwarn):
+    # at max_iter=4 every candidate stops unconverged too: one warning, the final fit's
+    est = InclusiveKLFitter(max_iter=4, random_state=0).fit(thin_roll(200, 0))
+    assert est.component_selection_ is not None
+    assert len([w for w in recwarn if "did not converge" in str(w.message)]) == 1
 
 
 def test_a_callback_sees_the_final_fit_only():
