@@ -37,6 +37,7 @@ def auto_atoms(n_distinct: int, samples_per_atom: int, max_atoms: int) -> int:
     at least one and at most ``max_atoms``."""
     return max(1, min(max_atoms, -(-n_distinct // samples_per_atom)))
 
+
 class _BaseParticleFlow(RunLoop, BaseEstimator, metaclass=ABCMeta):
     """Validation, initialisation, the time-stepping loop and sampling of a particle flow.
 
