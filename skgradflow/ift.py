@@ -58,7 +58,8 @@ class IFTSampler(_BaseMMDFlow):
         Number of particles ``N``.  ``"auto"``: as many as the distinct samples of positive
         weight, at most 500 (each iteration costs ``N (N + n_samples)`` kernel pairs; fewer
         particles than rows gave worse samples on every data set measured, design page); with
-        an ``init`` array, its number of rows.
+        an ``init`` array, its number of rows; a warm start keeps the number it resumes
+        from.
     kernel : {"gaussian", "laplacian", "imq", "energy"}, default="gaussian"
     bandwidth : float or {"anneal", "median", "scott", "silverman"}, default="anneal"
         Kernel length scale.  ``"median"`` is the median distance between target samples,

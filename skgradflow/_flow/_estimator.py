@@ -132,7 +132,7 @@ class _BaseParticleFlow(RunLoop, BaseEstimator, metaclass=ABCMeta):
         """The run on validated data (in canonical form: repeated rows merged)."""
         self._check_flow_params()
         data = self._working_coordinates(data)
-        rng = np.random.default_rng(_seed_from(check_random_state(self.random_state)))
+        rng = self._fit_rng()
         n_atoms = self._n_atoms(data)
         resume = self._warm_state(data, n_atoms)
         schedule = self._bandwidth_schedule(data, rng)
@@ -211,15 +211,26 @@ class _BaseParticleFlow(RunLoop, BaseEstimator, metaclass=ABCMeta):
         value = getattr(self, self._n_atoms_param)
         if not isinstance(value, str):
             return int(value)
+        if self._resuming():  # "auto" keeps the number it resumes from, whatever chose it
+            return getattr(self, self._atoms_attr).shape[0]
         if not isinstance(self.init, str):  # an array: its rows (checked in _check_init)
             init = np.asarray(self.init)
             return init.shape[0] if init.ndim == 2 else 1
         return auto_atoms(data.n_distinct(), self._auto_samples_per_atom, self._auto_max_atoms)
 
+    def _resuming(self) -> bool:
+        """Whether this fit resumes from the fitted state (``warm_start`` on a fitted
+        estimator)."""
+        return self.warm_start and hasattr(self, "weights_")
+
+    def _fit_rng(self) -> np.random.Generator:
+        """The generator of one fit's random choices, from ``random_state``."""
+        return np.random.default_rng(_seed_from(check_random_state(self.random_state)))
+
     def _warm_state(self, data: Data, n_atoms: int) -> tuple[FlowState, float] | None:
         """``(state, step size)`` to resume from with ``warm_start=True`` (copies, in the
         dtype of the data), or ``None`` for a fresh start."""
-        if not self.warm_start or not hasattr(self, "weights_"):
+        if not self._resuming():
             return None
         atoms = getattr(self, self._atoms_attr)
         if atoms.shape != (n_atoms, data.n_features):

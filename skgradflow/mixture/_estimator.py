@@ -23,7 +23,6 @@ responsibilities: to first order in ``τβ`` the weight step is ``(1 - τβ) w +
 from __future__ import annotations
 
 import numbers
-import sys
 
 import numpy as np
 from sklearn.utils import check_random_state
@@ -271,19 +270,12 @@ n_features), default="kmeans"
         return [leave_one_out_bandwidth(data, rng)]
 
     def _fit(self, data: Data):
-        resume = self.warm_start and hasattr(self, "weights_")
+        resume = self._resuming()
         selection = None
         if self.n_components == "auto" and isinstance(self.init, str) and not resume:
-            rng = np.random.default_rng(_seed_from(check_random_state(self.random_state)))
-            selection = select_n_components(self, data, rng)
+            selection = select_n_components(self, data, self._fit_rng())
         if selection is not None:
             chosen = int(selection["n_components"][selection["chosen"]])
-            if self.verbose > 0:  # the candidates' fits ran silently: say what they found
-                scores = ", ".join(f"{k}: {v:.5g}" for k, v in zip(
-                    selection["n_components"], selection["held_out_log_likelihood"],
-                    strict=True))
-                print(f"{type(self).__name__}: n_components={chosen} by the held-out mean "
-                      f"log-likelihood of the candidates ({scores})", file=sys.stderr)
             adopt_fit(self, variant(self, n_components=chosen)._fit(data))
         elif self.n_init == 1 or resume or not isinstance(self.init, str):
             super()._fit(data)
@@ -291,11 +283,6 @@ n_features), default="kmeans"
             fit_best_of(self, data, lambda run, data: _BaseParticleFlow._fit(run, data))
         self.component_selection_ = selection
         return self
-
-    def _n_atoms(self, data: Data) -> int:
-        if self.n_components == "auto" and self.warm_start and hasattr(self, "weights_"):
-            return self.means_.shape[0]  # a warm start resumes with the fitted components
-        return super()._n_atoms(data)
 
     def _mean_log_likelihood(self, data: Data) -> float:
         """The weighted mean log density of the fitted mixture over ``data``."""

@@ -12,6 +12,7 @@ components").
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import numpy as np
@@ -42,9 +43,10 @@ def select_n_components(estimator, data: Data, rng: np.random.Generator) -> dict
     """The held-out comparison of the candidates for ``estimator`` (with its other
     parameters) on ``data``: ``None`` where there is nothing to choose (too few samples, or
     every candidate gives the same number of components at this size), otherwise a dict of
-    arrays, one entry per candidate: ``samples_per_component`` (the nominal one per 10, 3 or
-    1; a candidate at the cap has ``n / MAX_COMPONENTS``), ``n_components`` (on all the
-    samples) and ``held_out_log_likelihood``, and ``chosen``, the index of the best."""
+    arrays, one entry per candidate: ``samples_per_component`` (10, 3 or 1, the first that
+    gives the count: at the cap the count has ``n / MAX_COMPONENTS`` of them), ``n_components``
+    (on all the samples) and ``held_out_log_likelihood``, and ``chosen``, the index of the
+    best; with ``verbose``, the comparison is printed."""
     n = data.n_distinct()
     if n < MIN_DISTINCT:
         return None
@@ -78,9 +80,14 @@ def select_n_components(estimator, data: Data, rng: np.random.Generator) -> dict
         raise FloatingPointError(
             "InclusiveKLFitter(n_components='auto'): a candidate's held-out log-likelihood "
             f"is not finite ({likelihood}); give n_components as an int.")
+    counts, chosen = np.array(list(candidates)), int(np.argmax(likelihood))
+    if estimator.verbose > 0:  # the candidates' fits ran silently: say what they found
+        scores = ", ".join(f"{k}: {v:.5g}" for k, v in zip(counts, likelihood, strict=True))
+        print(f"{type(estimator).__name__}: n_components={counts[chosen]} by the held-out "
+              f"mean log-likelihood of the candidates ({scores})", file=sys.stderr)
     return {
         "samples_per_component": per_component,
-        "n_components": np.array(list(candidates)),
+        "n_components": counts,
         "held_out_log_likelihood": likelihood,
-        "chosen": int(np.argmax(likelihood)),
+        "chosen": chosen,
     }

@@ -130,6 +130,18 @@ def test_warm_start_with_another_number_of_atoms_is_refused(data):
         est.fit(data)
 
 
+def test_warm_start_under_auto_keeps_the_number_it_resumes_from():
+    # "auto" would give 60 particles for the first rows and 90 for all of them: the warm fit
+    # continues the 60 it has, from where they are
+    X = np.random.default_rng(0).normal(size=(90, 2))
+    est = IFTSampler(max_iter=5, tol=0, random_state=0, warm_start=True).fit(X[:60])
+    before = est.particles_.copy()
+    est.set_params(max_iter=1).fit(X)
+    assert est.particles_.shape == (60, 2)
+    assert est.loss_curve_.shape == (2,)
+    assert np.abs(est.particles_ - before).max() < 0.5  # moved on from there, not restarted
+
+
 def test_warm_start_can_anneal_the_bandwidth(data):
     """A use of warm_start: a wide bandwidth moves the particles, a narrow one refines."""
     # from the moment-matched Gaussian: a draw of the rows (the default) starts in place
