@@ -61,6 +61,7 @@ def select_n_components(estimator, data: Data, rng: np.random.Generator) -> dict
         return None
     per_component = np.array(list(candidates.values()))
     likelihood = np.empty(per_component.size)
+    width = {}  # bandwidth="auto": the first candidate's, for the others on the same rows
     for k, (n_components, per) in enumerate(candidates.items()):
         # on the three quarters, one per `per` of their samples; a candidate at the cap,
         # which has n/MAX_COMPONENTS samples per component on all of them, as many there.
@@ -71,11 +72,15 @@ def select_n_components(estimator, data: Data, rng: np.random.Generator) -> dict
         else:
             tried = max(1, min(n_rest, round(MAX_COMPONENTS * n_rest / n)))
         run = variant(estimator, n_components=tried, n_init=1, warm_start=False, verbose=0,
-                      callback=None)
+                      callback=None, **width)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             run._fit(rest)
         likelihood[k] = run._mean_log_likelihood(held)
+        if estimator.bandwidth == "auto":
+            # the leave-one-out width depends on the rows only (a pass over all their pairs
+            # at 48 widths): computed once, not once per candidate
+            width = {"bandwidth": run.bandwidth_}
     if not np.all(np.isfinite(likelihood)):
         raise FloatingPointError(
             "InclusiveKLFitter(n_components='auto'): a candidate's held-out log-likelihood "

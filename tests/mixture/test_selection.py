@@ -165,3 +165,24 @@ def test_verbose_says_which_count_the_held_out_samples_chose(capsys):
         assert f"{k}: {value:.5g}" in err
     InclusiveKLFitter(random_state=0).fit(thin_roll(120, 0))
     assert "held-out" not in capsys.readouterr().err  # verbose=0 prints nothing
+
+
+def test_the_leave_one_out_width_of_the_held_in_rows_is_computed_once():
+    import skgradflow.mixture._estimator as module
+
+    widths = []
+    original = module.leave_one_out_bandwidth
+
+    def counted(data, rng):
+        widths.append(original(data, rng))
+        return widths[-1]
+
+    X = thin_roll(160, 0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(module, "leave_one_out_bandwidth", counted)
+        est = InclusiveKLFitter(random_state=0).fit(X)
+    # one for the three candidates on the same 120 rows, one for the fit on all 160
+    assert len(widths) == 2 and est.bandwidth_ == widths[1]
+    held = _held_rows(160, 0.25, np.random.default_rng(_seed_from(check_random_state(0))))
+    assert widths[0] == original(as_data(X[~held], None), np.random.default_rng(0))
+    assert widths[0] != widths[1]
