@@ -28,6 +28,7 @@ from .._guards import (
 from ..backends import BACKEND_NAMES, Backend
 from ..data import Data, as_data, session
 from ..kernels import BANDWIDTH_RULES, Kernel, _seed_from
+from ._draws import systematic_draw
 from ._loop import RunLoop, _carried_step, _phase_shares, _shifted
 from ._state import Evaluation, FlowState, Problem
 
@@ -330,17 +331,20 @@ class _BaseParticleFlow(RunLoop, BaseEstimator, metaclass=ABCMeta):
         Returns
         -------
         ndarray of shape (n_samples, n_features)
-            Particles drawn with probability proportional to their weight.
+            Particles drawn by weight, by systematic resampling in random order (among
+            every ``N`` samples, each of the ``N`` particles ``⌊N w_i⌋`` or ``⌈N w_i⌉``
+            times).
         """
         return self._draw_atoms(n_samples, random_state)
 
     def _draw_atoms(self, n_samples, random_state) -> np.ndarray:
-        """Atoms drawn by weight, plus the noise of their components (if any)."""
+        """Atoms drawn by weight (systematic resampling), plus the noise of their
+        components (if any)."""
         n_samples = self._check_n_samples(n_samples)
         atoms, w = self._fitted_measure()
         rng = np.random.default_rng(_seed_from(check_random_state(random_state)))
-        rows = rng.choice(atoms.shape[0], size=int(n_samples), replace=True, p=w)
-        return atoms[rows] + self._sample_noise(int(n_samples), atoms.shape[1], rng)
+        rows = systematic_draw(w, n_samples, rng)
+        return atoms[rows] + self._sample_noise(n_samples, atoms.shape[1], rng)
 
     def _check_n_samples(self, n_samples) -> int:
         if not isinstance(n_samples, numbers.Integral) or n_samples < 1:

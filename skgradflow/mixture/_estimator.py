@@ -30,6 +30,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._flow import Evaluation, FlowState, Problem, _BaseParticleFlow
+from .._flow._draws import systematic_draw
 from ..backends import Targets
 from ..data import Data, as_data, session
 from ..kernels import BANDWIDTH_RULES, Kernel, _seed_from
@@ -495,6 +496,13 @@ n_features), default="kmeans"
         """Draw samples from the fitted mixture: an atom by weight, plus a draw of its
         component, ``N(0, covariances_)`` of that atom.
 
+        The atoms are drawn by systematic resampling, in random order: among every
+        ``n_components`` samples, each atom ``j`` is drawn ``⌊n_components w_j⌋`` or
+        ``⌈n_components w_j⌉`` times.  Each sample is a draw of the mixture, and ``n``
+        samples carry its weights without the clumps of independent draws (some atoms
+        drawn twice, others not at all): against held-out rows, a lower energy distance and
+        two-sample AUC (design page, "Sampling the mixture").
+
         Parameters
         ----------
         n_samples : int, default=1
@@ -509,7 +517,7 @@ n_features), default="kmeans"
         n = self._check_n_samples(n_samples)
         atoms, w = self._fitted_measure()
         rng = np.random.default_rng(_seed_from(check_random_state(random_state)))
-        rows = rng.choice(atoms.shape[0], size=n, replace=True, p=w)
+        rows = systematic_draw(w, n, rng)
         z = rng.standard_normal((n, atoms.shape[1]))
         cov = self.covariances_
         if cov.ndim == 2:

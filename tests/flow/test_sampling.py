@@ -8,6 +8,7 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 
 from skgradflow import IFTSampler, WFRMMDFlow
+from skgradflow._flow._draws import systematic_draw
 from skgradflow.backends import NumpyBackend
 from skgradflow.data import as_data
 from skgradflow.metrics import energy_distance
@@ -336,7 +337,7 @@ def test_the_width_is_the_smallest_of_the_grid_whose_samples_are_as_new_as_rows(
     probe_rows = rng.choice(len(rows), size=min(500, len(rows)), replace=False,
                             p=data.weights / data.weights.sum())
     weights = chosen.weights
-    picks = _sampling._systematic_draw(weights, 500, rng)
+    picks = systematic_draw(weights, 500, rng)
     normals = rng.standard_normal((500, chosen.centres.shape[1]))
     far = [ratio(h, picks, normals, probe_rows) >= _sampling._NEW_ROW_RATIO
            for h in _sampling._WIDTHS]

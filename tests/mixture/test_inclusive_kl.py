@@ -183,3 +183,30 @@ def test_without_reweighting_the_clusters_masses_stay(mixture_split):
     assert not np.allclose(start.weights_, 1 / 20)
     assert np.abs(moved.means_ - start.means_).max() > 1e-3  # the atoms did move
     np.testing.assert_array_equal(moved.weights_, start.weights_)
+
+
+@pytest.mark.parametrize("covariance", ["isotropic", "full"])
+def test_sample_draws_the_atoms_by_systematic_resampling(covariance):
+    """Five tight clusters of 3, 7, 11, 13 and 16 rows, 10 apart, one component each: in
+    every draw of five samples each component appears ⌊5 w_j⌋ or ⌈5 w_j⌉ times (independent
+    draws would give some draws two samples of the 3-row component, or none of the
+    16-row one), and over many draws each sample is a component's with probability w_j."""
+    rng = np.random.default_rng(0)
+    sizes = np.array([3, 7, 11, 13, 16])
+    centres = 10.0 * np.arange(5)[:, None] * np.array([[1.0, 0.5]])
+    X = np.vstack([c + 0.01 * rng.standard_normal((k, 2)) for c, k in zip(centres, sizes,
+                                                                          strict=True)])
+    est = InclusiveKLFitter(n_components=5, covariance=covariance, bandwidth=0.05, alpha=0.0,
+                            beta=0.0, max_iter=1, tol=0, random_state=0).fit(X)
+    order = np.argsort(est.means_[:, 0])
+    np.testing.assert_allclose(est.weights_[order], sizes / sizes.sum())
+    expected = 5 * sizes / sizes.sum()
+    first = np.zeros(5)
+    for seed in range(400):
+        draws = est.sample(5, random_state=seed)
+        # the component a sample came from: the nearest centre (10 apart, spread 0.05)
+        nearest = np.argmin(((draws[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+        counts = np.bincount(nearest, minlength=5)
+        assert np.all((counts == np.floor(expected)) | (counts == np.ceil(expected)))
+        first[nearest[0]] += 1
+    np.testing.assert_allclose(first / 400, sizes / sizes.sum(), atol=0.06)
