@@ -8,6 +8,8 @@ its current defaults, and the alternatives tried, against ``bench_samples.py``'s
         --sets iris breast_cancer --seeds 0
     python benchmarks/notes/ikl_sampling.py --variants "IKL new" "KDE (CV)" --sets iris wine \\
         --seeds 0 1 2 3 4 5 6 7 8 9 10 11 --paired
+    python benchmarks/notes/ikl_sampling.py --variants "IKL new" "independent draws" \\
+        --sets iris wine breast_cancer --seeds $(seq 0 29) --paired
 
 ``--paired``: the mean over the seeds of the first variant's AUC and energy-distance ratio
 less the second's, with its standard error (the same splits for both).
@@ -93,6 +95,25 @@ class RowsAsAtoms:
         return self.model_.sample(n, random_state=random_state)
 
 
+class IndependentDraws:
+    """The defaults, sampled as before systematic resampling: every atom drawn
+    independently by weight (``rng.choice``), plus its component's noise."""
+
+    def __init__(self, random_state=0):
+        self.random_state = random_state
+
+    def fit(self, X):
+        self.model_ = InclusiveKLFitter(random_state=self.random_state).fit(X)
+        return self
+
+    def sample(self, n, random_state=None):
+        atoms, w = self.model_._fitted_measure()
+        rng = np.random.default_rng(random_state)
+        rows = rng.choice(atoms.shape[0], size=n, replace=True, p=w)
+        noise = rng.standard_normal((n, atoms.shape[1])) * self.model_.bandwidth_
+        return atoms[rows] + noise
+
+
 VARIANTS = {
     "IKL old": lambda s: InclusiveKLFitter(bandwidth="scott", init="kmeans++", random_state=s),
     "IKL new": lambda s: InclusiveKLFitter(random_state=s),
@@ -103,6 +124,7 @@ VARIANTS = {
     "kmeans++": lambda s: InclusiveKLFitter(init="kmeans++", random_state=s),
     "equal weights": lambda s: EqualWeights(s),
     "one per row": lambda s: OnePerRow(s),
+    "independent draws": lambda s: IndependentDraws(s),
 }
 
 
