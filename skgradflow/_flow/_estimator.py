@@ -331,9 +331,10 @@ class _BaseParticleFlow(RunLoop, BaseEstimator, metaclass=ABCMeta):
         Returns
         -------
         ndarray of shape (n_samples, n_features)
-            Particles drawn by weight, by systematic resampling in random order (among
-            every ``N`` samples, each of the ``N`` particles ``⌊N w_i⌋`` or ``⌈N w_i⌉``
-            times).
+            Particles drawn by weight, by systematic resampling in random order (in
+            every batch of ``N`` samples, each of the ``N`` particles ``⌊N w_i⌋`` or
+            ``⌈N w_i⌉`` times): each row is particle ``i`` with probability ``w_i``, but
+            the rows of one call are not independent.
         """
         return self._draw_atoms(n_samples, random_state)
 

@@ -496,12 +496,13 @@ n_features), default="kmeans"
         """Draw samples from the fitted mixture: an atom by weight, plus a draw of its
         component, ``N(0, covariances_)`` of that atom.
 
-        The atoms are drawn by systematic resampling, in random order: among every
-        ``n_components`` samples, each atom ``j`` is drawn ``⌊n_components w_j⌋`` or
-        ``⌈n_components w_j⌉`` times.  Each sample is a draw of the mixture, and ``n``
-        samples carry its weights without the clumps of independent draws (some atoms
-        drawn twice, others not at all): against held-out rows, a lower energy distance and
-        two-sample AUC (design page, "Sampling the mixture").
+        The atoms are drawn by systematic resampling, in random order: in every batch of
+        ``K = n_components_`` samples each atom ``j`` is drawn ``⌊K w_j⌋`` or ``⌈K w_j⌉``
+        times (fewer than ``K`` samples, or a last cut batch, are a random part of a
+        batch).  Each sample is a draw of the mixture, but the samples of one call are not
+        independent: together they carry the weights without the clumps of independent
+        draws (some atoms drawn twice, others not at all), which gave a lower energy
+        distance to held-out rows (design page, "Sampling the mixture").
 
         Parameters
         ----------
