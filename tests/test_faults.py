@@ -32,7 +32,8 @@ FAST = ["--backend", "numpy", "--n-particles", "50", "--max-iter", "30", "--quie
 
 # The command line in a child.  It says on stderr when the fit starts (a fault that must be
 # caught before the fit checks for it), and FAULT_HOOK sends the process a real SIGINT half
-# way through writing the samples (csv, npy) or the model (joblib).
+# way through writing the samples (csv, npy) or the model (joblib), or ("endless") takes the
+# stopping rules away, so that a fit runs until a signal from outside ends it.
 RUNNER = textwrap.dedent(
     """
     import os, signal, sys
@@ -90,6 +91,11 @@ RUNNER = textwrap.dedent(
                 interrupt()
 
         joblib.dump = half_dump
+    elif hook == "endless":
+        from skgradflow._flow import _loop
+
+        _loop._is_resolved = lambda *args, **kwargs: False
+        _loop.RunLoop._has_converged = lambda self, *args, **kwargs: False
 
     from skgradflow.cli import main
 
@@ -156,14 +162,15 @@ def test_a_signal_while_writing_leaves_no_partial_file(tmp_path, hook, out_name,
 @pytest.mark.parametrize("signal_name", ENDINGS)
 def test_a_signal_while_fitting(tmp_path, signal_name):
     """A real Ctrl-C (or kill) from outside once the fit runs (its progress bar is on
-    stderr)."""
+    stderr).  Without its stopping rules the fit runs until the signal comes: with them, the
+    default fit of the 2-D mixture could end (in about a second) before the signal did."""
     out = tmp_path / "samples.csv"
     args = ["sample", "--estimator", "ift", "--data", "gmm2d", "--n-samples", "10",
             "--out", out, "--backend", "numpy", "--max-iter", "100000", "--save-model",
             tmp_path / "model.joblib"]
     proc = subprocess.Popen([sys.executable, "-c", RUNNER, *map(str, args)], cwd=tmp_path,
-                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL)
+                            env=cli_env(FAULT_HOOK="endless"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         err = b""
         deadline = time.monotonic() + CHILD_TIMEOUT_S
@@ -235,8 +242,8 @@ def test_samples_to_a_closed_pipe_end_quietly(tmp_path, csv_data):
     args = ["sample", "--estimator", "ift", "--data", csv_data, "--n-samples", "20000",
             "--out", "/dev/stdout", *FAST]
     proc = subprocess.Popen([sys.executable, "-c", RUNNER, *map(str, args)], cwd=tmp_path,
-                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL)
+                            env=cli_env(FAULT_HOOK="endless"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     proc.stdout.close()  # the reader is gone before the first sample is written
     try:
         _, err = proc.communicate(timeout=CHILD_TIMEOUT_S)
