@@ -345,7 +345,7 @@ class _BaseParticleFlow(RunLoop, BaseEstimator, metaclass=ABCMeta):
         atoms, w = self._fitted_measure()
         rng = np.random.default_rng(_seed_from(check_random_state(random_state)))
         rows = systematic_draw(w, n_samples, rng)
-        return atoms[rows] + self._sample_noise(n_samples, atoms.shape[1], rng)
+        return atoms[rows] + self._sample_noise(rows, rng)
 
     def _check_n_samples(self, n_samples) -> int:
         if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
@@ -357,8 +357,9 @@ class _BaseParticleFlow(RunLoop, BaseEstimator, metaclass=ABCMeta):
             check_sample_size(int(n_samples), atoms.shape[1], atoms.dtype, copies=3)
         return int(n_samples)
 
-    def _sample_noise(self, n_samples: int, n_features: int, rng) -> np.ndarray | float:
-        """What is added to the drawn atoms: nothing for a particle measure."""
+    def _sample_noise(self, rows: np.ndarray, rng) -> np.ndarray | float:
+        """What is added to the atoms drawn (``rows``, their indices): nothing for a
+        particle measure."""
         return 0.0
 
     def __sklearn_tags__(self):

@@ -25,15 +25,13 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._flow import Evaluation, FlowState, Problem, _BaseParticleFlow
-from .._flow._draws import systematic_draw
 from ..backends import Targets
 from ..data import Data, as_data, session
-from ..kernels import BANDWIDTH_RULES, Kernel, _seed_from
+from ..kernels import BANDWIDTH_RULES, Kernel
 from ._bandwidth import leave_one_out_bandwidth
 from ._isotropic import _IsotropicSteps
 from ._restarts import adopt_fit, fit_best_of, variant
@@ -488,8 +486,16 @@ n_features), default="kmeans"
                            reset=False)
             return self._mean_log_likelihood(data)
 
-    def _sample_noise(self, n_samples: int, n_features: int, rng) -> np.ndarray:
-        noise = rng.standard_normal((n_samples, n_features)) * self.bandwidth_
+    def _sample_noise(self, rows: np.ndarray, rng) -> np.ndarray:
+        """A draw of each drawn atom's component, ``N(0, covariances_)`` of that atom."""
+        z = rng.standard_normal((rows.size, self.means_.shape[1]))
+        cov = self.covariances_
+        if cov.ndim == 1:  # isotropic: h for every component
+            noise = z * self.bandwidth_
+        elif cov.ndim == 2:  # one shape for all ("data", "tied")
+            noise = z @ np.linalg.cholesky(cov).T
+        else:
+            noise = np.einsum("nde,ne->nd", np.linalg.cholesky(cov)[rows], z)
         return noise.astype(self.means_.dtype)
 
     def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
@@ -513,19 +519,7 @@ n_features), default="kmeans"
         -------
         ndarray of shape (n_samples, n_features)
         """
-        if np.ndim(getattr(self, "covariances_", np.zeros(1))) == 1:
-            return super().sample(n_samples, random_state)
-        n = self._check_n_samples(n_samples)
-        atoms, w = self._fitted_measure()
-        rng = np.random.default_rng(_seed_from(check_random_state(random_state)))
-        rows = systematic_draw(w, n, rng)
-        z = rng.standard_normal((n, atoms.shape[1]))
-        cov = self.covariances_
-        if cov.ndim == 2:
-            noise = z @ np.linalg.cholesky(cov).T
-        else:
-            noise = np.einsum("nde,ne->nd", np.linalg.cholesky(cov)[rows], z)
-        return atoms[rows] + noise.astype(atoms.dtype)
+        return self._draw_atoms(n_samples, random_state)
 
 
 def _data_covariance(data: Data, reg_covar: float):
