@@ -219,6 +219,12 @@ def _responsibility_moments(chunk, X, L, kernel, inner):
     return Y.shape[0], mass.astype(np.float64), first.astype(np.float64)
 
 
+def _second_moment(chunk) -> tuple[int, np.ndarray]:
+    Y, b = chunk
+    Yd = Y.astype(np.float64)
+    return Y.shape[0], Yd.T @ (b[:, None] * Yd)
+
+
 def _log_mixture_shaped(chunk, X, P, logw, inner) -> np.ndarray:
     Y, _ = chunk
     if Y.shape[0] == 0:
@@ -394,6 +400,7 @@ class DaskTargets(Targets):
         self.chunks = list(chunks)
         self.n_samples, self.n_features, self.dtype = int(n_samples), int(n_features), dtype
         self._masses: np.ndarray | None = None
+        self._second: np.ndarray | None = None
 
     # --- plumbing ----------------------------------------------------------------------------
     def _retrying(self, reduction):
@@ -539,6 +546,13 @@ class DaskTargets(Targets):
         self._check_rows([o[0] for o in out], "responsibility_moments")
         return (self._sum([o[1] for o in out]).astype(X.dtype),
                 self._sum([o[2] for o in out]).astype(X.dtype))
+
+    def second_moment(self) -> np.ndarray:
+        if self._second is None:
+            out = self._map(_second_moment)
+            self._check_rows([o[0] for o in out], "second_moment")
+            self._second = self._sum([o[1] for o in out])
+        return self._second
 
     def log_mixture_shaped(self, X: np.ndarray, P: np.ndarray, logw: np.ndarray) -> list:
         """Futures of ``L`` per chunk (Gaussians of their own shape), left on the workers."""

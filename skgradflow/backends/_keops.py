@@ -268,6 +268,8 @@ class KeOpsBackend(Backend):
     ) -> np.ndarray:
         """A KeOps LogSumExp over Gaussians of their own shape (blocked NumPy above
         ``SHAPED_MAX_DIM`` dimensions)."""
+        if P.shape[0] == 1:  # one shape for every source: the isotropic formula
+            return self._shared_shape_logsumexp(Z, S, P[0], logv)
         d = Z.shape[1]
         if d > SHAPED_MAX_DIM:
             return super().shaped_logsumexp(Z, S, P, logv)
@@ -285,6 +287,10 @@ class KeOpsBackend(Backend):
         """One KeOps reduction, one exponential per pair: ``E [1, r, r ⊗ r]`` (``E [1, r]``
         with ``second=False``); blocked NumPy above ``SHAPED_MAX_DIM`` dimensions."""
         n, d = Z.shape
+        if P.shape[0] == 1 and n > 1:  # one shape for every point
+            if not second:
+                return self._shared_shape_moments(Z, P[0], a, S, c)
+            P = np.broadcast_to(P, (n, *P.shape[1:]))
         if d > SHAPED_MAX_DIM:
             return super().shaped_moments(Z, P, a, S, c, second)
         where = self._where()

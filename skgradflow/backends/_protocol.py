@@ -138,8 +138,12 @@ class Backend(ABC):
         ``P`` has shape ``(m, d, d)``, ``logv`` shape ``(m,)`` (finite); returns ``(n,)``.
         This default is dense NumPy over blocks of at most ``_SHAPED_BLOCK`` entries of
         ``(n, m, d)``, so every engine inherits a correct version; an engine overrides it
-        where it has a faster one.
+        where it has a faster one.  ``P`` of shape ``(1, d, d)`` is one shape for every
+        source (a tied mixture): the engine's own isotropic :meth:`logsumexp`, in the
+        coordinates that ``P`` whitens.
         """
+        if P.shape[0] == 1:
+            return self._shared_shape_logsumexp(Z, S, P[0], logv)
         n, d = Z.shape
         top = np.full(n, -np.inf, dtype=Z.dtype)
         total = np.zeros(n, dtype=Z.dtype)
@@ -168,8 +172,13 @@ class Backend(ABC):
         ``P`` has shape ``(n, d, d)``, ``a`` shape ``(n,)`` (finite), ``c`` shape ``(m,)``;
         ``-inf`` entries of ``c`` contribute exactly 0.  With ``second=False`` the second
         moment is not formed (``None``).  Dense NumPy over blocks, as
-        :meth:`shaped_logsumexp`.
+        :meth:`shaped_logsumexp`; ``P`` of shape ``(1, d, d)`` is one shape for every point,
+        reduced (with ``second=False``) by the engine's own :meth:`softmax_moments`.
         """
+        if P.shape[0] == 1 and Z.shape[0] > 1:
+            if not second:
+                return self._shared_shape_moments(Z, P[0], a, S, c)
+            P = np.broadcast_to(P, (Z.shape[0], *P.shape[1:]))
         n, d = Z.shape
         ZP = np.einsum("nd,nde->ne", Z, P)
         # the block sums added in float64, and the second moment about the origin too:
@@ -199,6 +208,27 @@ class Backend(ABC):
         moment2 = (raw2.reshape(n, d, d) - outer - np.swapaxes(outer, 1, 2)
                    + m0[:, None, None] * Zd[:, :, None] * Zd[:, None, :])
         return mass.astype(Z.dtype), first.astype(Z.dtype), moment2.astype(Z.dtype)
+
+    # --- one shape shared by every source or point: the isotropic reductions -------------
+    def _shared_shape_logsumexp(self, Z, S, P, logv):
+        """:meth:`shaped_logsumexp` with one ``P``: ``|Pᵀ (z - s)|² = |zᵀP - sᵀP|²``, the
+        Gaussian kernel of width 1 between the whitened rows (the engine's fast path, and
+        the ``n × m × d`` products of the per-source form become two ``(·, d) × (d, d)``)."""
+        ZP, SP = _whitened(Z, P), _whitened(S, P)
+        return self.logsumexp(Kernel("gaussian", 1.0), ZP, SP, logv.astype(Z.dtype))
+
+    def _shared_shape_moments(self, Z, P, a, S, c):
+        """:meth:`shaped_moments` with one ``P`` and ``second=False``: the softmax moments
+        of the whitened rows at width 1, the first moment mapped back by ``P⁻¹`` and both
+        scaled by ``exp(a_i)``.  ``max a`` goes into ``c`` and the rest out of it, so no
+        exponential overflows where the shape is thin (``a`` a large log-determinant)."""
+        top = float(np.max(a))
+        mass, first = self.softmax_moments(Kernel("gaussian", 1.0), _whitened(Z, P),
+                                           _whitened(S, P), (c + top).astype(Z.dtype))
+        scale = np.exp(a.astype(np.float64) - top)
+        first = np.linalg.solve(P.T.astype(np.float64), first.astype(np.float64).T).T
+        return ((scale * mass).astype(Z.dtype), (scale[:, None] * first).astype(Z.dtype),
+                None)
 
     # --- targets bound once per run ------------------------------------------------------
     def bind(self, Y: np.ndarray, b: np.ndarray) -> Targets:
@@ -264,6 +294,11 @@ class Targets(ABC):
 
     # --- inclusive KL with a Gaussian shape per atom -------------------------------------
     @abstractmethod
+    def second_moment(self) -> np.ndarray:
+        """``Σ_m b_m y_m y_mᵀ``, float64, shape ``(d, d)``: with the first moments of the
+        responsibilities, the pooled scatter of a tied mixture's M-step."""
+
+    @abstractmethod
     def log_mixture_shaped(self, X: np.ndarray, P: np.ndarray, logw: np.ndarray) -> Any:
         """``L_m = log Σ_i exp(logw_i - |P_iᵀ (y_m - x_i)|² / 2)`` at every target, in the
         targets' own form, as :meth:`log_mixture`; ``P`` of shape ``(n, d, d)``."""
@@ -296,6 +331,7 @@ class HostTargets(Targets):
         self.n_samples, self.n_features = Y.shape
         self.dtype = Y.dtype
         self._b = self.b.astype(Y.dtype)  # the weights as the reductions take them
+        self._second: np.ndarray | None = None
 
     def kernel_mean(self, kernel: Kernel, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         val, grad = self.backend.value_grad(kernel, Z, self.Y, self._b[:, None], self._b)
@@ -325,6 +361,12 @@ class HostTargets(Targets):
             c = np.log(self.b) - L
         return self.backend.softmax_moments(kernel, X, self.Y, c.astype(X.dtype))
 
+    def second_moment(self) -> np.ndarray:
+        if self._second is None:
+            Y = self.Y.astype(np.float64)
+            self._second = Y.T @ (self.b[:, None] * Y)
+        return self._second
+
     def log_mixture_shaped(self, X: np.ndarray, P: np.ndarray, logw: np.ndarray) -> np.ndarray:
         dt = X.dtype
         return self.backend.shaped_logsumexp(
@@ -340,3 +382,8 @@ class HostTargets(Targets):
         dt = X.dtype
         return self.backend.shaped_moments(X, P.astype(dt), log_norm.astype(dt), self.Y,
                                            c.astype(dt), second)
+
+
+def _whitened(X: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """``X P`` computed in float64, in the dtype of ``X``."""
+    return (X.astype(np.float64) @ P.astype(np.float64)).astype(X.dtype)

@@ -1,4 +1,5 @@
-"""``n_components="auto"``: the number of components by the likelihood of held-out samples.
+"""``n_components="auto"`` and ``covariance="auto"``: the number of components and the
+components' shape by the likelihood of held-out samples.
 
 A kernel mixture of ``K`` components at a fixed width is a kernel density estimate whose
 ``n/K`` samples per component are pooled into one atom: the more components, the more of the
@@ -7,7 +8,9 @@ manifold in 3 dimensions wants an atom per sample, a diffuse cloud in 50 a few p
 so "auto" measures it: it fits each candidate on three quarters of the samples and keeps the
 one whose mixture gives the other quarter the highest mean log-likelihood, the criterion the
 fit itself maximises, judged on samples it has not seen (design page, "How many
-components").
+components").  The shape is chosen the same way, between isotropic components and one shape
+shared by all and learnt with them (design page, "Isotropic or tied"): where the features
+are correlated, the tied shape follows them, and the held-out likelihood says so.
 """
 
 from __future__ import annotations
@@ -39,60 +42,86 @@ def n_components_for(n_distinct: int, per_component: int) -> int:
     return auto_atoms(n_distinct, per_component, MAX_COMPONENTS)
 
 
-def select_n_components(estimator, data: Data, rng: np.random.Generator) -> dict | None:
+def select_components(estimator, data: Data, rng: np.random.Generator, counts: bool,
+                      modes: tuple[str, ...]) -> dict | None:
     """The held-out comparison of the candidates for ``estimator`` (with its other
-    parameters) on ``data``: ``None`` where there is nothing to choose (too few samples, or
-    every candidate gives the same number of components at this size), otherwise a dict of
-    arrays, one entry per candidate: ``samples_per_component`` (10, 3 or 1, the first that
-    gives the count: at the cap the count has ``n / MAX_COMPONENTS`` of them), ``n_components``
-    (on all the samples) and ``held_out_log_likelihood``, and ``chosen``, the index of the
-    best; with ``verbose``, the comparison is printed."""
+    parameters) on ``data``: every count of :data:`SAMPLES_PER_COMPONENT` (``counts``; else
+    the estimator's own) for every covariance mode in ``modes``, each fitted on three
+    quarters of the samples and scored on the other quarter.  ``None`` where there is
+    nothing to choose (too few samples, or a single candidate), otherwise a dict of arrays,
+    one entry per candidate: ``samples_per_component`` (10, 3 or 1, the first that gives
+    the count: at the cap the count has ``n / MAX_COMPONENTS`` of them; 0 for a given
+    count), ``n_components`` (on all the samples), ``covariance`` and
+    ``held_out_log_likelihood``, and ``chosen``, the index of the best; with ``verbose``,
+    the comparison is printed."""
     n = data.n_distinct()
     if n < MIN_DISTINCT:
         return None
-    candidates = {}  # components on all the samples -> samples per component (first wins)
-    for per in SAMPLES_PER_COMPONENT:
-        candidates.setdefault(n_components_for(n, per), per)
+    candidates = []  # (components on all the samples, samples per component, mode)
+    for mode in modes:
+        if not counts:
+            candidates.append((estimator.n_components, 0, mode))
+            continue
+        seen = set()
+        for per in SAMPLES_PER_COMPONENT:
+            # a shared shape learnt with a component per sample is the scatter of each
+            # sample about itself: it shrinks to the reg_covar floor and scores the held-out
+            # samples at -inf in practice (-1e7 on breast cancer), so the tied candidates
+            # pool at least three samples per component
+            if mode == "tied" and per < 3:
+                continue
+            count = n_components_for(n, per)
+            if count not in seen:  # the first `per` that gives the count wins
+                seen.add(count)
+                candidates.append((count, per, mode))
     if len(candidates) == 1:
         return None
     rest, held = data.held_out(HELD_OUT_FRACTION, rng)
     n_rest = rest.n_distinct()
     if n_rest < 2 or held.n_distinct() < 1:  # a draw left a part without weight (dask)
         return None
-    per_component = np.array(list(candidates.values()))
-    likelihood = np.empty(per_component.size)
-    width = {}  # bandwidth="auto": the first candidate's, for the others on the same rows
-    for k, (n_components, per) in enumerate(candidates.items()):
+    likelihood = np.empty(len(candidates))
+    widths = {}  # bandwidth="auto": each mode's first candidate's, for its others
+    for k, (n_components, per, mode) in enumerate(candidates):
         # on the three quarters, one per `per` of their samples; a candidate at the cap,
-        # which has n/MAX_COMPONENTS samples per component on all of them, as many there.
+        # which has n/MAX_COMPONENTS samples per component on all of them, as many there;
+        # a given count as it is, at most the distinct samples there.
         # Each candidate once (n_init=1), silently: an unconverged candidate is compared as
         # it is, and only the final fit's warnings concern the user
-        if n_components < MAX_COMPONENTS:
+        if per == 0:
+            tried = estimator.n_components
+            if isinstance(tried, int | np.integer):
+                tried = max(1, min(int(tried), n_rest))
+        elif n_components < MAX_COMPONENTS:
             tried = n_components_for(n_rest, per)
         else:
             tried = max(1, min(n_rest, round(MAX_COMPONENTS * n_rest / n)))
-        run = variant(estimator, n_components=tried, n_init=1, warm_start=False, verbose=0,
-                      callback=None, **width)
+        run = variant(estimator, n_components=tried, covariance=mode, n_init=1,
+                      warm_start=False, verbose=0, callback=None, **widths.get(mode, {}))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             run._fit(rest)
         likelihood[k] = run._mean_log_likelihood(held)
         if estimator.bandwidth == "auto":
             # the leave-one-out width depends on the rows only (a pass over all their pairs
-            # at 48 widths): computed once, not once per candidate
-            width = {"bandwidth": run.bandwidth_}
+            # at 48 widths), in the coordinates of the mode: computed once per mode
+            widths.setdefault(mode, {"bandwidth": run.bandwidth_})
     if not np.all(np.isfinite(likelihood)):
         raise FloatingPointError(
-            "InclusiveKLFitter(n_components='auto'): a candidate's held-out log-likelihood "
-            f"is not finite ({likelihood}); give n_components as an int.")
-    counts, chosen = np.array(list(candidates)), int(np.argmax(likelihood))
+            "InclusiveKLFitter(n_components='auto' or covariance='auto'): a candidate's "
+            f"held-out log-likelihood is not finite ({likelihood}); give n_components as "
+            "an int and a covariance mode.")
+    chosen = int(np.argmax(likelihood))
     if estimator.verbose > 0:  # the candidates' fits ran silently: say what they found
-        scores = ", ".join(f"{k}: {v:.5g}" for k, v in zip(counts, likelihood, strict=True))
-        print(f"{type(estimator).__name__}: n_components={counts[chosen]} by the held-out "
-              f"mean log-likelihood of the candidates ({scores})", file=sys.stderr)
+        scores = ", ".join(f"{c} {m}: {v:.5g}" for (c, _, m), v in
+                           zip(candidates, likelihood, strict=True))
+        print(f"{type(estimator).__name__}: n_components={candidates[chosen][0]}, "
+              f"covariance={candidates[chosen][2]!r} by the held-out mean log-likelihood of "
+              f"the candidates ({scores})", file=sys.stderr)
     return {
-        "samples_per_component": per_component,
-        "n_components": counts,
+        "samples_per_component": np.array([c[1] for c in candidates]),
+        "n_components": np.array([c[0] for c in candidates]),
+        "covariance": np.array([c[2] for c in candidates]),
         "held_out_log_likelihood": likelihood,
         "chosen": chosen,
     }

@@ -31,16 +31,22 @@ class _ShapedSteps:
         P = _precision_cholesky(C)
         return P, np.log(np.diagonal(P, axis1=1, axis2=2)).sum(axis=1)
 
+    def _distinct(self, C: np.ndarray) -> np.ndarray:
+        """The distinct covariances of the stack: its first for ``"tied"``, whose one shape
+        every row repeats (the engines then reduce it as one shape for all, isotropic in
+        the coordinates it whitens), all of them for ``"full"``."""
+        return C[:1] if self._mode == "tied" else C
+
     def _penalty(self, P: np.ndarray) -> float:
         """The ``reg_covar`` term of the learnt shapes' objective, ``(reg/2) Σ_i tr(C_i⁻¹)``
         (``(reg/2) tr(C⁻¹)`` for the one shape of ``"tied"``), ``tr(C_i⁻¹) = |P_i|²``."""
-        P = P[:1] if self.covariance == "tied" else P
+        P = P[:1] if self._mode == "tied" else P
         return 0.5 * self.reg_covar * float(np.einsum("nde,nde->", P, P))
 
     def _evaluate_shaped(self, state: FlowState, targets: Targets) -> Evaluation:
         x, w, C = state.atoms, state.weights, covariances(state)
         try:
-            P, log_det = self._shapes(C)
+            P, log_det = self._shapes(self._distinct(C))
         except np.linalg.LinAlgError:  # rounded past positive definiteness: a failed step
             return Evaluation(np.inf, np.inf, {})
         # L_m = log Σ_i w_i det(P_i) exp(-|P_iᵀ(y_m - x_i)|²/2) = log μ(y_m) + (d/2) log 2π
@@ -67,17 +73,29 @@ class _ShapedSteps:
             return state.replace(atoms=np.full_like(x, np.nan)), None
 
     def _transport_and_reweight(self, x, C, w, L, P, log_det, targets: Targets, tau: float):
+        n = x.shape[0]
         if self.alpha > 0:
-            R, first, second = targets.responsibility_moments_shaped(x, P, log_det, L)
-            dx, C = _component_step(C, R.astype(np.float64), first.astype(np.float64),
-                                    second.astype(np.float64), tau * self.alpha,
-                                    self.reg_covar, w, self.covariance == "tied")
+            if self._mode == "tied":
+                # the shared shape's step needs only the pooled scatter, which the first
+                # moments and the targets' second moment give without an n × d × d reduction
+                R, first, _ = targets.responsibility_moments_shaped(
+                    x, P, np.broadcast_to(log_det, n), L, second=False)
+                R, first = R.astype(np.float64), first.astype(np.float64)
+                scatter = pooled_scatter(targets.second_moment(), x.astype(np.float64), w,
+                                         R, first)
+                dx, C = _tied_step(C, R, first, scatter, tau * self.alpha, self.reg_covar, w)
+            else:
+                R, first, second = targets.responsibility_moments_shaped(x, P, log_det, L)
+                dx, C = _component_step(C, R.astype(np.float64), first.astype(np.float64),
+                                        second.astype(np.float64), tau * self.alpha,
+                                        self.reg_covar, w, tied=False)
             x = x + dx.astype(x.dtype)
             if self.beta > 0:
-                P, log_det = self._shapes(C)
+                P, log_det = self._shapes(self._distinct(C))
                 L = targets.log_mixture_shaped(x, P, self._log_weights(w, np.float64) + log_det)
         if self.beta > 0:
-            R = targets.responsibility_moments_shaped(x, P, log_det, L, second=False)[0]
+            R = targets.responsibility_moments_shaped(x, P, np.broadcast_to(log_det, n), L,
+                                                      second=False)[0]
             mass = w * R.astype(np.float64)  # Σ_m b_m γ_mi: EM's weights
             rho = tau * self.beta / (1.0 + tau * self.beta)
             w = (1.0 - rho) * w + rho * mass / mass.sum()
@@ -128,6 +146,30 @@ def _component_step(C, R, first, second, t, reg_covar, w, tied=False):
         prior = reg_covar / np.maximum(w, np.finfo(np.float64).tiny)
         C_new = (C + t * (moved + prior[:, None, None] * eye)) / (1.0 + t * R)[:, None, None]
     return dx, 0.5 * (C_new + np.swapaxes(C_new, -1, -2))
+
+
+def pooled_scatter(second: np.ndarray, x: np.ndarray, w: np.ndarray, R: np.ndarray,
+                   first: np.ndarray) -> np.ndarray:
+    """``Σ_i w_i M_i``, ``M_i = Σ_m E_mi (y_m - x_i)(y_m - x_i)ᵀ``, from the targets' second
+    moment ``Σ_m b_m y_m y_mᵀ`` and the first moments: with ``w_i E_mi = b_m γ_mi`` and
+    ``Σ_i γ_mi = 1``, it is ``Σ_m b_m y_m y_mᵀ - Σ_i (ȳ_i x_iᵀ + x_i ȳ_iᵀ) + Σ_i r_i x_i x_iᵀ``,
+    ``r_i = w_i R_i`` and ``ȳ_i = Σ_m b_m γ_mi y_m = w_i (F_i + R_i x_i)``."""
+    ybar = w[:, None] * (first + R[:, None] * x)
+    cross = ybar.T @ x
+    return second - cross - cross.T + (x.T * (w * R)) @ x
+
+
+def _tied_step(C, R, first, scatter, t, reg_covar, w):
+    """:func:`_component_step` with ``tied=True`` from the pooled scatter about the old
+    means (:func:`pooled_scatter`) instead of every component's: the same step, with
+    ``Σ_i w_i M'_i = Σ_i w_i (M_i - F_i dx_iᵀ - dx_i F_iᵀ + R_i dx_i dx_iᵀ)``."""
+    dx = (t / (1.0 + t * R))[:, None] * first
+    cross = (w[:, None] * first).T @ dx
+    moved = _clip_to_psd((scatter - cross - cross.T + (dx.T * (w * R)) @ dx)[None])[0]
+    eye = np.eye(C.shape[-1])
+    shared = (C[0] + t * (moved + reg_covar * eye)) / (1.0 + t * float(w @ R))
+    shared = 0.5 * (shared + shared.T)
+    return dx, np.broadcast_to(shared, C.shape)
 
 
 def _clip_to_psd(M: np.ndarray) -> np.ndarray:

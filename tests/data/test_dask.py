@@ -257,7 +257,7 @@ def test_held_out_parts_split_the_weights_where_the_rows_are(client, data):
 
 def test_held_out_rows_of_zero_weight_leave_nothing_to_choose_on(client, data):
     from skgradflow.data import as_data
-    from skgradflow.mixture._selection import select_n_components
+    from skgradflow.mixture._selection import select_components
 
     X, _, _ = data
     sw = np.zeros(X.shape[0])
@@ -272,15 +272,17 @@ def test_held_out_rows_of_zero_weight_leave_nothing_to_choose_on(client, data):
     # the selection never scores an empty part: it declines, and the fit goes on
     Xd, swd = da.from_array(X, chunks=(150, 2)), da.from_array(sw, chunks=150)
     for seed in range(3):
-        sel = select_n_components(InclusiveKLFitter(max_iter=5, random_state=seed),
-                                  as_data(Xd, swd), np.random.default_rng(seed))
+        sel = select_components(InclusiveKLFitter(max_iter=5, random_state=seed),
+                                as_data(Xd, swd), np.random.default_rng(seed), True,
+                                ("isotropic", "tied"))
         assert sel is None or np.all(np.isfinite(sel["held_out_log_likelihood"]))
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_the_number_of_components_is_chosen_on_the_workers(client, data):
     X, _, _ = data
-    est = InclusiveKLFitter(max_iter=30, random_state=0).fit(da.from_array(X, chunks=(150, 2)))
+    est = InclusiveKLFitter(max_iter=30, covariance="isotropic", random_state=0).fit(
+        da.from_array(X, chunks=(150, 2)))
     sel = est.component_selection_
     assert est.backend_ == "dask"
     np.testing.assert_array_equal(sel["n_components"], [60, 200, 500])
@@ -288,11 +290,31 @@ def test_the_number_of_components_is_chosen_on_the_workers(client, data):
     # candidates from all the rows where these start from a draw of them: the same
     # likelihoods up to those draws (about 0.08 apart here; the candidates differ by less,
     # so the count chosen may differ)
-    oracle = InclusiveKLFitter(max_iter=30, random_state=0).fit(X)
+    oracle = InclusiveKLFitter(max_iter=30, covariance="isotropic", random_state=0).fit(X)
     np.testing.assert_allclose(sel["held_out_log_likelihood"],
                                oracle.component_selection_["held_out_log_likelihood"],
                                atol=0.2)
     assert est.n_components_ in sel["n_components"]
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_the_shape_is_chosen_on_the_workers(client):
+    """covariance="auto" on a dask array: the tied candidates' pooled scatter from the
+    chunks' second moments, and the same choice as in memory on correlated features (the
+    held-out quarters and the candidates' starts differ, so the likelihoods are compared by
+    their choice only)."""
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(5, 5)))[0]
+    X = rng.standard_normal((400, 5)) * np.geomspace(0.05, 2.0, 5) @ basis.T
+    est = InclusiveKLFitter(max_iter=30, random_state=0).fit(da.from_array(X, chunks=(100, 5)))
+    oracle = InclusiveKLFitter(max_iter=30, random_state=0).fit(X)
+    sel, ref = est.component_selection_, oracle.component_selection_
+    assert est.backend_ == "dask"
+    np.testing.assert_array_equal(sel["covariance"], ["isotropic"] * 3 + ["tied"] * 2)
+    np.testing.assert_array_equal(sel["n_components"], ref["n_components"])
+    assert sel["chosen"] == ref["chosen"] == 3
+    assert est.covariance_mode_ == oracle.covariance_mode_ == "tied"
+    assert np.all(np.isfinite(sel["held_out_log_likelihood"]))
 
 
 def test_a_nan_chunk_gives_the_numpy_message(client, data):

@@ -365,4 +365,8 @@ def test_huge_step_size_never_gives_nan(X, spec, kernel, dtype, step_size, beta)
     assert np.all(np.isfinite(est.weights_))
     assert abs(est.weights_.sum() - 1.0) <= 1e-10 and np.all(est.weights_ >= 0)
     assert np.all(np.isfinite(est.loss_curve_))
+    if getattr(est, "covariance_mode_", "isotropic") in ("tied", "full"):
+        # the learnt shapes' steps are implicit, monotone at any size (an EM iteration as
+        # the step grows): nothing to warn about
+        return
     assert any("step_size" in str(w.message) for w in caught), [str(w.message) for w in caught]

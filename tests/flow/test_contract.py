@@ -410,6 +410,14 @@ def test_loss_curve_is_the_objective(spec, data, weighted):
         )
     else:
         objective = -est.score(data, sample_weight=sw)
+        if est.covariance_mode_ in ("tied", "full"):
+            # plus the learnt shapes' reg_covar term, (reg/2) Σ_i tr(Σ̂ C_i⁻¹) in the units
+            # of X, Σ̂ the regularised covariance the fit whitened by (P Pᵀ = Σ̂⁻¹)
+            P = est._whiten[1]
+            shapes = np.reshape(est.covariances_, (-1, data.shape[1], data.shape[1]))
+            sigma = np.linalg.inv(P @ P.T)
+            objective += 0.5 * est.reg_covar * sum(
+                np.trace(sigma @ np.linalg.inv(C)) for C in shapes)
     assert est.loss_curve_[-1] == pytest.approx(objective, rel=1e-6, abs=1e-12)
 
 

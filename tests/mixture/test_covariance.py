@@ -54,8 +54,8 @@ def test_data_mode_is_the_isotropic_flow_on_whitened_data(data, rng):
     params = dict(n_components=6, bandwidth=0.4, step_size=0.05, max_iter=4, tol=0,
                   backend="numpy")
     shaped = InclusiveKLFitter(covariance="data", init=x0, **params).fit(X, sample_weight=raw)
-    iso = InclusiveKLFitter(init=(x0 - mean) @ P, **params).fit((X - mean) @ P,
-                                                                sample_weight=raw)
+    iso = InclusiveKLFitter(covariance="isotropic", init=(x0 - mean) @ P, **params).fit(
+        (X - mean) @ P, sample_weight=raw)
     half_log_det = 0.5 * np.linalg.slogdet(cov)[1]
     np.testing.assert_allclose(shaped.means_, iso.means_ @ np.linalg.inv(P) + mean, rtol=1e-10)
     np.testing.assert_allclose(shaped.weights_, iso.weights_, rtol=1e-10)
@@ -115,6 +115,54 @@ def test_shaped_reductions_match_dense_densities(rng, backend, dtype):
     assert none is None
     np.testing.assert_allclose(mass, R, rtol=rtol)
     np.testing.assert_allclose(first, F, rtol=rtol_moments, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_shared_shape_reduces_as_the_dense_densities(rng, backend, dtype):
+    """``P`` of shape ``(1, d, d)`` (a tied mixture): the engines' isotropic reductions in the
+    coordinates ``P`` whitens, against dense Gaussians of that one covariance; a large
+    log-determinant (``a = 200 + ...``, which ``exp`` overflows in float32) is taken out
+    before any exponential; and the pooled scatter of the tied step from the first moments
+    and the targets' second moment, against the dense per-component scatters."""
+    from skgradflow.mixture._shaped import pooled_scatter
+
+    d, n, m = 3, 6, 50
+    rtol, atol = (1e-11, 1e-13) if dtype == np.float64 else (2e-4, 1e-5)
+    x, y = rng.normal(size=(n, d)), rng.normal(size=(m, d))
+    A = rng.normal(size=(d, d))
+    C = A @ A.T + 0.5 * np.eye(d)
+    w, b = rng.dirichlet(np.ones(n)), rng.dirichlet(np.ones(m))
+    P = np.linalg.inv(np.linalg.cholesky(C)).T[None]
+    log_det = float(np.log(np.diag(P[0])).sum())
+    dens = np.stack([multivariate_normal(x[i], C).pdf(y) for i in range(n)], axis=1)
+    engine = resolve_backend(backend, 1)
+    targets = HostTargets(engine, y.astype(dtype), b)
+    L = targets.log_mixture_shaped(x.astype(dtype), P.astype(dtype),
+                                   (np.log(w) + log_det).astype(dtype))
+    np.testing.assert_allclose(L - 0.5 * d * np.log(2 * np.pi), np.log(dens @ w), rtol=rtol)
+    E = b[:, None] * dens / (dens @ w)[:, None]
+    r = y[:, None, :] - x[None, :, :]
+    R, F, none = targets.responsibility_moments_shaped(
+        x.astype(dtype), P.astype(dtype), np.full(n, log_det, dtype=dtype), L, second=False)
+    assert none is None and R.dtype == F.dtype == dtype
+    np.testing.assert_allclose(R, E.sum(0), rtol=rtol)
+    np.testing.assert_allclose(F, np.einsum("mi,mid->id", E, r), rtol=rtol, atol=atol)
+    # a per-point offset far past float32's exponent range, moved into c and back out
+    offset = 200.0 + rng.normal(size=n)
+    c = (np.log(b) - L - 200.0).astype(dtype)
+    mass, first, _ = engine.shaped_moments(x.astype(dtype), P.astype(dtype),
+                                           (log_det + offset).astype(dtype), y.astype(dtype),
+                                           c, second=False)
+    scale = np.exp(offset - 200.0)
+    np.testing.assert_allclose(mass, scale * E.sum(0), rtol=10 * rtol)
+    np.testing.assert_allclose(first, scale[:, None] * np.einsum("mi,mid->id", E, r),
+                               rtol=10 * rtol, atol=atol)
+    np.testing.assert_allclose(targets.second_moment(), y.T @ (b[:, None] * y), rtol=rtol)
+    pooled = pooled_scatter(targets.second_moment(), x, w, R.astype(np.float64),
+                            F.astype(np.float64))
+    np.testing.assert_allclose(pooled, np.einsum("i,mi,mid,mie->de", w, E, r, r), rtol=rtol,
+                               atol=atol)
 
 
 def test_keops_leaves_the_shaped_reductions_to_numpy_above_its_dimension_limit(rng):

@@ -14,6 +14,12 @@ from tests.helpers import BACKENDS, three_mode_mixture
 from tests.oracles import dense_inclusive_kl_iterations, phi
 
 
+def Isotropic(*args, **params):
+    """The isotropic flow these tests check against its dense form (the default,
+    covariance="auto", may choose a tied shape instead)."""
+    return InclusiveKLFitter(*args, covariance="isotropic", **params)
+
+
 @pytest.fixture
 def problem(rng):
     y = three_mode_mixture(60, rng) / 3
@@ -25,9 +31,9 @@ def problem(rng):
 def test_three_iterations_match_dense_computation(problem, backend):
     x0, y, b, raw = problem
     h, tau, alpha, beta = 0.6, 0.2, 0.7, 1.3
-    est = InclusiveKLFitter(n_components=10, bandwidth=h, step_size=tau, alpha=alpha,
-                            beta=beta, init=x0, max_iter=3, tol=0,
-                            backend=backend).fit(y, sample_weight=raw)
+    est = Isotropic(n_components=10, bandwidth=h, step_size=tau, alpha=alpha,
+                    beta=beta, init=x0, max_iter=3, tol=0,
+                    backend=backend).fit(y, sample_weight=raw)
     x3, w3, losses = dense_inclusive_kl_iterations(x0, np.full(10, 0.1), y, b, h, tau, alpha,
                                                    beta, 3)
     np.testing.assert_allclose(est.means_, x3, rtol=1e-10, atol=1e-12)
@@ -40,8 +46,8 @@ def test_no_flow_with_atoms_at_the_data_is_the_kernel_density_estimate(rng, back
     X = three_mode_mixture(300, rng)
     X_test = three_mode_mixture(100, rng)
     h = 0.45
-    kl = InclusiveKLFitter(n_components=300, bandwidth=h, alpha=0.0, beta=0.0, init=X,
-                           max_iter=1, tol=0, backend=backend).fit(X)
+    kl = Isotropic(n_components=300, bandwidth=h, alpha=0.0, beta=0.0, init=X,
+                   max_iter=1, tol=0, backend=backend).fit(X)
     kde = KernelDensity(bandwidth=h, kernel="gaussian").fit(X)
     np.testing.assert_allclose(kl.score_samples(X_test), kde.score_samples(X_test), rtol=1e-10)
     assert kl.score(X_test) == pytest.approx(kde.score(X_test) / len(X_test), rel=1e-10)
@@ -81,10 +87,10 @@ def test_the_stopping_rule_knows_the_sampling_noise_of_the_log_likelihood(mixtur
         seen.append((resolution, least_energy))
         return is_resolved(losses, resolution, least_energy)
 
-    start = InclusiveKLFitter(n_components=60, random_state=0, alpha=0.0, beta=0.0,
-                              max_iter=1, tol=0).fit(X, sample_weight=raw)
+    start = Isotropic(n_components=60, random_state=0, alpha=0.0, beta=0.0,
+                      max_iter=1, tol=0).fit(X, sample_weight=raw)
     monkeypatch.setattr(_loop, "_is_resolved", spy)
-    kl = InclusiveKLFitter(n_components=60, random_state=0).fit(X, sample_weight=raw)
+    kl = Isotropic(n_components=60, random_state=0).fit(X, sample_weight=raw)
     log_density = start.score_samples(X)
     spread = b @ np.abs(log_density - b @ log_density)
     resolution, least_energy = seen[0]
@@ -106,9 +112,9 @@ def test_weight_step_is_em_to_first_order(problem):
     em = b @ gamma  # EM's weight update
 
     def gap(step):
-        est = InclusiveKLFitter(n_components=10, bandwidth=h, alpha=0.0, beta=1.0,
-                                step_size=step, init=x0, max_iter=1, tol=0).fit(
-                                    y, sample_weight=raw)
+        est = Isotropic(n_components=10, bandwidth=h, alpha=0.0, beta=1.0,
+                        step_size=step, init=x0, max_iter=1, tol=0).fit(
+                            y, sample_weight=raw)
         return np.abs(est.weights_ - ((1 - step) * w0 + step * em)).sum()
 
     gaps = [gap(s) for s in (0.04, 0.02, 0.01, 0.005)]
@@ -125,8 +131,8 @@ def test_digits_in_64_dimensions_stay_finite(dtype, bandwidth):
     X = X.astype(dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        kl = InclusiveKLFitter(n_components=50, bandwidth=bandwidth, max_iter=10,
-                               random_state=0).fit(X)
+        kl = Isotropic(n_components=50, bandwidth=bandwidth, max_iter=10,
+                       random_state=0).fit(X)
     log_density = kl.score_samples(X)
     assert log_density.dtype == dtype
     assert np.all(np.isfinite(log_density))
@@ -176,10 +182,10 @@ def test_seeded_atoms_at_one_position_share_its_mass():
 
 def test_without_reweighting_the_clusters_masses_stay(mixture_split):
     X, _ = mixture_split
-    start = InclusiveKLFitter(n_components=20, alpha=0.0, beta=0.0, max_iter=1, tol=0,
-                              random_state=0).fit(X)
-    moved = InclusiveKLFitter(n_components=20, beta=0.0, max_iter=10, tol=0,
-                              random_state=0).fit(X)
+    start = Isotropic(n_components=20, alpha=0.0, beta=0.0, max_iter=1, tol=0,
+                      random_state=0).fit(X)
+    moved = Isotropic(n_components=20, beta=0.0, max_iter=10, tol=0,
+                      random_state=0).fit(X)
     assert not np.allclose(start.weights_, 1 / 20)
     assert np.abs(moved.means_ - start.means_).max() > 1e-3  # the atoms did move
     np.testing.assert_array_equal(moved.weights_, start.weights_)
