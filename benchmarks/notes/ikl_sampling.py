@@ -15,7 +15,10 @@ its current defaults, and the alternatives tried, against ``bench_samples.py``'s
 less the second's, with its standard error (the same splits for both).
 
 Besides ``bench_samples.DATASETS`` (``gmm2d`` left out by default), ``gmm5d``: 600 rows of
-a 5-D mixture of three Gaussians of unequal covariances (scales 0.3, 1 and 2.5) and weights.
+a 5-D mixture of three Gaussians of unequal covariances (scales 0.3, 1 and 2.5) and weights;
+``correlated50``: a 50-D Gaussian of random covariance; ``classification20``: the features
+of ``make_classification`` (20, of which 10 informative).  ``"IKL new"`` is the current
+default (``covariance="auto"``), ``"isotropic"`` and ``"tied"`` its two candidates alone.
 """
 
 from __future__ import annotations
@@ -41,7 +44,25 @@ def gmm5d() -> np.ndarray:
     return np.vstack(parts)
 
 
+def correlated50() -> np.ndarray:
+    """1000 rows of a 50-D Gaussian with a random covariance (column scales 0.2 to 3 of a
+    random matrix): correlated features, no clusters."""
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(50, 50)) / np.sqrt(50) * np.linspace(0.2, 3, 50)
+    return rng.normal(size=(1000, 50)) @ A
+
+
+def classification20() -> np.ndarray:
+    """``make_classification(1000, 20, n_informative=10)``'s features: 10 informative, the
+    others linear combinations of them or noise."""
+    from sklearn.datasets import make_classification
+
+    return make_classification(1000, 20, n_informative=10, random_state=0)[0]
+
+
 bs.DATASETS["gmm5d"] = gmm5d
+bs.DATASETS["correlated50"] = correlated50
+bs.DATASETS["classification20"] = classification20
 
 
 class EqualWeights:
@@ -125,6 +146,8 @@ VARIANTS = {
     "equal weights": lambda s: EqualWeights(s),
     "one per row": lambda s: OnePerRow(s),
     "independent draws": lambda s: IndependentDraws(s),
+    "isotropic": lambda s: InclusiveKLFitter(covariance="isotropic", random_state=s),
+    "tied": lambda s: InclusiveKLFitter(covariance="tied", random_state=s),
 }
 
 

@@ -59,8 +59,8 @@ def select_components(estimator, data: Data, rng: np.random.Generator, counts: b
         return None
     candidates = []  # (components on all the samples, samples per component, mode)
     for mode in modes:
-        if not counts:
-            candidates.append((estimator.n_components, 0, mode))
+        if not counts:  # the given count (an int, or an init array's rows)
+            candidates.append((estimator._n_atoms(data), 0, mode))
             continue
         seen = set()
         for per in SAMPLES_PER_COMPONENT:
@@ -88,9 +88,9 @@ def select_components(estimator, data: Data, rng: np.random.Generator, counts: b
         # a given count as it is, at most the distinct samples there.
         # Each candidate once (n_init=1), silently: an unconverged candidate is compared as
         # it is, and only the final fit's warnings concern the user
-        if per == 0:
+        if per == 0:  # an init array keeps its rows; an int, at most the distinct samples
             tried = estimator.n_components
-            if isinstance(tried, int | np.integer):
+            if not isinstance(tried, str):
                 tried = max(1, min(int(tried), n_rest))
         elif n_components < MAX_COMPONENTS:
             tried = n_components_for(n_rest, per)

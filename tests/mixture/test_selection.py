@@ -277,6 +277,9 @@ def test_a_given_count_still_chooses_the_shape_and_few_samples_are_isotropic():
     np.testing.assert_array_equal(sel["samples_per_component"], [0, 0])
     np.testing.assert_array_equal(sel["n_components"], [12, 12])
     assert est.n_components_ == 12 and est.covariance_mode_ == sel["covariance"][sel["chosen"]]
+    init = InclusiveKLFitter(init=X[:7], random_state=0).fit(X)  # an init array: its rows
+    np.testing.assert_array_equal(init.component_selection_["n_components"], [7, 7])
+    assert init.n_components_ == 7
     few = InclusiveKLFitter(random_state=0).fit(X[:19])
     assert few.component_selection_ is None and few.covariance_mode_ == "isotropic"
     assert np.ndim(few.covariances_) == 1
