@@ -35,6 +35,13 @@ def dense_log_likelihood(X, means, weights, h):
     return float(np.mean(logsumexp(log_phi + np.log(weights), axis=1)))
 
 
+def held_out_quarter(n, random_state):
+    """The rows the selection holds out of ``n`` distinct, equally weighted rows for an
+    estimator of this ``random_state`` (its fit's generator, first draw)."""
+    rng = np.random.default_rng(_seed_from(check_random_state(random_state)))
+    return _held_rows(n, 0.25, rng)
+
+
 def thin_roll(n, seed):
     """A 2-D sheet rolled up in 3-D, standardised: kept in detail by one atom per sample."""
     X = make_swiss_roll(n, noise=0.1, random_state=seed)[0]
@@ -52,8 +59,7 @@ def test_the_comparison_matches_fits_on_the_held_in_rows_scored_densely():
     est = Fitter(random_state=3).fit(X)
     sel = est.component_selection_
     # the same split of the (distinct, equally weighted: kept as given) rows
-    rng = np.random.default_rng(_seed_from(check_random_state(3)))
-    held = _held_rows(X.shape[0], 0.25, rng)
+    held = held_out_quarter(X.shape[0], random_state=3)
     assert held.sum() == 40
     np.testing.assert_array_equal(sel["samples_per_component"], [10, 3, 1])
     np.testing.assert_array_equal(sel["n_components"], [16, 54, 160])
@@ -223,8 +229,7 @@ def test_the_shape_comparison_matches_fits_on_the_held_in_rows_scored_densely():
     X = correlated_cloud(160, 0)
     est = InclusiveKLFitter(random_state=3).fit(X)
     sel = est.component_selection_
-    rng = np.random.default_rng(_seed_from(check_random_state(3)))
-    held = _held_rows(X.shape[0], 0.25, rng)
+    held = held_out_quarter(X.shape[0], random_state=3)
     # every count isotropic, and tied only where it pools at least three samples
     np.testing.assert_array_equal(sel["covariance"], ["isotropic"] * 3 + ["tied"] * 2)
     np.testing.assert_array_equal(sel["samples_per_component"], [10, 3, 1, 10, 3])
