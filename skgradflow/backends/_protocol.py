@@ -214,17 +214,24 @@ class Backend(ABC):
         """:meth:`shaped_logsumexp` with one ``P``: ``|Pᵀ (z - s)|² = |zᵀP - sᵀP|²``, the
         Gaussian kernel of width 1 between the whitened rows (the engine's fast path, and
         the ``n × m × d`` products of the per-source form become two ``(·, d) × (d, d)``)."""
-        ZP, SP = _whitened(Z, P), _whitened(S, P)
-        return self.logsumexp(Kernel("gaussian", 1.0), ZP, SP, logv.astype(Z.dtype))
+        # the wider dtype of the two: a tied step reduces float64 atoms against the
+        # targets' own rows (see _shared_shape_moments)
+        dt = np.result_type(Z.dtype, S.dtype)
+        ZP, SP = _whitened(Z, P, dt), _whitened(S, P, dt)
+        return self.logsumexp(Kernel("gaussian", 1.0), ZP, SP, logv.astype(dt))
 
     def _shared_shape_moments(self, Z, P, a, S, c):
         """:meth:`shaped_moments` with one ``P`` and ``second=False``: the softmax moments
         of the whitened rows at width 1, the first moment mapped back by ``P⁻¹`` and both
         scaled by ``exp(a_i)``.  ``max a`` goes into ``c`` and the rest out of it, so no
-        exponential overflows where the shape is thin (``a`` a large log-determinant)."""
+        exponential overflows where the shape is thin (``a`` a large log-determinant).
+        In the wider dtype of ``Z`` and ``S``: a tied step passes float64 atoms (and ``a``,
+        ``c``), whatever the targets' dtype, because it forms the pooled scatter from these
+        moments by differences about the origin (``pooled_scatter``)."""
         top = float(np.max(a))
-        mass, first = self.softmax_moments(Kernel("gaussian", 1.0), _whitened(Z, P),
-                                           _whitened(S, P), (c + top).astype(Z.dtype))
+        dt = np.result_type(Z.dtype, S.dtype)
+        mass, first = self.softmax_moments(Kernel("gaussian", 1.0), _whitened(Z, P, dt),
+                                           _whitened(S, P, dt), (c.astype(dt) + top).astype(dt))
         scale = np.exp(a.astype(np.float64) - top)
         first = np.linalg.solve(P.T.astype(np.float64), first.astype(np.float64).T).T
         return ((scale * mass).astype(Z.dtype), (scale[:, None] * first).astype(Z.dtype),
@@ -384,6 +391,6 @@ class HostTargets(Targets):
                                            c.astype(dt), second)
 
 
-def _whitened(X: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """``X P`` computed in float64, in the dtype of ``X``."""
-    return (X.astype(np.float64) @ P.astype(np.float64)).astype(X.dtype)
+def _whitened(X: np.ndarray, P: np.ndarray, dtype=None) -> np.ndarray:
+    """``X P`` computed in float64, in ``dtype`` (that of ``X`` by default)."""
+    return (X.astype(np.float64) @ P.astype(np.float64)).astype(dtype or X.dtype)

@@ -78,7 +78,10 @@ class InclusiveKLFitter(_ShapedSteps, _IsotropicSteps, _BaseParticleFlow):
         :func:`skgradflow.kernels.resolve_bandwidth`) assume a unimodal, roughly Gaussian
         shape and are too wide for thin or multimodal data.  With ``covariance="data"``,
         ``"tied"`` or ``"full"`` it is the factor ``h`` of ``h² Σ̂``, chosen in whitened
-        coordinates (``"scott"`` is ``scipy.stats.gaussian_kde``'s factor).
+        coordinates (``"scott"`` is ``scipy.stats.gaussian_kde``'s factor).  With
+        ``covariance="auto"`` each candidate reads it in its own mode's coordinates (a
+        float: the width in the units of ``X``, or the factor of the tied shape's start),
+        and ``bandwidth_`` is the chosen mode's.
     covariance : {"auto", "isotropic", "data", "tied", "full"}, default="auto"
         Shape of the components.  ``"auto"``: ``"isotropic"`` or ``"tied"``, whichever (with
         its number of components, for ``n_components="auto"``) gives the held-out quarter
@@ -86,8 +89,8 @@ class InclusiveKLFitter(_ShapedSteps, _IsotropicSteps, _BaseParticleFlow):
         the count (design page, "Isotropic or tied"); ``covariance_mode_`` says which.
         ``"tied"`` follows correlated features (on breast cancer, standardised, it lowers
         the classifier two-sample AUC of the samples from 0.90 to 0.72: benchmarks page);
-        below 20 distinct samples, ``"isotropic"``; a warm start keeps the mode it resumes
-        from.  ``"isotropic"``: ``N(x_i, h² I)``.  ``"data"``: one shared
+        below 20 distinct samples (or where a dask array's held-out draw leaves a part
+        without weight), ``"isotropic"``; a warm start keeps the mode it resumes from.  ``"isotropic"``: ``N(x_i, h² I)``.  ``"data"``: one shared
         shape ``N(x_i, h² Σ̂)``, ``Σ̂`` the weighted sample covariance (as
         ``scipy.stats.gaussian_kde``), the flow running in whitened coordinates.
         ``"full"``: ``N(x_i, Σ_i)`` with ``Σ_i`` learnt by the flow, starting at ``h² Σ̂``:
@@ -394,7 +397,8 @@ n_features), default="kmeans"
         if self._mode not in _LEARNT:
             return state
         h, d = self.bandwidth_, data.n_features
-        return with_covariances(state, np.broadcast_to(h * h * np.eye(d), (n, d, d)))
+        return with_covariances(state, np.broadcast_to(h * h * np.eye(d), (n, d, d)),
+                                shared=self._mode == "tied")
 
     def _initial_particles(self, data: Data, rng, n: int):
         if self._whiten is not None and isinstance(self.init, str) and self.init != "subsample":
@@ -428,7 +432,7 @@ n_features), default="kmeans"
         _, P, _, _ = self._whiten
         shapes = np.broadcast_to(self.covariances_, (state.atoms.shape[0], *P.shape))
         C = P.T @ shapes @ P  # Pᵀ Σ_i P (a matrix product: einsum of three is O(n d⁴))
-        return with_covariances(state, C), tau
+        return with_covariances(state, C, shared=self._mode == "tied"), tau
 
     def _set_fitted_state(self, state: FlowState) -> None:
         super()._set_fitted_state(state)
@@ -445,7 +449,7 @@ n_features), default="kmeans"
             self.precisions_cholesky_ = P / h
             return
         # every row of a tied state carries the shared shape: its first, once
-        C = self._distinct(covariances(state))
+        C = self._distinct(covariances(state, shared=self._mode == "tied"))
         cov = P_inv.T @ C @ P_inv  # P⁻ᵀ C_i P⁻¹
         self.precisions_cholesky_ = _precision_cholesky(cov)
         self.covariances_ = cov

@@ -52,8 +52,8 @@ def select_components(estimator, data: Data, rng: np.random.Generator, counts: b
     one entry per candidate: ``samples_per_component`` (10, 3 or 1, the first that gives
     the count: at the cap the count has ``n / MAX_COMPONENTS`` of them; 0 for a given
     count), ``n_components`` (on all the samples), ``covariance`` and
-    ``held_out_log_likelihood``, and ``chosen``, the index of the best; with ``verbose``,
-    the comparison is printed."""
+    ``held_out_log_likelihood`` (``-inf`` for a candidate whose fit failed), and ``chosen``,
+    the index of the best; with ``verbose``, the comparison is printed."""
     n = data.n_distinct()
     if n < MIN_DISTINCT:
         return None
@@ -81,6 +81,7 @@ def select_components(estimator, data: Data, rng: np.random.Generator, counts: b
     if n_rest < 2 or held.n_distinct() < 1:  # a draw left a part without weight (dask)
         return None
     likelihood = np.empty(len(candidates))
+    failures: list[Exception] = []
     widths = {}  # bandwidth="auto": each mode's first candidate's, for its others
     for k, (n_components, per, mode) in enumerate(candidates):
         # on the three quarters, one per `per` of their samples; a candidate at the cap,
@@ -90,7 +91,7 @@ def select_components(estimator, data: Data, rng: np.random.Generator, counts: b
         # it is, and only the final fit's warnings concern the user
         if per == 0:  # an init array keeps its rows; an int, at most the distinct samples
             tried = estimator.n_components
-            if not isinstance(tried, str):
+            if isinstance(estimator.init, str) and not isinstance(tried, str):
                 tried = max(1, min(int(tried), n_rest))
         elif n_components < MAX_COMPONENTS:
             tried = n_components_for(n_rest, per)
@@ -98,19 +99,30 @@ def select_components(estimator, data: Data, rng: np.random.Generator, counts: b
             tried = max(1, min(n_rest, round(MAX_COMPONENTS * n_rest / n)))
         run = variant(estimator, n_components=tried, covariance=mode, n_init=1,
                       warm_start=False, verbose=0, callback=None, **widths.get(mode, {}))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            run._fit(rest)
-        likelihood[k] = run._mean_log_likelihood(held)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                run._fit(rest)
+            likelihood[k] = run._mean_log_likelihood(held)
+        except (np.linalg.LinAlgError, FloatingPointError) as error:
+            # a candidate the arithmetic fails on (a shape rounded past positive
+            # definiteness, a step the safeguard cannot shrink) is out of the comparison;
+            # the others decide, and if every one failed the first failure is the answer
+            failures.append(error)
+            likelihood[k] = -np.inf
+            continue
         if estimator.bandwidth == "auto":
             # the leave-one-out width depends on the rows only (a pass over all their pairs
             # at 48 widths), in the coordinates of the mode: computed once per mode
             widths.setdefault(mode, {"bandwidth": run.bandwidth_})
-    if not np.all(np.isfinite(likelihood)):
+    likelihood[~np.isfinite(likelihood)] = -np.inf  # nan: as a failure
+    if not np.any(np.isfinite(likelihood)):
+        if failures:
+            raise failures[0]
         raise FloatingPointError(
-            "InclusiveKLFitter(n_components='auto' or covariance='auto'): a candidate's "
-            f"held-out log-likelihood is not finite ({likelihood}); give n_components as "
-            "an int and a covariance mode.")
+            "InclusiveKLFitter(n_components='auto' or covariance='auto'): no candidate's "
+            "held-out log-likelihood is finite; give n_components as an int and a "
+            "covariance mode.")
     chosen = int(np.argmax(likelihood))
     if estimator.verbose > 0:  # the candidates' fits ran silently: say what they found
         scores = ", ".join(f"{c} {m}: {v:.5g}" for (c, _, m), v in

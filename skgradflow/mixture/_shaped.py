@@ -10,15 +10,21 @@ from .._flow import Evaluation, FlowState
 from ..backends import Targets
 
 
-def covariances(state: FlowState) -> np.ndarray:
-    """The covariances ``L Lᵀ`` (float64) of a state's shape factors."""
-    L = state.shapes.astype(np.float64)
-    return L @ np.swapaxes(L, -1, -2)
+def covariances(state: FlowState, shared: bool = False) -> np.ndarray:
+    """The covariances ``L Lᵀ`` (float64) of a state's shape factors; ``shared`` (every row
+    the same shape, ``"tied"``): the first, formed once and broadcast to every row."""
+    L = state.shapes[:1] if shared else state.shapes
+    L = L.astype(np.float64)
+    C = L @ np.swapaxes(L, -1, -2)
+    return np.broadcast_to(C, state.shapes.shape) if shared else C
 
 
-def with_covariances(state: FlowState, C: np.ndarray) -> FlowState:
+def with_covariances(state: FlowState, C: np.ndarray, shared: bool = False) -> FlowState:
     """``state`` with the shapes of the covariances ``C``, kept as Cholesky factors in the
-    atoms' dtype."""
+    atoms' dtype; ``shared``: ``C``'s first, factored once and repeated on every row."""
+    if shared:
+        L = np.linalg.cholesky(C[0]).astype(state.atoms.dtype)
+        return state.replace(shapes=np.repeat(L[None], C.shape[0], axis=0))
     return state.replace(shapes=np.linalg.cholesky(C).astype(state.atoms.dtype))
 
 
@@ -37,6 +43,15 @@ class _ShapedSteps:
         the coordinates it whitens), all of them for ``"full"``."""
         return C[:1] if self._mode == "tied" else C
 
+    def _reduced(self, x: np.ndarray) -> np.ndarray:
+        """The atoms as the reductions take them: float64 for ``"tied"``, whose step forms
+        the pooled scatter by differences about the origin (``pooled_scatter``) and needs
+        the responsibilities of a target to sum to 1 to float64's precision: a relative
+        error ε in ``L`` or ``R`` moves the scatter by ε times the data's second moment
+        (float32 atoms left it 20% off along a direction a thousand times thinner than the
+        data, ``tests/mixture/test_covariance.py``)."""
+        return x.astype(np.float64) if self._mode == "tied" else x
+
     def _penalty(self, P: np.ndarray) -> float:
         """The ``reg_covar`` term of the learnt shapes' objective, ``(reg/2) Σ_i tr(C_i⁻¹)``
         (``(reg/2) tr(C⁻¹)`` for the one shape of ``"tied"``), ``tr(C_i⁻¹) = |P_i|²``."""
@@ -44,13 +59,15 @@ class _ShapedSteps:
         return 0.5 * self.reg_covar * float(np.einsum("nde,nde->", P, P))
 
     def _evaluate_shaped(self, state: FlowState, targets: Targets) -> Evaluation:
-        x, w, C = state.atoms, state.weights, covariances(state)
+        x, w = state.atoms, state.weights
+        C = covariances(state, shared=self._mode == "tied")
         try:
             P, log_det = self._shapes(self._distinct(C))
         except np.linalg.LinAlgError:  # rounded past positive definiteness: a failed step
             return Evaluation(np.inf, np.inf, {})
         # L_m = log Σ_i w_i det(P_i) exp(-|P_iᵀ(y_m - x_i)|²/2) = log μ(y_m) + (d/2) log 2π
-        L = targets.log_mixture_shaped(x, P, self._log_weights(w, np.float64) + log_det)
+        L = targets.log_mixture_shaped(self._reduced(x), P,
+                                       self._log_weights(w, np.float64) + log_det)
         d = x.shape[1]
         shift = 0.5 * d * np.log(2.0 * np.pi) - self._whiten[3]
         mean, magnitude = targets.average(L, shift)
@@ -63,7 +80,8 @@ class _ShapedSteps:
         """One step of design page section "Shaped kernels": every component moves a
         fraction ``ρ_i = τα R_i / (1 + τα R_i)`` of the way to its EM update, then the
         Fisher–Rao reweighting."""
-        x, w, C = state.atoms, state.weights, covariances(state)
+        x, w = state.atoms, state.weights
+        C = covariances(state, shared=self._mode == "tied")
         L, P, log_det = ev.cache["L"], ev.cache["P"], ev.cache["log_det"]
         try:
             return self._transport_and_reweight(x, C, w, L, P, log_det, targets, tau)
@@ -79,7 +97,7 @@ class _ShapedSteps:
                 # the shared shape's step needs only the pooled scatter, which the first
                 # moments and the targets' second moment give without an n × d × d reduction
                 R, first, _ = targets.responsibility_moments_shaped(
-                    x, P, np.broadcast_to(log_det, n), L, second=False)
+                    self._reduced(x), P, np.broadcast_to(log_det, n), L, second=False)
                 R, first = R.astype(np.float64), first.astype(np.float64)
                 scatter = pooled_scatter(targets.second_moment(), x.astype(np.float64), w,
                                          R, first)
@@ -88,18 +106,20 @@ class _ShapedSteps:
                 R, first, second = targets.responsibility_moments_shaped(x, P, log_det, L)
                 dx, C = _component_step(C, R.astype(np.float64), first.astype(np.float64),
                                         second.astype(np.float64), tau * self.alpha,
-                                        self.reg_covar, w, tied=False)
+                                        self.reg_covar, w)
             x = x + dx.astype(x.dtype)
             if self.beta > 0:
                 P, log_det = self._shapes(self._distinct(C))
-                L = targets.log_mixture_shaped(x, P, self._log_weights(w, np.float64) + log_det)
+                L = targets.log_mixture_shaped(self._reduced(x), P,
+                                               self._log_weights(w, np.float64) + log_det)
         if self.beta > 0:
-            R = targets.responsibility_moments_shaped(x, P, np.broadcast_to(log_det, n), L,
+            R = targets.responsibility_moments_shaped(self._reduced(x), P,
+                                                      np.broadcast_to(log_det, n), L,
                                                       second=False)[0]
             mass = w * R.astype(np.float64)  # Σ_m b_m γ_mi: EM's weights
             rho = tau * self.beta / (1.0 + tau * self.beta)
             w = (1.0 - rho) * w + rho * mass / mass.sum()
-        return with_covariances(FlowState(x, w), C), None
+        return with_covariances(FlowState(x, w), C, shared=self._mode == "tied"), None
 
     # --- the fitted density ----------------------------------------------------------------
 
@@ -112,7 +132,7 @@ def _precision_cholesky(C: np.ndarray) -> np.ndarray:
     return np.swapaxes(np.linalg.solve(L, eye), -1, -2)
 
 
-def _component_step(C, R, first, second, t, reg_covar, w, tied=False):
+def _component_step(C, R, first, second, t, reg_covar, w):
     """The transport of every component ``(x_i, C_i)`` over a step of length ``t = τα``:
     the implicit Euler step of its natural-gradient flow, ``ẋ = F``,
     ``Ċ = M + (reg/w) I - R C``,
@@ -123,10 +143,8 @@ def _component_step(C, R, first, second, t, reg_covar, w, tied=False):
     a fraction ``ρ_i = t R_i / (1 + t R_i)`` of the way to the M-step of EM with the
     ``reg_covar`` term, ``(M'_i + (reg/w_i) I) / R_i``: ``F_i = Σ_m E_mi (y_m - x_i)``,
     ``M_i`` the same sum of ``(y_m - x_i)(y_m - x_i)ᵀ`` and ``M'_i`` that of the moved mean.
-    ``tied`` (every ``C_i`` is one shared ``C``): the shared shape takes the step of the
-    pooled scatter, ``C ← (C + t (Σ_i w_i M'_i + reg I)) / (1 + t r)`` with
-    ``r = Σ_i w_i R_i = 1``, EM's tied M-step as ``t → ∞``.  Returns the moves of the means
-    and the new covariances (float64)."""
+    Returns the moves of the means and the new covariances (float64).  The shared shape of
+    ``"tied"`` takes :func:`_tied_step`."""
     shrink = t / (1.0 + t * R)  # ρ_i / R_i, finite where R_i = 0
     dx = shrink[:, None] * first
     # the second moment about the moved mean, from the moments about the old one
@@ -135,16 +153,10 @@ def _component_step(C, R, first, second, t, reg_covar, w, tied=False):
              + R[:, None, None] * dx[:, :, None] * dx[:, None, :])
     moved = _clip_to_psd(moved)
     eye = np.eye(C.shape[-1])
-    if tied:
-        rate = float(w @ R)
-        pooled = np.einsum("i,ide->de", w, moved)
-        shared = (C[0] + t * (pooled + reg_covar * eye)) / (1.0 + t * rate)
-        C_new = np.broadcast_to(shared, C.shape)
-    else:
-        # the term weighs reg/w_i in component i's own step: a component whose weight
-        # vanishes widens instead of collapsing onto the samples it still covers
-        prior = reg_covar / np.maximum(w, np.finfo(np.float64).tiny)
-        C_new = (C + t * (moved + prior[:, None, None] * eye)) / (1.0 + t * R)[:, None, None]
+    # the term weighs reg/w_i in component i's own step: a component whose weight vanishes
+    # widens instead of collapsing onto the samples it still covers
+    prior = reg_covar / np.maximum(w, np.finfo(np.float64).tiny)
+    C_new = (C + t * (moved + prior[:, None, None] * eye)) / (1.0 + t * R)[:, None, None]
     return dx, 0.5 * (C_new + np.swapaxes(C_new, -1, -2))
 
 
@@ -160,9 +172,12 @@ def pooled_scatter(second: np.ndarray, x: np.ndarray, w: np.ndarray, R: np.ndarr
 
 
 def _tied_step(C, R, first, scatter, t, reg_covar, w):
-    """:func:`_component_step` with ``tied=True`` from the pooled scatter about the old
-    means (:func:`pooled_scatter`) instead of every component's: the same step, with
-    ``Σ_i w_i M'_i = Σ_i w_i (M_i - F_i dx_iᵀ - dx_i F_iᵀ + R_i dx_i dx_iᵀ)``."""
+    """The shared shape's step (design page, "Shaped kernels", ``"tied"``): the means as
+    in :func:`_component_step`, and ``C ← (C + t (Σ_i w_i M'_i + reg I)) / (1 + t r)``,
+    ``r = Σ_i w_i R_i = 1``, EM's tied M-step as ``t → ∞``, with the pooled scatter about
+    the moved means from that about the old ones (:func:`pooled_scatter`),
+    ``Σ_i w_i M'_i = Σ_i w_i (M_i - F_i dx_iᵀ - dx_i F_iᵀ + R_i dx_i dx_iᵀ)``, clipped to
+    positive semi-definite as a whole (each ``M'_i`` is, up to rounding)."""
     dx = (t / (1.0 + t * R))[:, None] * first
     cross = (w[:, None] * first).T @ dx
     moved = _clip_to_psd((scatter - cross - cross.T + (dx.T * (w * R)) @ dx)[None])[0]

@@ -165,6 +165,38 @@ def test_one_shared_shape_reduces_as_the_dense_densities(rng, backend, dtype):
                                atol=atol)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_pooled_scatter_of_a_thin_shape_keeps_its_thin_direction_in_float32(rng, backend):
+    """A feature that takes two values (diabetes' sex): the shared shape is a thousand times
+    thinner along it than the data, and the pooled scatter, formed by differences about the
+    origin from the first moments, keeps that direction from float32 rows, with the atoms
+    in float64 as the tied step passes them (with float32 atoms: about 1.2 times the thin
+    variance)."""
+    from skgradflow.mixture._shaped import pooled_scatter
+
+    m, n = 2000, 8
+    y = np.column_stack([rng.normal(size=(m, 2)),
+                         rng.integers(0, 2, size=m) + 1e-3 * rng.normal(size=m)])
+    x = y[rng.choice(m, n, replace=False)]
+    C = np.diag([0.3, 0.3, 1e-6])
+    w, b = np.full(n, 1 / n), np.full(m, 1 / m)
+    P = np.linalg.inv(np.linalg.cholesky(C)).T[None]
+    log_det = float(np.log(np.diag(P[0])).sum())
+    log_dens = np.stack([multivariate_normal(x[i], C).logpdf(y) for i in range(n)], axis=1)
+    gamma = np.exp(log_dens - np.logaddexp.reduce(log_dens, axis=1)[:, None])  # w uniform
+    r = y[:, None, :] - x[None, :, :]
+    dense = np.einsum("m,mi,mid,mie->de", b, gamma, r, r)
+    targets = HostTargets(resolve_backend(backend, 1), y.astype(np.float32), b)
+    L = targets.log_mixture_shaped(x, P, np.log(w) + log_det)
+    R, F, _ = targets.responsibility_moments_shaped(x, P, np.full(n, log_det), L,
+                                                    second=False)
+    assert R.dtype == F.dtype == np.float64
+    pooled = pooled_scatter(targets.second_moment(), x, w, R, F)
+    thin = np.linalg.eigvalsh(dense)[0]
+    assert thin < 1e-5 * np.linalg.eigvalsh(dense)[-1]  # the thin direction is there
+    assert np.linalg.eigvalsh(pooled)[0] == pytest.approx(thin, rel=0.05)
+
+
 def test_keops_leaves_the_shaped_reductions_to_numpy_above_its_dimension_limit(rng):
     """Past ``SHAPED_MAX_DIM`` the KeOps engine runs the base class's blocked NumPy (no
     compile, so this runs without KeOps too)."""

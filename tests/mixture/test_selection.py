@@ -306,3 +306,38 @@ def test_a_given_mode_is_kept():
     for mode in ("isotropic", "data", "tied", "full"):
         est = InclusiveKLFitter(n_components=6, covariance=mode, random_state=0).fit(X)
         assert est.covariance_mode_ == mode and est.component_selection_ is None
+
+
+def test_an_init_array_of_more_rows_than_the_held_in_samples_is_tried_whole():
+    # 40 rows, 30 held in: the 35 given atoms are the candidates' atoms, not 30 of them
+    X = correlated_cloud(40, 0)
+    est = InclusiveKLFitter(n_components=35, init=X[:35], random_state=0).fit(X)
+    assert est.n_components_ == 35
+    np.testing.assert_array_equal(est.component_selection_["n_components"], [35, 35])
+
+
+def test_a_candidate_whose_fit_fails_is_left_out_of_the_comparison(monkeypatch):
+    X = correlated_cloud(200, 0)
+    original = InclusiveKLFitter._fit
+
+    def tied_fails(self, data):
+        if self.covariance == "tied":
+            raise np.linalg.LinAlgError("a shape rounded past positive definiteness")
+        return original(self, data)
+
+    monkeypatch.setattr(InclusiveKLFitter, "_fit", tied_fails)
+    est = InclusiveKLFitter(random_state=0).fit(X)
+    sel = est.component_selection_
+    tied = sel["covariance"] == "tied"
+    assert np.all(sel["held_out_log_likelihood"][tied] == -np.inf)
+    assert np.all(np.isfinite(sel["held_out_log_likelihood"][~tied]))
+    assert est.covariance_mode_ == "isotropic" and np.ndim(est.covariances_) == 1
+    # and where every candidate fails, the first failure is the error
+    def every_candidate_fails(self, data):
+        if self.covariance != "auto":  # the candidates, not the estimator choosing them
+            raise FloatingPointError(f"step_size gives no finite step ({self.covariance})")
+        return original(self, data)
+
+    monkeypatch.setattr(InclusiveKLFitter, "_fit", every_candidate_fails)
+    with pytest.raises(FloatingPointError, match=r"no finite step \(isotropic\)"):
+        InclusiveKLFitter(random_state=0).fit(X)
