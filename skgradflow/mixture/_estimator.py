@@ -90,9 +90,10 @@ class InclusiveKLFitter(_ShapedSteps, _IsotropicSteps, _BaseParticleFlow):
         ``"tied"`` follows correlated features (on breast cancer, standardised, it lowers
         the classifier two-sample AUC of the samples from 0.90 to 0.72: benchmarks page);
         below 20 distinct samples (or where a dask array's held-out draw leaves a part
-        without weight), ``"isotropic"``; a warm start keeps the mode it resumes from.  ``"isotropic"``: ``N(x_i, h² I)``.  ``"data"``: one shared
-        shape ``N(x_i, h² Σ̂)``, ``Σ̂`` the weighted sample covariance (as
-        ``scipy.stats.gaussian_kde``), the flow running in whitened coordinates.
+        without weight), ``"isotropic"``; a warm start keeps the mode it resumes from.
+        ``"isotropic"``: ``N(x_i, h² I)``.  ``"data"``: one shared shape ``N(x_i, h² Σ̂)``,
+        ``Σ̂`` the weighted sample covariance (as ``scipy.stats.gaussian_kde``), the flow
+        running in whitened coordinates.
         ``"full"``: ``N(x_i, Σ_i)`` with ``Σ_i`` learnt by the flow, starting at ``h² Σ̂``:
         each component moves up the likelihood in the Fisher geometry of Gaussians, by an
         implicit step that never lowers it and that is an EM iteration as ``alpha`` grows;
