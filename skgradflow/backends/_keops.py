@@ -263,16 +263,14 @@ class KeOpsBackend(Backend):
         r = sj - zi
         return r, (Pk.matvecmult(r) ** 2).sum(-1)
 
-    def shaped_logsumexp(
+    def _per_source_logsumexp(
         self, Z: np.ndarray, S: np.ndarray, P: np.ndarray, logv: np.ndarray
     ) -> np.ndarray:
         """A KeOps LogSumExp over Gaussians of their own shape (blocked NumPy above
         ``SHAPED_MAX_DIM`` dimensions)."""
-        if P.shape[0] == 1:  # one shape for every source: the isotropic formula
-            return self._shared_shape_logsumexp(Z, S, P[0], logv)
         d = Z.shape[1]
         if d > SHAPED_MAX_DIM:
-            return super().shaped_logsumexp(Z, S, P, logv)
+            return super()._per_source_logsumexp(Z, S, P, logv)
         where = self._where()
         LazyTensor = _import_pykeops()
         _, q = self._shaped(LazyTensor, Z, S, P.astype(Z.dtype), on_points=False)
@@ -280,19 +278,15 @@ class KeOpsBackend(Backend):
         key = ("shaped_logsumexp", d, Z.dtype.str, where)
         return _run_keops(lambda: (vj - 0.5 * q).logsumexp(1, backend=where)[:, 0], key)
 
-    def shaped_moments(
+    def _per_point_moments(
         self, Z: np.ndarray, P: np.ndarray, a: np.ndarray, S: np.ndarray, c: np.ndarray,
-        second: bool = True,
+        second: bool,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """One KeOps reduction, one exponential per pair: ``E [1, r, r ⊗ r]`` (``E [1, r]``
         with ``second=False``); blocked NumPy above ``SHAPED_MAX_DIM`` dimensions."""
         n, d = Z.shape
-        if P.shape[0] == 1 and n > 1:  # one shape for every point
-            if not second:
-                return self._shared_shape_moments(Z, P[0], a, S, c)
-            P = np.broadcast_to(P, (n, *P.shape[1:]))
         if d > SHAPED_MAX_DIM:
-            return super().shaped_moments(Z, P, a, S, c, second)
+            return super()._per_point_moments(Z, P, a, S, c, second)
         where = self._where()
         LazyTensor = _import_pykeops()
         r, q = self._shaped(LazyTensor, Z, S, P.astype(Z.dtype), on_points=True)

@@ -136,14 +136,19 @@ class Backend(ABC):
         (``P_j P_jᵀ = Σ_j⁻¹``).
 
         ``P`` has shape ``(m, d, d)``, ``logv`` shape ``(m,)`` (finite); returns ``(n,)``.
-        This default is dense NumPy over blocks of at most ``_SHAPED_BLOCK`` entries of
-        ``(n, m, d)``, so every engine inherits a correct version; an engine overrides it
-        where it has a faster one.  ``P`` of shape ``(1, d, d)`` is one shape for every
-        source (a tied mixture): the engine's own isotropic :meth:`logsumexp`, in the
-        coordinates that ``P`` whitens.
+        ``P`` of shape ``(1, d, d)`` is one shape for every source (a tied mixture): the
+        engine's own isotropic :meth:`logsumexp`, in the coordinates that ``P`` whitens.
+        Otherwise :meth:`_per_source_logsumexp`, which an engine overrides where it has a
+        faster one.
         """
         if P.shape[0] == 1:
             return self._shared_shape_logsumexp(Z, S, P[0], logv)
+        return self._per_source_logsumexp(Z, S, P, logv)
+
+    def _per_source_logsumexp(self, Z, S, P, logv) -> np.ndarray:
+        """:meth:`shaped_logsumexp` with a shape per source: dense NumPy over blocks of at
+        most ``_SHAPED_BLOCK`` entries of ``(n, m, d)``, so every engine inherits a correct
+        version."""
         n, d = Z.shape
         top = np.full(n, -np.inf, dtype=Z.dtype)
         total = np.zeros(n, dtype=Z.dtype)
@@ -171,14 +176,19 @@ class Backend(ABC):
 
         ``P`` has shape ``(n, d, d)``, ``a`` shape ``(n,)`` (finite), ``c`` shape ``(m,)``;
         ``-inf`` entries of ``c`` contribute exactly 0.  With ``second=False`` the second
-        moment is not formed (``None``).  Dense NumPy over blocks, as
-        :meth:`shaped_logsumexp`; ``P`` of shape ``(1, d, d)`` is one shape for every point,
-        reduced (with ``second=False``) by the engine's own :meth:`softmax_moments`.
+        moment is not formed (``None``).  ``P`` of shape ``(1, d, d)`` is one shape for
+        every point, reduced (with ``second=False``) by the engine's own
+        :meth:`softmax_moments`; otherwise :meth:`_per_point_moments`.
         """
         if P.shape[0] == 1 and Z.shape[0] > 1:
             if not second:
                 return self._shared_shape_moments(Z, P[0], a, S, c)
             P = np.broadcast_to(P, (Z.shape[0], *P.shape[1:]))
+        return self._per_point_moments(Z, P, a, S, c, second)
+
+    def _per_point_moments(self, Z, P, a, S, c, second):
+        """:meth:`shaped_moments` with a shape per point: dense NumPy over blocks, as
+        :meth:`_per_source_logsumexp`; an engine overrides it where it has a faster one."""
         n, d = Z.shape
         ZP = np.einsum("nd,nde->ne", Z, P)
         # the block sums added in float64, and the second moment about the origin too:
@@ -231,7 +241,7 @@ class Backend(ABC):
         top = float(np.max(a))
         dt = np.result_type(Z.dtype, S.dtype)
         mass, first = self.softmax_moments(Kernel("gaussian", 1.0), _whitened(Z, P, dt),
-                                           _whitened(S, P, dt), (c.astype(dt) + top).astype(dt))
+                                           _whitened(S, P, dt), c.astype(dt) + top)
         scale = np.exp(a.astype(np.float64) - top)
         first = np.linalg.solve(P.T.astype(np.float64), first.astype(np.float64).T).T
         return ((scale * mass).astype(Z.dtype), (scale[:, None] * first).astype(Z.dtype),

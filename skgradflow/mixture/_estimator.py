@@ -399,7 +399,7 @@ n_features), default="kmeans"
             return state
         h, d = self.bandwidth_, data.n_features
         return with_covariances(state, np.broadcast_to(h * h * np.eye(d), (n, d, d)),
-                                shared=self._mode == "tied")
+                                shared=self._tied)
 
     def _initial_particles(self, data: Data, rng, n: int):
         if self._whiten is not None and isinstance(self.init, str) and self.init != "subsample":
@@ -433,7 +433,7 @@ n_features), default="kmeans"
         _, P, _, _ = self._whiten
         shapes = np.broadcast_to(self.covariances_, (state.atoms.shape[0], *P.shape))
         C = P.T @ shapes @ P  # Pᵀ Σ_i P (a matrix product: einsum of three is O(n d⁴))
-        return with_covariances(state, C, shared=self._mode == "tied"), tau
+        return with_covariances(state, C, shared=self._tied), tau
 
     def _set_fitted_state(self, state: FlowState) -> None:
         super()._set_fitted_state(state)
@@ -450,11 +450,11 @@ n_features), default="kmeans"
             self.precisions_cholesky_ = P / h
             return
         # every row of a tied state carries the shared shape: its first, once
-        C = self._distinct(covariances(state, shared=self._mode == "tied"))
+        C = self._distinct(covariances(state, shared=self._tied))
         cov = P_inv.T @ C @ P_inv  # P⁻ᵀ C_i P⁻¹
         self.precisions_cholesky_ = _precision_cholesky(cov)
         self.covariances_ = cov
-        if self._mode == "tied":
+        if self._tied:
             self.covariances_, self.precisions_cholesky_ = cov[0], self.precisions_cholesky_[0]
 
     # --- the flow --------------------------------------------------------------------------

@@ -37,11 +37,16 @@ class _ShapedSteps:
         P = _precision_cholesky(C)
         return P, np.log(np.diagonal(P, axis1=1, axis2=2)).sum(axis=1)
 
+    @property
+    def _tied(self) -> bool:
+        """Whether every component has the one shape of ``"tied"``."""
+        return self._mode == "tied"
+
     def _distinct(self, C: np.ndarray) -> np.ndarray:
         """The distinct covariances of the stack: its first for ``"tied"``, whose one shape
         every row repeats (the engines then reduce it as one shape for all, isotropic in
         the coordinates it whitens), all of them for ``"full"``."""
-        return C[:1] if self._mode == "tied" else C
+        return C[:1] if self._tied else C
 
     def _reduced(self, x: np.ndarray) -> np.ndarray:
         """The atoms as the reductions take them: float64 for ``"tied"``, whose step forms
@@ -50,17 +55,17 @@ class _ShapedSteps:
         error ε in ``L`` or ``R`` moves the scatter by ε times the data's second moment
         (float32 atoms left it 20% off along a direction a thousand times thinner than the
         data, ``tests/mixture/test_covariance.py``)."""
-        return x.astype(np.float64) if self._mode == "tied" else x
+        return x.astype(np.float64) if self._tied else x
 
     def _penalty(self, P: np.ndarray) -> float:
         """The ``reg_covar`` term of the learnt shapes' objective, ``(reg/2) Σ_i tr(C_i⁻¹)``
-        (``(reg/2) tr(C⁻¹)`` for the one shape of ``"tied"``), ``tr(C_i⁻¹) = |P_i|²``."""
-        P = P[:1] if self._mode == "tied" else P
+        (``(reg/2) tr(C⁻¹)`` for the one shape of ``"tied"``: ``P`` of its distinct shapes),
+        ``tr(C_i⁻¹) = |P_i|²``."""
         return 0.5 * self.reg_covar * float(np.einsum("nde,nde->", P, P))
 
     def _evaluate_shaped(self, state: FlowState, targets: Targets) -> Evaluation:
         x, w = state.atoms, state.weights
-        C = covariances(state, shared=self._mode == "tied")
+        C = covariances(state, shared=self._tied)
         try:
             P, log_det = self._shapes(self._distinct(C))
         except np.linalg.LinAlgError:  # rounded past positive definiteness: a failed step
@@ -81,7 +86,7 @@ class _ShapedSteps:
         fraction ``ρ_i = τα R_i / (1 + τα R_i)`` of the way to its EM update, then the
         Fisher–Rao reweighting."""
         x, w = state.atoms, state.weights
-        C = covariances(state, shared=self._mode == "tied")
+        C = covariances(state, shared=self._tied)
         L, P, log_det = ev.cache["L"], ev.cache["P"], ev.cache["log_det"]
         try:
             return self._transport_and_reweight(x, C, w, L, P, log_det, targets, tau)
@@ -93,14 +98,13 @@ class _ShapedSteps:
     def _transport_and_reweight(self, x, C, w, L, P, log_det, targets: Targets, tau: float):
         n = x.shape[0]
         if self.alpha > 0:
-            if self._mode == "tied":
+            if self._tied:
                 # the shared shape's step needs only the pooled scatter, which the first
                 # moments and the targets' second moment give without an n × d × d reduction
+                x64 = self._reduced(x)
                 R, first, _ = targets.responsibility_moments_shaped(
-                    self._reduced(x), P, np.broadcast_to(log_det, n), L, second=False)
-                R, first = R.astype(np.float64), first.astype(np.float64)
-                scatter = pooled_scatter(targets.second_moment(), x.astype(np.float64), w,
-                                         R, first)
+                    x64, P, np.broadcast_to(log_det, n), L, second=False)
+                scatter = pooled_scatter(targets.second_moment(), x64, w, R, first)
                 dx, C = _tied_step(C, R, first, scatter, tau * self.alpha, self.reg_covar, w)
             else:
                 R, first, second = targets.responsibility_moments_shaped(x, P, log_det, L)
@@ -119,7 +123,7 @@ class _ShapedSteps:
             mass = w * R.astype(np.float64)  # Σ_m b_m γ_mi: EM's weights
             rho = tau * self.beta / (1.0 + tau * self.beta)
             w = (1.0 - rho) * w + rho * mass / mass.sum()
-        return with_covariances(FlowState(x, w), C, shared=self._mode == "tied"), None
+        return with_covariances(FlowState(x, w), C, shared=self._tied), None
 
     # --- the fitted density ----------------------------------------------------------------
 
