@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..kernels import Kernel
-from ._protocol import Backend, Targets
+from ._protocol import Backend, Targets, second_moment
 
 NOT_INSTALLED_HINT = 'pip install "skgradflow[dask]" (or pip install "dask[distributed]")'
 
@@ -221,8 +221,7 @@ def _responsibility_moments(chunk, X, L, kernel, inner):
 
 def _second_moment(chunk) -> tuple[int, np.ndarray]:
     Y, b = chunk
-    Yd = Y.astype(np.float64)
-    return Y.shape[0], Yd.T @ (b[:, None] * Yd)
+    return Y.shape[0], second_moment(Y, b)
 
 
 def _log_mixture_shaped(chunk, X, P, logw, inner) -> np.ndarray:

@@ -380,8 +380,7 @@ class HostTargets(Targets):
 
     def second_moment(self) -> np.ndarray:
         if self._second is None:
-            Y = self.Y.astype(np.float64)
-            self._second = Y.T @ (self.b[:, None] * Y)
+            self._second = second_moment(self.Y, self.b)
         return self._second
 
     def log_mixture_shaped(self, X: np.ndarray, P: np.ndarray, logw: np.ndarray) -> np.ndarray:
@@ -399,6 +398,12 @@ class HostTargets(Targets):
         dt = X.dtype
         return self.backend.shaped_moments(X, P.astype(dt), log_norm.astype(dt), self.Y,
                                            c.astype(dt), second)
+
+
+def second_moment(Y: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``Σ_m b_m y_m y_mᵀ`` in float64 (:meth:`Targets.second_moment`, of the rows held)."""
+    Y = Y.astype(np.float64)
+    return Y.T @ (b[:, None] * Y)
 
 
 def _whitened(X: np.ndarray, P: np.ndarray, dtype=None) -> np.ndarray:
