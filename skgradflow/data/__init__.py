@@ -15,14 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import Backend
+from ..backends import Backend, DaskBackend
 from ._dask import DaskData, as_dask_data, dask_session, is_dask_array
 from ._memory import InMemoryData
 from ._protocol import Data
 from ._validation import check_rows, check_weights
 
-__all__ = ["Data", "DaskData", "InMemoryData", "as_data", "held_here", "placed_together",
-           "session"]
+__all__ = ["Data", "DaskData", "InMemoryData", "as_data", "held_here", "host_backend",
+           "placed_together", "session"]
 
 
 def _on_cluster(*arrays: Any) -> bool:
@@ -64,6 +64,16 @@ def held_here(rows: np.ndarray, weights: np.ndarray) -> InMemoryData:
     """A small in-memory sample (a fitted measure) that stays in this process whatever the
     engine: its reductions run here, so no cluster is needed after a fit."""
     return InMemoryData(rows, weights, held_here=True)
+
+
+def host_backend(backend: str | Backend) -> str | Backend:
+    """The backend for reductions over rows held in this process: ``backend`` itself, or
+    the engine the Dask engine's workers use (``"auto"`` for ``"dask"``)."""
+    if backend == "dask" or isinstance(backend, DaskBackend):
+        from ._dask import as_dask_engine
+
+        return as_dask_engine(backend).inner
+    return backend
 
 
 def placed_together(first: Data, second: Data) -> tuple[Data, Data]:

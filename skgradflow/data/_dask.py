@@ -20,7 +20,7 @@ from ..backends import Backend, DaskBackend, Targets, resolve_backend
 from ..backends._dask import _client, _draw, _require_dask, _session_lock, worker_engine
 from ..kernels import _MEDIAN_MAX_ROWS, Kernel, median_of_draws
 from ._memory import _extent
-from ._protocol import Data
+from ._protocol import Data, smallest_hashes
 from ._validation import check_rows, check_weight_facts, check_weights, raise_for_defect
 
 # Rows drawn on the workers for the data-dependent defaults of a fit on a dask array: the
@@ -299,6 +299,17 @@ class DaskData(Data):
 
     def subsample(self, size: int, rng: np.random.Generator) -> np.ndarray:
         return self.draw(size, rng)
+
+    def rows_by_hash(self, size: int, seed: int) -> np.ndarray:
+        import dask
+
+        # each chunk's smallest, on its worker; the smallest of those here
+        parts = dask.compute(*[dask.delayed(smallest_hashes)(block, size, seed)
+                               for block in self.rows.to_delayed().ravel()])
+        h = np.concatenate([p[0] for p in parts])
+        rows = np.concatenate([p[1] for p in parts])
+        keep = np.argsort(h, kind="stable")[:size]
+        return rows[keep]
 
     def clustering_sample(self, size: int, rng) -> tuple[np.ndarray, np.ndarray]:
         subset = self.draw(max(INIT_SAMPLE_ROWS, 10 * size), rng)

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..backends import Backend, HostTargets, Targets, resolve_backend
 from ..kernels import Kernel, median_heuristic, root_mean_variance
-from ._protocol import Data
+from ._protocol import Data, smallest_hashes
 
 
 class InMemoryData(Data):
@@ -111,6 +111,9 @@ class InMemoryData(Data):
         positive = np.count_nonzero(self.weights)
         rows = rng.choice(self.n_samples, size=size, replace=size > positive, p=self.weights)
         return self.rows[rows].copy()
+
+    def rows_by_hash(self, size: int, seed: int) -> np.ndarray:
+        return smallest_hashes(self.rows, size, seed)[1]
 
     def clustering_sample(self, size: int, rng) -> tuple[np.ndarray, np.ndarray]:
         return self.rows, self.weights

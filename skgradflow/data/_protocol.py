@@ -148,6 +148,13 @@ class Data(ABC):
         there are enough rows of positive weight (in memory), in memory."""
 
     @abstractmethod
+    def rows_by_hash(self, size: int, seed: int) -> np.ndarray:
+        """The (at most) ``size`` rows whose hashes (:func:`row_hashes`, with ``seed``) are
+        smallest, in the order of their hashes, float64, in memory: a choice of rows that
+        depends on their values only, not on their order, their chunks or their weights
+        (a permuted or re-chunked set gives the same rows, in the same order)."""
+
+    @abstractmethod
     def clustering_sample(self, size: int,
                           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """In-memory rows and weights for k-means seeding: all the rows, or, when they are on
@@ -184,3 +191,38 @@ class Data(ABC):
         """``Σ fn(rows_block)`` over blocks of rows, each computed on the machine that
         holds it: an in-memory float64 array (a statistic that is a sum over the rows, such
         as the mass a transport plan sends to each atom)."""
+
+
+# splitmix64's finaliser: an invertible mix of 64 bits in which every input bit reaches every
+# output bit (Steele, Lea and Flood, "Fast splittable pseudorandom number generators", 2014)
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint64(30))
+    h = h * _MIX[0]
+    h = h ^ (h >> np.uint64(27))
+    h = h * _MIX[1]
+    return h ^ (h >> np.uint64(31))
+
+
+def row_hashes(rows: np.ndarray, seed: int) -> np.ndarray:
+    """A 64-bit hash of each row's float64 values (``seed`` picks the hash function): equal
+    rows hash alike, wherever and in whatever order they come (``0.0`` and ``-0.0`` too)."""
+    bits = np.ascontiguousarray(np.asarray(rows, dtype=np.float64) + 0.0).view(np.uint64)
+    with np.errstate(over="ignore"):
+        h = np.full(bits.shape[0], _mix(np.array([np.uint64(seed) ^ _GOLDEN]))[0])
+        for column in bits.T:
+            h = _mix(h ^ column) + _GOLDEN
+    return h
+
+
+def smallest_hashes(rows: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(hashes, rows)`` of the (at most) ``size`` rows of smallest hash, in hash order,
+    float64 (equal hashes are equal rows, but for a collision of two 64-bit hashes: their
+    order does not change the rows returned)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    h = row_hashes(rows, seed)
+    keep = np.argsort(h, kind="stable")[:size]
+    return h[keep], rows[keep]

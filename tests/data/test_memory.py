@@ -89,6 +89,36 @@ def test_draws_follow_the_weights(rng):
     assert sorted(picked) == [1.0, 3.0]
 
 
+def test_rows_by_hash_depend_on_the_rows_values_only(rng):
+    """The rows of smallest hash, in hash order: the same for a permuted copy, a float32
+    copy's float64 values, and ``-0.0`` for ``0.0``; all of them when ``size`` exceeds the
+    rows; another seed picks other rows; the hash is a function of each row's values."""
+    from skgradflow.data._protocol import row_hashes
+
+    X = rng.normal(size=(500, 4))
+    X[0, 1] = 0.0
+    chosen = as_data(X).rows_by_hash(40, 3)
+    assert chosen.shape == (40, 4) and chosen.dtype == np.float64
+    np.testing.assert_array_equal(as_data(rng.permutation(X)).rows_by_hash(40, 3), chosen)
+    hashes = row_hashes(X, 3)
+    np.testing.assert_array_equal(chosen, X[np.argsort(hashes)[:40]])
+    assert len(np.unique(hashes)) == 500
+    negative = X.copy()
+    negative[0, 1] = -0.0
+    assert row_hashes(negative, 3)[0] == hashes[0]
+    assert row_hashes(X[:1] + 1e-15, 3)[0] != hashes[0]
+    X32 = X.astype(np.float32)
+    np.testing.assert_array_equal(as_data(X32).rows_by_hash(40, 3),
+                                  as_data(X32.astype(np.float64)).rows_by_hash(40, 3))
+    everything = as_data(X).rows_by_hash(10_000, 3)
+    np.testing.assert_array_equal(np.sort(everything, axis=0), np.sort(X, axis=0))
+    other = as_data(X).rows_by_hash(40, 4)
+    assert len({tuple(r) for r in other} & {tuple(r) for r in chosen}) < 20
+    # equal rows hash alike, and come together
+    doubled = np.vstack([X[:3], X[:3]])
+    assert np.array_equal(row_hashes(doubled, 3)[:3], row_hashes(doubled, 3)[3:])
+
+
 @pytest.mark.parametrize("n, n_held", [(2, 1), (7, 2), (400, 100)])
 def test_held_out_parts_split_the_rows_and_keep_their_weights(n, n_held):
     X = np.random.default_rng(n).normal(size=(n, 3))
