@@ -161,3 +161,14 @@ def dense_tied_step(y, b, x, C, w, t, reg):
     pooled = (np.einsum("i,mi,mid,mie->de", w, E, r, r) + reg * np.eye(y.shape[1])) / total
     shared = C[0] + t * total / (1 + t * total) * (pooled - C[0])
     return x_new, np.repeat(shared[None], len(w), axis=0)
+
+
+def dense_energy_distance(X, Y, x_weights=None, y_weights=None) -> float:
+    """``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` from the full distance matrices."""
+    a = np.full(len(X), 1 / len(X)) if x_weights is None else x_weights / x_weights.sum()
+    b = np.full(len(Y), 1 / len(Y)) if y_weights is None else y_weights / y_weights.sum()
+
+    def dist(P, Q):
+        return np.sqrt(np.sum((P[:, None, :] - Q[None, :, :]) ** 2, axis=-1))
+
+    return float(2 * a @ dist(X, Y) @ b - a @ dist(X, X) @ a - b @ dist(Y, Y) @ b)

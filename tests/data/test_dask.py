@@ -135,6 +135,49 @@ def test_bound_targets_match_dense_formulas(client, dtype):
                  np.random.default_rng(3))
 
 
+@pytest.mark.parametrize("whole", [True, False])
+def test_transform_bends_dask_rows_as_it_bends_the_rows_in_memory(client, monkeypatch, whole):
+    """10-D blobs shifted nonlinearly, which the Gaussian map does not land: bent whole and
+    landed by the bend (400 rows), or, above WHOLE_ROWS (lowered to 200 on the host, which
+    fits the bend), bent on the 100 rows of smallest hash and landed by the plan; the dask
+    rows, in uneven chunks, map as the same rows in memory do (up to round-off, amplified
+    by the plan's Newton solve)."""
+    from sklearn.datasets import make_blobs
+
+    from skgradflow._flow import _matching
+
+    X, _ = make_blobs(800, 10, centers=5, cluster_std=2.0, random_state=0)
+    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    ift = IFTSampler(random_state=0, backend="numpy").fit(X[400:])
+    points = X[:400].copy()
+    t = 0.4
+    points[:, :2] = points[:, :2] @ np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    points[:, :5] = points[:, :5] + 0.3 * points[:, :5] * np.abs(points[:, :5]) + 0.7
+    if not whole:
+        monkeypatch.setattr(_matching, "WHOLE_ROWS", 200)
+        monkeypatch.setattr(_matching, "FIT_ROWS", 100)
+    bends = []
+    original = _matching.fit_bend
+    monkeypatch.setattr(_matching, "fit_bend",
+                        lambda *a: bends.append(original(*a)) or bends[-1])
+    moved = ift.transform(da.from_array(points, chunks=(70, 10)))
+    assert bends[0].stages and bends[0].landed == whole
+    assert isinstance(moved, da.Array) and moved.chunks[0] == (70, 70, 70, 70, 70, 50)
+    np.testing.assert_allclose(moved.compute(), ift.transform(points), rtol=0, atol=1e-9)
+
+
+def test_rows_by_hash_are_those_of_the_rows_in_memory(client):
+    """Each chunk's smallest hashes on its worker, merged here: the rows of the in-memory
+    choice, in its order, however the rows are chunked."""
+    from skgradflow.data import as_data
+
+    X = np.random.default_rng(0).normal(size=(1000, 3))
+    expected = as_data(X).rows_by_hash(50, 7)
+    for chunks in ((1000, 3), (77, 3), (400, 3)):
+        got = as_data(da.from_array(X, chunks=chunks)).rows_by_hash(50, 7)
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_minibatches_are_drawn_from_the_chunks_by_weight(client):
     Y = np.arange(40.0)[:, None]
     b = np.zeros(40)

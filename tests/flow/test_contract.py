@@ -108,7 +108,7 @@ def _expected_failed_checks(estimator):
         return {}  # InclusiveKLFitter: every check must pass
     return {
         "check_methods_subset_invariance": (
-            "by design: transform computes its transport plan from the whole set (see the "
+            "by design: transform computes its map from the whole set (see the "
             "docstring of transform), so a row's image depends on the other rows"
         )
     }
