@@ -7,6 +7,7 @@ Run on demand (never part of the test suite; POT is the ``bench`` extra,
     python benchmarks/bench_matching.py                       # the four data sets, 3 seeds
     python benchmarks/bench_matching.py --large 5000 20000    # + s-curve, 5000 and 20000 rows
     python benchmarks/bench_matching.py --sets iris --seeds 0 --methods emd ift
+    python benchmarks/bench_matching.py --sets moons blobs classification --shifts nonlinear
 
 The setup, for each of scikit-learn's iris, wine, breast cancer and digits (digits reduced to
 16 dimensions by PCA); the features are standardised on the whole set first:
@@ -43,6 +44,11 @@ The setup, for each of scikit-learn's iris, wine, breast cancer and digits (digi
      on features that are linear combinations of others: its covariance has no inverse)
      counts all its rows, and its error goes to stderr.
 
+``--sets moons blobs classification`` runs three sets of scikit-learn's generators instead
+(1000 rows each, ``random_state=0``, standardised; the same split and shifts): two noisy
+half-moons in 2-D, five Gaussian blobs in 10-D (``cluster_std=2``), and a 20-feature,
+3-class ``make_classification`` set (10 informative features).
+
 ``--large N ...`` adds, for each ``N``, a 3-D s-curve (``sklearn.datasets.make_s_curve``,
 noise 0.05, standardised) with ``N`` source rows, ``--large-target`` target-train rows
 (default 5000) and half as many target-test rows, seed 0, shifted by ``nonlinear``; ``W₂²``
@@ -68,6 +74,9 @@ from sklearn.datasets import (
     load_digits,
     load_iris,
     load_wine,
+    make_blobs,
+    make_classification,
+    make_moons,
     make_s_curve,
 )
 from sklearn.decomposition import PCA
@@ -79,6 +88,9 @@ from skgradflow import IFTSampler, WFRMMDFlow
 from skgradflow.metrics import energy_distance
 
 SETS = ("iris", "wine", "breast_cancer", "digits")
+# sets the issue that asked for this benchmark does not name, run with --sets: 1000 rows each
+# of scikit-learn's generators (the random_state 0), standardised
+SYNTHETIC = ("moons", "blobs", "classification")
 SHIFTS = ("affine", "nonlinear")
 # the largest angle of the source's random rotation: a full random rotation scrambles the
 # classes beyond what any transport can restore (every method then scores below chance)
@@ -92,6 +104,14 @@ def log(msg: str) -> None:
 # --- data -------------------------------------------------------------------------------
 def load_set(name: str) -> tuple[np.ndarray, np.ndarray]:
     """Standardised features and labels of a data set (digits: PCA to 16 dimensions)."""
+    if name in SYNTHETIC:
+        X, y = {
+            "moons": lambda: make_moons(1000, noise=0.1, random_state=0),
+            "blobs": lambda: make_blobs(1000, 10, centers=5, cluster_std=2.0, random_state=0),
+            "classification": lambda: make_classification(
+                1000, 20, n_informative=10, n_classes=3, random_state=0),
+        }[name]()
+        return StandardScaler().fit_transform(X), y
     loader = {"iris": load_iris, "wine": load_wine, "breast_cancer": load_breast_cancer,
               "digits": load_digits}[name]
     X, y = loader(return_X_y=True)
@@ -282,7 +302,7 @@ def table(title: str, results: dict[str, list[dict]]) -> str:
 def main(argv: list[str] | None = None, methods: dict[str, Callable] | None = None) -> int:
     methods = METHODS if methods is None else methods
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sets", nargs="*", default=list(SETS), choices=SETS)
+    p.add_argument("--sets", nargs="*", default=list(SETS), choices=SETS + SYNTHETIC)
     p.add_argument("--shifts", nargs="*", default=list(SHIFTS), choices=SHIFTS)
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     p.add_argument("--methods", nargs="*", default=list(methods), choices=list(methods))

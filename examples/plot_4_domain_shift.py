@@ -5,13 +5,14 @@ Undoing a domain shift by distribution matching
 A classifier trained on one domain fails when the test features arrive shifted: here the test
 batch of a two-moons problem is translated, stretched along one axis, squeezed along the other
 and rotated by 20 degrees.  ``IFTSampler.transform`` maps a point set onto the fitted
-distribution by optimal transport, so fitting the sampler on the *source* features and
-transforming the shifted test batch brings it back where the classifier expects it -- without
-any labels from the test domain.  Re-standardising the test batch with its own mean
-and standard deviation (moment matching) undoes the translation and the scaling but not the
-rotation; neither does optimal transport, which moves the points as little as it can (a
-rotation back is not the least displacement).  Both bring the accuracy from 0.59 back to about
-0.9 (0.89 and 0.86 in the run this example prints).
+distribution, so fitting the sampler on the *source* features and transforming the shifted
+test batch brings it back where the classifier expects it -- without any labels from the
+test domain.  Re-standardising the test batch with its own mean and standard deviation
+(moment matching) undoes the translation and the scaling but not the rotation.
+``transform`` follows its affine map by a smooth displacement field that bends the batch onto
+the fitted particles, moving neighbouring points alike, so the two moons land on the fitted
+moons whole: the accuracy goes from 0.59 to 0.99, against 0.89 for moment matching (the
+run this example prints).
 """
 
 # %%
@@ -57,8 +58,9 @@ classifier = make_pipeline(StandardScaler(), SVC()).fit(X_source, y_source)
 # The sampler is fitted to the source features only (300 particles, a bandwidth of 2 and a
 # fixed 300 iterations).  ``transform`` then maps the 500 shifted test points, as one set, onto
 # the fitted particles: the affine map between the two sets' means and covariances (which
-# undoes this shift's translation, stretch and rotation), then an optimal transport plan to the
-# particles for what the affine map leaves.
+# undoes this shift's translation and stretch), then the smoothest displacement field that
+# lands the set on the particles (an optimal transport plan follows only where no such field
+# within its displacement bound lands it).
 start = time.perf_counter()
 matcher = IFTSampler(n_particles=300, bandwidth=2.0, max_iter=300, tol=0, random_state=0)
 matcher.fit(X_source)
