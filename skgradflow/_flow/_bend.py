@@ -47,16 +47,17 @@ from ..kernels import Kernel
 # stops nearer the landing threshold and nearer the displacement bound: over 8 seeds iris kept
 # more accuracy (0.815 against 0.808), but on the benchmark's 3 seeds iris lost it (0.761
 # against 0.800), digits landed less (1.104 against 1.097) and the 5000-row s-curve moved
-# 1.21 times W₂² (against 1.01)
+# 1.21 times W₂² (against 1.01; benchmarks/notes/matching-research.md)
 _PENALTIES = (1e1, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 # the features' width h in units of s, one stage each
 _WIDTHS = (1.0, 0.5)
 # the first rows (in hash order) are the centres: d coefficients each
 _MAX_CENTRES = 200
 # L-BFGS iterations per λ (warm-started along the path); half as many for a bend the plan
-# follows, which only needs the set's coarse shape (5000 and 20000 s-curve rows, FIT_ROWS of
-# them: the same energy distance, accuracy and displacement to 0.003 as with 100 and 500
-# rows, transform 0.65 s against 1.07 s and 1.97 against 2.46)
+# follows, which only needs the set's coarse shape (the s-curves of 5000 and 20000 rows, a
+# scratch loop over these constants: 300 rows and 50 iterations land, keep the classes and
+# move the rows within 0.004 of 500 rows and 100 iterations, in 0.65 s of transform against
+# 1.07 s and 1.97 against 2.46; benchmarks/notes/matching-research.md)
 _MAX_ITER = 100
 _MAX_ITER_BEFORE_PLAN = 50
 # landed: energy distance over that of n draws of ν, for L alone and for a bend
@@ -64,11 +65,11 @@ _LANDED_LINEAR = 1.0
 _LANDED_BENT = 0.9
 # a bend's mean squared displacement at most this many times L's
 _MAX_DISPLACEMENT = 1.5
-# the fit's work, in kernel entries × dimensions over all its energy reductions (each one
-# m (m + J) d for m rows and J atoms): Numba runs 5-10 10⁹ a second on 2 cores, so about
-# 10 s, some 2000 reductions of a 1000-row fit onto 500 atoms in 16 dimensions (a bend of
-# digits takes a few hundred; in 784 dimensions, raw pixels, 130 reductions): past it the fit
-# stops where it is
+# the fit's work, in kernel entries × dimensions over the energy reductions of its L-BFGS
+# evaluations (each m (m + J) d for m rows and J atoms; the landing checks, one per λ, are
+# not counted): Numba runs 5-10·10⁹ a second on 2 cores, so about 10 s, some 2000
+# evaluations of a 1000-row fit onto 500 atoms in 16 dimensions (a bend of digits takes a few
+# hundred; in 784 dimensions, raw pixels, 42): past it the fit stops where it is
 _MAX_WORK = 5e10
 # a set of at most this many rows is fitted whole, and may land without the plan; a larger
 # one is bent on FIT_ROWS of its rows, then landed by the plan
@@ -93,7 +94,11 @@ class Bend:
 
 
 def features(Z: np.ndarray, centres: np.ndarray, width: float) -> np.ndarray:
-    """``φ_k(z_i) = exp(-|z_i - c_k|² / (2 width²))``, shape ``(len(Z), len(centres))``."""
+    """``φ_k(z_i) = exp(-|z_i - c_k|² / (2 width²))``, shape ``(len(Z), len(centres))``.
+    The squared distances expand as ``|z|² + |c|² - 2 z·c`` around the centres' mean: about
+    the origin, a set far from it relative to its spread would lose them to cancellation."""
+    origin = centres.mean(axis=0)
+    Z, centres = Z - origin, centres - origin
     sq = (np.sum(Z * Z, axis=1)[:, None] + np.sum(centres * centres, axis=1)[None]
           - 2.0 * Z @ centres.T)
     return np.exp(-np.maximum(sq, 0.0) / (2.0 * width * width))
@@ -140,24 +145,26 @@ def _stage(target: _Target, X: np.ndarray, Z: np.ndarray, n_centres: int, width:
     Phi = features(Z, centres, width)
     K = features(centres, centres, width)
     shape = centres.shape
-    w, kept = np.zeros(shape).ravel(), None
+    v, kept = np.zeros(shape).ravel(), None
     for lam in _PENALTIES:
-        def objective(w, lam=lam):
-            W = w.reshape(shape)
-            value, grad = target.energy(Z + Phi @ W)
-            KW = K @ W
-            return (value / scale + lam * float(np.sum(W * KW)) / scale**2,
-                    (Phi.T @ grad / scale + 2.0 * lam * KW / scale**2).ravel())
+        # in the unitless V = W / s, ED(Z + s Φ V)/s + λ tr(Vᵀ K V): L-BFGS's tolerances,
+        # absolute on the gradient, then stop alike whatever the data's units
+        def objective(v, lam=lam):
+            V = v.reshape(shape)
+            value, grad = target.energy(Z + scale * (Phi @ V))
+            KV = K @ V
+            return (value / scale + lam * float(np.sum(V * KV)),
+                    (Phi.T @ grad + 2.0 * lam * KV).ravel())
 
-        fit = minimize(objective, w, jac=True, method="L-BFGS-B",
+        fit = minimize(objective, v, jac=True, method="L-BFGS-B",
                        options={"maxiter": _MAX_ITER if whole else _MAX_ITER_BEFORE_PLAN,
                                 "maxfun": target.left})
         target.left -= fit.nfev
-        w = fit.x
-        moved = Z + Phi @ w.reshape(shape)
+        v = fit.x
+        moved = Z + scale * (Phi @ v.reshape(shape))
         if np.mean(np.sum((moved - X) ** 2, axis=1)) > bound:
             return kept, False, False
-        kept = w.reshape(shape)
+        kept = scale * v.reshape(shape)
         if whole and target.landing(moved) <= _LANDED_BENT:
             return kept, True, True
         if target.left <= 0:  # the work is spent: the plan lands the set from here
@@ -174,6 +181,7 @@ def fit_bend(X: np.ndarray, Z: np.ndarray, engine, Y: np.ndarray, b: np.ndarray,
         return Bend([], landed=True)
     distances = pdist(Z)
     positive = distances[distances > 0]
+    # fewer than 4 rows, or rows all equal, have no shape for a field to bend
     if Z.shape[0] < 4 or positive.size == 0:
         return Bend([], landed=False)
     scale = float(np.median(positive))

@@ -2,14 +2,15 @@
 
 The maps, composed (derived on the design page, "Matching a point set"):
 
-1. the **Gaussian optimal-transport map** ``L`` from the mean and covariance of the fit rows
-   (the whole set up to ``WHOLE_ROWS`` rows, else ``FIT_ROWS`` rows chosen by their hashes)
-   to those of the fitted measure ``ν = Σ_j b_j δ_{y_j}``: ``x ↦ m_ν + (x - m_X) A``, ``A =
-   S^{-1/2} (S^{1/2} C_ν S^{1/2})^{1/2} S^{-1/2}`` (``S`` the rows' covariance, its inverse
-   root a pseudo-inverse): the affine part of the shift;
-2. the **bend** ``S`` (:mod:`._bend`): a smooth displacement field, the smoothest that lands
-   the set; a set that ``L`` or the bend lands is returned as ``S(L(x))``, and the rest
-   does not run;
+1. the **Gaussian optimal-transport map** ``L`` from the set's mean and covariance to those
+   of the fitted measure ``ν = Σ_j b_j δ_{y_j}``: ``x ↦ m_ν + (x - m_X) A``, ``A = Σ^{-1/2}
+   (Σ^{1/2} C_ν Σ^{1/2})^{1/2} Σ^{-1/2}`` (``Σ`` the rows' covariance, its inverse root a
+   pseudo-inverse): the affine part of the shift;
+2. the **bend** ``B`` (:mod:`._bend`): a smooth displacement field, the smoothest that lands
+   the set, fitted on the fit rows (the whole set up to ``WHOLE_ROWS`` rows, else
+   ``FIT_ROWS`` rows chosen by their hashes) aligned by their own moments' Gaussian map
+   (:class:`_Aligned`); a set that ``L`` or the bend lands is returned as ``B(L(x))``, and
+   the rest does not run;
 3. the **entropic semi-discrete optimal transport** from the bent set ``μ = (1/N) Σ_i
    δ_{z_i}`` to ``ν``, cost ``½|z - y|²``: the plan ``π_j(z) ∝ b_j exp((g_j - ½|z -
    y_j|²)/ε)`` whose potentials ``g`` make every atom receive its weight (``ε`` halved from
@@ -23,7 +24,8 @@ The maps, composed (derived on the design page, "Matching a point set"):
 4. the Gaussian map from the moments of the images ``t(z_i)`` to those of ``ν`` (the cells
    leave the covariance a little wide): ``T(x) = t(z) A_t + c_t``.
 
-Every step is a pass over the rows: one for the fit rows' hashes, one per Sinkhorn or Newton
+Every step is a pass over the rows: one for the fit rows' hashes (and, above ``WHOLE_ROWS``
+rows, one for the set's moments), one per Sinkhorn or Newton
 iteration, one for the cells, one for the images' moments and one for the map, ``O(J d)`` per
 row and Sinkhorn pass, ``O(J (J + d))`` per row and Newton pass for ``J`` atoms (plus the
 bend's ``O(200 d)``), in chunks of at most ``_CHUNK_ENTRIES`` plan entries (memory linear in
@@ -125,21 +127,39 @@ def entropy(nearest: np.ndarray, b: np.ndarray) -> float:
     return _EPS_FRACTION * float(b @ nearest)
 
 
+class _Aligned:
+    """``x ↦ x A + c``, the whole set's Gaussian map, plus the bend's displacement of the row
+    aligned as the bend's fit rows were (``x A_fit + c_fit``, the map of their own moments):
+    for a set fitted whole the two maps are one, and the row is bent where it is aligned."""
+
+    def __init__(self, A: np.ndarray, c: np.ndarray, bend: Bend, A_fit: np.ndarray,
+                 c_fit: np.ndarray):
+        self.A, self.c, self.bend, self.A_fit, self.c_fit = A, c, bend, A_fit, c_fit
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        Z = X @ self.A + self.c
+        if not self.bend.stages:
+            return Z
+        if self.A_fit is self.A:
+            return self.bend(Z)
+        F = X @ self.A_fit + self.c_fit
+        return Z + (self.bend(F) - F)
+
+
 class _Plan:
-    """The entropic plan from the aligned and bent rows ``z = S(x A + c)`` to the atoms, by
-    chunks of rows: ``π_j(z) ∝ exp(g_j/ε + log b_j - |y_j|²/(2ε) + z·y_j/ε)`` (the
+    """The entropic plan from the aligned and bent rows ``z`` (:class:`_Aligned`) to the
+    atoms, by chunks of rows: ``π_j(z) ∝ exp(g_j/ε + log b_j - |y_j|²/(2ε) + z·y_j/ε)`` (the
     ``|z|²/(2ε)`` of the cost is the same for every atom of a row and cancels)."""
 
-    def __init__(self, Y: np.ndarray, b: np.ndarray, A: np.ndarray, c: np.ndarray,
-                 bend: Bend):
-        self.Y, self.A, self.c, self.bend = Y, A, c, bend
+    def __init__(self, Y: np.ndarray, b: np.ndarray, align: _Aligned):
+        self.Y, self.align = Y, align
         self.log_b = np.log(b)
         self.half_sq = 0.5 * np.sum(Y * Y, axis=1)
 
     def _chunks(self, X: np.ndarray):
         step = max(1, _CHUNK_ENTRIES // max(self.Y.shape[0], X.shape[1], _MAX_CENTRES))
         for s in range(0, X.shape[0], step):
-            yield s, self.bend(np.asarray(X[s : s + step], dtype=np.float64) @ self.A + self.c)
+            yield s, self.align(np.asarray(X[s : s + step], dtype=np.float64))
 
     def _logits(self, Z: np.ndarray, g: np.ndarray, eps: float):
         """``log π_j(z_i)`` up to a constant of each row, shifted so that a row's largest
@@ -304,18 +324,15 @@ def _potentials(points, plan: _Plan, b: np.ndarray, eps: float, desc: str) -> np
     return g
 
 
-def _bent(points, bend: Bend, A: np.ndarray, c: np.ndarray, backend):
+def _bent(points, align: _Aligned, backend):
     """The rows aligned and bent: a set that lands without the plan.  (No last Gaussian
     map here: the bend leaves the covariance near ν's but for the set's outlying rows, which
     a map to ν's covariance would pull in by moving every row; on the matching benchmark's
     digits that map takes the energy distance from 1.08 to 1.18 times target-train's.)"""
-    width = max(1, sum(stage[0].shape[0] for stage in bend.stages))
-
     def moved(rows, engine):
-        out = bend(np.asarray(rows, dtype=np.float64) @ A + c)
-        return out.astype(rows.dtype, copy=False)
+        return align(np.asarray(rows, dtype=np.float64)).astype(rows.dtype, copy=False)
 
-    return points.map_rows(moved, backend, width, columns=points.n_features)
+    return points.map_rows(moved, backend, _MAX_CENTRES, columns=points.n_features)
 
 
 class _MMDMatching:
@@ -370,21 +387,27 @@ class _MMDMatching:
             Y, b = _atoms(*self._fitted_measure())
             mean_y = b @ Y
             cov_y = (Y - mean_y).T @ ((Y - mean_y) * b[:, None])
-            # the rows the first two maps are fitted on: the whole set, or FIT_ROWS of a
-            # larger one, chosen by their values and in an order set by them, so that the
-            # fits (L-BFGS, whose path round-off can turn) see the same numbers however the
-            # rows come: the map is a function of the set
+            # the rows the bend is fitted on: the whole set, or FIT_ROWS of a larger one,
+            # chosen by their values and in an order set by them, aligned by their own
+            # moments, so that the fit (L-BFGS, whose path round-off can turn) sees the same
+            # numbers however the rows come: the map is a function of the set
             whole = points.n_samples <= WHOLE_ROWS
             rows = points.rows_by_hash(WHOLE_ROWS if whole else FIT_ROWS, HASH_SEED)
-            A, c = gaussian_map(*held_here(rows, np.ones(rows.shape[0])).mean_covariance(),
-                                mean_y, cov_y)
+            A_fit, c_fit = gaussian_map(
+                *held_here(rows, np.ones(rows.shape[0])).mean_covariance(), mean_y, cov_y)
             engine = resolve_backend(host_backend(self.backend),
                                      rows.shape[0] * (rows.shape[0] + Y.shape[0]),
                                      n_calls=1000, n_dims=Y.shape[1])
-            bend = fit_bend(rows, rows @ A + c, engine, Y, b, whole)
+            bend = fit_bend(rows, rows @ A_fit + c_fit, engine, Y, b, whole)
+            # a larger set is aligned by its own moments (a subset's covariance loses its
+            # smallest directions, all of them past FIT_ROWS dimensions), the bend's
+            # displacement added: round-off in those moments moves the map by round-off only
+            A, c = ((A_fit, c_fit) if whole
+                    else gaussian_map(*points.mean_covariance(), mean_y, cov_y))
+            align = _Aligned(A, c, bend, A_fit, c_fit)
             if bend.landed:
-                return _bent(points, bend, A, c, self.backend)
-            plan = _Plan(Y, b, A, c, bend)
+                return _bent(points, align, self.backend)
+            plan = _Plan(Y, b, align)
             nearest = nearest_squared(Y)
             eps = entropy(nearest, b)
             g = _potentials(points, plan, b, eps, desc)

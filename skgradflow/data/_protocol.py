@@ -220,8 +220,9 @@ def row_hashes(rows: np.ndarray, seed: int) -> np.ndarray:
 
 def smallest_hashes(rows: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``(hashes, rows)`` of the (at most) ``size`` rows of smallest hash, in hash order,
-    float64 (equal hashes are equal rows, but for a collision of two 64-bit hashes: their
-    order does not change the rows returned)."""
+    float64.  Equal hashes are equal rows, whose order does not matter, but for a collision
+    of two distinct rows' 64-bit hashes (about ``n² / 2⁶⁵`` likely), whose order, and at the
+    cut-off which of them is kept, then follows the rows' positions."""
     rows = np.asarray(rows, dtype=np.float64)
     h = row_hashes(rows, seed)
     keep = np.argsort(h, kind="stable")[:size]

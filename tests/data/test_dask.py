@@ -172,9 +172,11 @@ def test_rows_by_hash_are_those_of_the_rows_in_memory(client):
     from skgradflow.data import as_data
 
     X = np.random.default_rng(0).normal(size=(1000, 3))
-    expected = as_data(X).rows_by_hash(50, 7)
-    for chunks in ((1000, 3), (77, 3), (400, 3)):
-        got = as_data(da.from_array(X, chunks=chunks)).rows_by_hash(50, 7)
+    X[900:] = X[:100]  # repeated rows, in other chunks than their first copies
+    expected = as_data(X).rows_by_hash(120, 7)
+    # chunks of fewer rows than are asked for, of more, and one
+    for chunks in ((1000, 3), (77, 3), (400, 3), (30, 3)):
+        got = as_data(da.from_array(X, chunks=chunks)).rows_by_hash(120, 7)
         np.testing.assert_array_equal(got, expected)
 
 

@@ -101,7 +101,11 @@ def test_rows_by_hash_depend_on_the_rows_values_only(rng):
     assert chosen.shape == (40, 4) and chosen.dtype == np.float64
     np.testing.assert_array_equal(as_data(rng.permutation(X)).rows_by_hash(40, 3), chosen)
     hashes = row_hashes(X, 3)
-    np.testing.assert_array_equal(chosen, X[np.argsort(hashes)[:40]])
+    # the 40 smallest hashes, in increasing order (rows of X, each once)
+    chosen_hashes = row_hashes(chosen, 3)
+    assert np.all(np.diff(chosen_hashes.astype(np.float64)) > 0)
+    assert np.count_nonzero(hashes <= chosen_hashes[-1]) == 40
+    assert all(np.any(np.all(X == row, axis=1)) for row in chosen)
     assert len(np.unique(hashes)) == 500
     negative = X.copy()
     negative[0, 1] = -0.0
@@ -115,8 +119,11 @@ def test_rows_by_hash_depend_on_the_rows_values_only(rng):
     other = as_data(X).rows_by_hash(40, 4)
     assert len({tuple(r) for r in other} & {tuple(r) for r in chosen}) < 20
     # equal rows hash alike, and come together
-    doubled = np.vstack([X[:3], X[:3]])
-    assert np.array_equal(row_hashes(doubled, 3)[:3], row_hashes(doubled, 3)[3:])
+    doubled = np.vstack([X, X[:250]])
+    assert np.array_equal(row_hashes(doubled, 3)[500:], hashes[:250])
+    pairs = as_data(rng.permutation(doubled)).rows_by_hash(750, 3)
+    repeated = [i for i in range(749) if np.array_equal(pairs[i], pairs[i + 1])]
+    assert len(repeated) == 250
 
 
 @pytest.mark.parametrize("n, n_held", [(2, 1), (7, 2), (400, 100)])

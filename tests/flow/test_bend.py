@@ -20,6 +20,7 @@ from skgradflow import IFTSampler
 from skgradflow._flow import _bend, _matching
 from skgradflow.backends import NumpyBackend
 from skgradflow.data import as_data
+from tests.helpers import plan_only
 from tests.oracles import dense_energy_distance
 
 
@@ -87,11 +88,6 @@ def blobs():
     return est, Xs, y[source], X[train], y[train]
 
 
-def plan_only(monkeypatch):
-    monkeypatch.setattr(_bend, "_LANDED_LINEAR", -np.inf)
-    monkeypatch.setattr(_bend, "_WIDTHS", ())
-
-
 def test_bent_set_lands_keeps_its_clusters_and_moves_little(blobs, monkeypatch):
     """Where the Gaussian map leaves the clusters apart from the fitted ones, the bend lands
     the set (as close as draws of the fitted measure, by a dense energy distance) and keeps
@@ -138,7 +134,6 @@ def test_a_large_set_is_bent_on_rows_chosen_by_hash_then_landed_by_the_plan(
     from there: as close as draws, the fitted mean and covariance exact (the plan's last
     Gaussian map), and a permuted set maps to the permuted images."""
     est, Xs, ys, Xt, yt = blobs
-    monkeypatch.setattr(_bend, "WHOLE_ROWS", 300)
     monkeypatch.setattr(_matching, "WHOLE_ROWS", 300)
     monkeypatch.setattr(_matching, "FIT_ROWS", 150)
     fitted_on = []
@@ -214,3 +209,35 @@ def test_a_measure_on_one_point_takes_every_row_to_it():
         warnings.simplefilter("error")
         moved = est.transform(np.random.default_rng(1).normal(size=(20, 3)) + 4.0)
     np.testing.assert_allclose(moved, np.repeat(est.particles_, 20, axis=0), rtol=0, atol=1e-12)
+
+
+def test_a_large_set_is_aligned_by_its_own_moments_whatever_the_fit_rows(monkeypatch):
+    """More features than the bend's fit rows (30 against 20): the set is still aligned by
+    the Gaussian map of all its rows (scipy's square roots here), not projected onto the
+    span of the 20 rows, and the plan then lands it with the fitted moments exact."""
+    rng = np.random.default_rng(3)
+    target = rng.normal(size=(400, 30)) @ np.diag(np.linspace(0.5, 2.0, 30))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = IFTSampler(n_particles=100, max_iter=50, random_state=0).fit(target)
+    source = rng.normal(size=(200, 30)) * 1.5 + 1.0
+    monkeypatch.setattr(_matching, "WHOLE_ROWS", 100)
+    monkeypatch.setattr(_matching, "FIT_ROWS", 20)
+    plans = []
+    original = _matching._Plan
+
+    def spy(*args):
+        plans.append(original(*args))
+        return plans[-1]
+
+    monkeypatch.setattr(_matching, "_Plan", spy)
+    moved = est.transform(source)
+    atoms, w = est._fitted_measure()
+    b = w / w.sum()
+    align = plans[0].align
+    np.testing.assert_allclose(source @ align.A + align.c,
+                               dense_gaussian_map(source, atoms, b), rtol=0, atol=1e-8)
+    assert np.linalg.matrix_rank(align.A) == 30
+    np.testing.assert_allclose(np.cov(moved, rowvar=False, bias=True),
+                               np.cov(atoms, rowvar=False, aweights=b, bias=True),
+                               rtol=0, atol=1e-10)
