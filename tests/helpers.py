@@ -170,3 +170,19 @@ def plan_only(monkeypatch):
 
     monkeypatch.setattr(_bend, "_LANDED_LINEAR", -np.inf)
     monkeypatch.setattr(_bend, "_WIDTHS", ())
+
+
+def recorded_bends(monkeypatch) -> list:
+    """The calls of ``transform``'s bend fit, recorded as ``(rows, aligned rows, whole,
+    bend)`` in a list that fills as ``transform`` runs."""
+    from skgradflow._flow import _matching
+
+    calls = []
+    fit_bend = _matching.fit_bend
+
+    def recording(X, Z, engine, Y, b, whole):
+        calls.append((X, Z, whole, fit_bend(X, Z, engine, Y, b, whole)))
+        return calls[-1][-1]
+
+    monkeypatch.setattr(_matching, "fit_bend", recording)
+    return calls

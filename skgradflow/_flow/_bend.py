@@ -67,10 +67,10 @@ _LANDED_BENT = 0.85
 # a bend's mean squared displacement at most this many times L's
 _MAX_DISPLACEMENT = 1.5
 # the fit's work, in kernel entries × dimensions over the energy reductions of its L-BFGS
-# evaluations (each m (m + J) d for m rows and J atoms; the landing checks, one per λ, are
-# not counted): Numba runs 5-10·10⁹ a second on 2 cores, so about 10 s, some 2000
-# evaluations of a 1000-row fit onto 500 atoms in 16 dimensions (a bend of digits takes a few
-# hundred; in 784 dimensions, raw pixels, 42): past it the fit stops where it is
+# evaluations (each m (m + J) d for m rows and J atoms): Numba runs 5-10·10⁹ a second on 2
+# cores, so about 10 s, some 2000 evaluations of a 1000-row fit onto 500 atoms in 16
+# dimensions (a bend of digits takes a few hundred; in 784 dimensions, raw pixels, 42): past
+# it the fit stops where it is
 _MAX_WORK = 5e10
 # a set of at most this many rows is fitted whole, and may land without the plan; a larger
 # one is bent on FIT_ROWS of its rows, then landed by the plan
@@ -126,11 +126,13 @@ class _Target:
                                              weights[:, None], slopes)
         return float(value.sum()) - self.spread, grad
 
-    def landing(self, Z: np.ndarray) -> float:
-        """``ED(μ_Z, ν)`` over ``E|Y - Y'| / n``, the expected energy distance of ``n``
-        draws of ``ν`` (a V-statistic's: ``2E - (n-1)/n E - E = E/n``).  A measure on one
-        point has no spread: the rows land when they are on it (up to round-off)."""
-        distance = self.energy(Z)[0]
+    def landing(self, Z: np.ndarray, distance: float | None = None) -> float:
+        """``ED(μ_Z, ν)`` (``distance``, when already known) over ``E|Y - Y'| / n``, the
+        expected energy distance of ``n`` draws of ``ν`` (a V-statistic's: ``2E - (n-1)/n E
+        - E = E/n``).  A measure on one point has no spread: the rows land when they are on
+        it (up to round-off)."""
+        if distance is None:
+            distance = self.energy(Z)[0]
         if self.spread <= 0.0:
             return 0.0 if distance <= 1e-12 * max(1.0, float(np.abs(Z).max())) else np.inf
         return distance / (self.spread / Z.shape[0])
@@ -138,15 +140,15 @@ class _Target:
 
 def _stage(target: _Target, X: np.ndarray, Z: np.ndarray, n_centres: int, width: float,
            scale: float, bound: float, whole: bool):
-    """``(W, landed, go_on)`` of one stage of width ``width`` from the rows ``Z`` (started at
-    ``X``): the coefficients of the first ``λ`` that lands, else of the last within the
-    displacement bound (None: not even the first); ``go_on`` false once the bound is
-    crossed or the work spent."""
+    """``(W, moved, landed, go_on)`` of one stage of width ``width`` from the rows ``Z``
+    (started at ``X``): the coefficients of the first ``λ`` that lands, else of the last
+    within the displacement bound (None, and ``Z`` unmoved: not even the first), the rows
+    they move ``Z`` to; ``go_on`` false once the bound is crossed or the work spent."""
     centres = Z[:n_centres]
     Phi = features(Z, centres, width)
     K = features(centres, centres, width)
     shape = centres.shape
-    v, kept = np.zeros(shape).ravel(), None
+    v, kept, kept_moved = np.zeros(shape).ravel(), None, Z
     for lam in _PENALTIES:
         # in the unitless V = W / s, ED(Z + s Φ V)/s + λ tr(Vᵀ K V): L-BFGS's tolerances,
         # absolute on the gradient, then stop alike whatever the data's units
@@ -162,15 +164,18 @@ def _stage(target: _Target, X: np.ndarray, Z: np.ndarray, n_centres: int, width:
                                 "maxfun": target.left})
         target.left -= fit.nfev
         v = fit.x
-        moved = Z + scale * (Phi @ v.reshape(shape))
+        V = v.reshape(shape)
+        moved = Z + scale * (Phi @ V)
         if np.mean(np.sum((moved - X) ** 2, axis=1)) > bound:
-            return kept, False, False
-        kept = scale * v.reshape(shape)
-        if whole and target.landing(moved) <= _LANDED_BENT:
-            return kept, True, True
+            return kept, kept_moved, False, False
+        kept, kept_moved = scale * V, moved
+        # the fit's value at its last point holds the energy distance there: no reduction
+        distance = scale * (float(fit.fun) - lam * float(np.sum(V * (K @ V))))
+        if whole and target.landing(moved, distance) <= _LANDED_BENT:
+            return kept, moved, True, True
         if target.left <= 0:  # the work is spent: the plan lands the set from here
-            return kept, False, False
-    return kept, False, True
+            return kept, moved, False, False
+    return kept, kept_moved, False, True
 
 
 def fit_bend(X: np.ndarray, Z: np.ndarray, engine, Y: np.ndarray, b: np.ndarray,
@@ -190,10 +195,11 @@ def fit_bend(X: np.ndarray, Z: np.ndarray, engine, Y: np.ndarray, b: np.ndarray,
     n_centres = min(_MAX_CENTRES, Z.shape[0])
     stages = []
     for width in _WIDTHS:
-        W, landed, go_on = _stage(target, X, Z, n_centres, width * scale, scale, bound, whole)
+        W, moved, landed, go_on = _stage(target, X, Z, n_centres, width * scale, scale,
+                                         bound, whole)
         if W is not None:
             stages.append((Z[:n_centres], width * scale, W))
-            Z = Z + features(Z, *stages[-1][:2]) @ W
+            Z = moved
         if landed or not go_on:
             return Bend(stages, landed)
     return Bend(stages, landed=False)

@@ -303,13 +303,11 @@ class DaskData(Data):
     def rows_by_hash(self, size: int, seed: int) -> np.ndarray:
         import dask
 
-        # each chunk's smallest, on its worker; the smallest of those here
+        # each chunk's smallest, on its worker; the smallest of those here (hashed again:
+        # a few times size rows)
         parts = dask.compute(*[dask.delayed(smallest_hashes)(block, size, seed)
                                for block in self.rows.to_delayed().ravel()])
-        h = np.concatenate([p[0] for p in parts])
-        rows = np.concatenate([p[1] for p in parts])
-        keep = np.argsort(h, kind="stable")[:size]
-        return rows[keep]
+        return smallest_hashes(np.concatenate([rows for _, rows in parts]), size, seed)[1]
 
     def clustering_sample(self, size: int, rng) -> tuple[np.ndarray, np.ndarray]:
         subset = self.draw(max(INIT_SAMPLE_ROWS, 10 * size), rng)

@@ -20,7 +20,7 @@ from skgradflow import IFTSampler
 from skgradflow._flow import _bend, _matching
 from skgradflow.backends import NumpyBackend
 from skgradflow.data import as_data
-from tests.helpers import plan_only
+from tests.helpers import plan_only, recorded_bends
 from tests.oracles import dense_energy_distance
 
 
@@ -136,15 +136,7 @@ def test_a_large_set_is_bent_on_rows_chosen_by_hash_then_landed_by_the_plan(
     est, Xs, ys, Xt, yt = blobs
     monkeypatch.setattr(_matching, "WHOLE_ROWS", 300)
     monkeypatch.setattr(_matching, "FIT_ROWS", 150)
-    fitted_on = []
-    original = _matching.fit_bend
-
-    def spy(X, Z, engine, Y, b, whole):
-        bend = original(X, Z, engine, Y, b, whole)
-        fitted_on.append((X, Z, whole, bend))
-        return bend
-
-    monkeypatch.setattr(_matching, "fit_bend", spy)
+    fitted_on = recorded_bends(monkeypatch)
     moved = est.transform(Xs)
     X, Z, whole, bend = fitted_on[0]
     np.testing.assert_array_equal(X, as_data(Xs).rows_by_hash(150, _bend.HASH_SEED))
@@ -177,9 +169,9 @@ def test_the_fit_stops_when_its_work_is_spent(blobs, monkeypatch):
         counted["energy"] += 1
         return energy(self, Z)
 
-    def counting_landing(self, Z):
-        counted["landing"] += 1
-        return landing(self, Z)
+    def counting_landing(self, Z, distance=None):
+        counted["landing"] += distance is None  # a landing check that runs a reduction
+        return landing(self, Z, distance)
 
     monkeypatch.setattr(_bend._Target, "energy", counting_energy)
     monkeypatch.setattr(_bend._Target, "landing", counting_landing)
@@ -188,11 +180,9 @@ def test_the_fit_stops_when_its_work_is_spent(blobs, monkeypatch):
     per_reduction = len(Xs) * (len(Xs) + len(np.unique(atoms, axis=0))) * Xs.shape[1]
     monkeypatch.setattr(_bend, "_MAX_WORK", 30 * per_reduction)
     counted.update(energy=0, landing=0)
-    bends = []
-    fit = _matching.fit_bend
-    monkeypatch.setattr(_matching, "fit_bend", lambda *a: bends.append(fit(*a)) or bends[-1])
+    bends = recorded_bends(monkeypatch)
     moved = est.transform(Xs)
-    assert not bends[0].landed and bends[0].stages
+    assert not bends[0][-1].landed and bends[0][-1].stages
     assert counted["energy"] - counted["landing"] <= 30 + 20
     b = w / w.sum()
     assert ratio(moved, atoms, b) <= 1.0
